@@ -1,0 +1,65 @@
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import { PeerNotFoundError } from '../errors.js'
+import type { MeshNode, PeerEvent } from '../node/index.js'
+import { renderPrometheus } from './metrics.js'
+import { peerIdParams } from './schemas.js'
+
+const errorResponses = { '4xx': { $ref: 'ErrorBody#' }, '5xx': { $ref: 'ErrorBody#' } }
+
+/** `/healthz`, `/metrics` and the peer inspection routes under `/api`. */
+export function inspectionRoutes (node: MeshNode, opts: { sseHeartbeatMs?: number } = {}): FastifyPluginAsync {
+  return async (app: FastifyInstance) => {
+    app.get('/healthz', {
+      schema: { response: { 200: { type: 'object', properties: { status: { type: 'string' }, id: { type: 'string' }, name: { type: 'string' } } } } }
+    }, async () => ({ status: 'ok', id: node.id, name: node.name }))
+
+    app.get('/metrics', {
+      schema: { response: { 200: { type: 'string' } } }
+    }, async (_req, reply) => {
+      const mem = process.memoryUsage()
+      void reply.type('text/plain; version=0.0.4; charset=utf-8')
+      return renderPrometheus(node.metrics(), { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed })
+    })
+
+    app.get('/api/node', {
+      schema: { response: { 200: { $ref: 'Peer#' }, ...errorResponses } }
+    }, async () => node.self())
+
+    app.get('/api/peers', {
+      schema: {
+        querystring: { type: 'object', properties: { status: { type: 'string', enum: ['alive', 'suspect', 'dead', 'left'] } }, additionalProperties: false },
+        response: { 200: { type: 'object', properties: { self: { type: 'string' }, peers: { type: 'array', items: { $ref: 'Peer#' } } } }, ...errorResponses }
+      }
+    }, async (req) => {
+      const { status } = req.query as { status?: string }
+      const peers = node.peers()
+      return { self: node.id, peers: status != null ? peers.filter(p => p.status === status) : peers }
+    })
+
+    app.get('/api/peers/:id', {
+      schema: { params: peerIdParams, response: { 200: { $ref: 'Peer#' }, ...errorResponses } }
+    }, async (req) => {
+      const { id } = req.params as { id: string }
+      const peer = node.peer(id)
+      if (peer == null) throw new PeerNotFoundError(id)
+      return peer
+    })
+
+    // Server-Sent Events: one `event:` per peer transition; a comment line keeps proxies from closing it.
+    app.get('/api/events', { schema: { response: { 200: { type: 'string' } } } }, (req, reply) => {
+      reply.hijack()
+      const res = reply.raw
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' })
+      res.write(`event: hello\ndata: ${JSON.stringify({ id: node.id, name: node.name, peers: node.peers().map(p => ({ id: p.id, name: p.name, status: p.status })) })}\n\n`)
+      const onPeer = (ev: PeerEvent): void => { res.write(`event: ${ev.type}\ndata: ${JSON.stringify(ev)}\n\n`) }
+      node.on('peer', onPeer)
+      const keepAlive = setInterval(() => { res.write(': keep-alive\n\n') }, opts.sseHeartbeatMs ?? 15000)
+      const done = (): void => {
+        clearInterval(keepAlive)
+        node.off('peer', onPeer)
+      }
+      req.raw.on('close', done)
+      res.on('error', done)
+    })
+  }
+}

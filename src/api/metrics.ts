@@ -1,0 +1,23 @@
+import type { NodeMetrics } from '../node/index.js'
+
+/** Renders the node's metrics in the Prometheus text exposition format (version 0.0.4). */
+export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, heapUsedBytes: number }): string {
+  const lines: string[] = []
+  const metric = (name: string, type: 'counter' | 'gauge', help: string, samples: Array<[labels: string, value: number]>): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
+    for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`)
+  }
+  const g = m.gossip
+  metric('shepherd_gossip_bytes_sent_total', 'counter', 'Membership gossip bytes sent (payload x recipients).', [['', g.gossipBytesSent]])
+  metric('shepherd_gossip_bytes_received_total', 'counter', 'Membership gossip bytes received.', [['', g.gossipBytesReceived]])
+  metric('shepherd_gossip_messages_sent_total', 'counter', 'Membership messages published.', [['', g.messagesSent]])
+  metric('shepherd_gossip_messages_received_total', 'counter', 'Membership messages received.', [['', g.messagesReceived]])
+  metric('shepherd_gossip_messages_dropped_total', 'counter', 'Membership messages dropped, by reason.',
+    Object.entries(g.dropped).map(([reason, n]) => [`{reason="${reason}"}`, n]))
+  metric('shepherd_peers', 'gauge', 'Peers by status.', Object.entries(m.peersByStatus).map(([s, n]) => [`{status="${s}"}`, n]))
+  metric('shepherd_snapshot_version', 'gauge', 'Version of this node\'s resource snapshot.', [['', m.snapshotVersion]])
+  metric('shepherd_uptime_seconds', 'gauge', 'Seconds since the node started.', [['', m.uptimeSec]])
+  metric('process_resident_memory_bytes', 'gauge', 'Resident memory size in bytes.', [['', extra.rssBytes]])
+  metric('nodejs_heap_used_bytes', 'gauge', 'V8 heap used in bytes.', [['', extra.heapUsedBytes]])
+  return lines.join('\n') + '\n'
+}

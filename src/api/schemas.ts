@@ -1,0 +1,56 @@
+/** JSON schemas of the inspection API. Response schemas also make serialization fast. */
+const obj = { type: 'object', additionalProperties: true } as const
+
+export const peerSchema = {
+  $id: 'Peer',
+  type: 'object',
+  required: ['id', 'name', 'status', 'lastSeen', 'rttMs', 'addresses', 'groups', 'resources', 'models'],
+  properties: {
+    id: { type: 'string' },
+    name: { type: 'string' },
+    status: { type: 'string', enum: ['alive', 'suspect', 'dead', 'left'] },
+    lastSeen: { type: ['string', 'null'] },
+    rttMs: { type: ['number', 'null'] },
+    addresses: { type: 'array', items: { type: 'string' } },
+    groups: { type: 'array', items: { type: 'string' } },
+    connected: { type: 'boolean' },
+    version: { type: ['string', 'null'] },
+    snapshotAt: { type: ['string', 'null'] },
+    resources: {
+      type: ['object', 'null'],
+      additionalProperties: true,
+      properties: {
+        cpu: obj,
+        memory: obj,
+        disk: obj,
+        gpus: { type: 'array', items: obj },
+        llamacpp: { type: 'array', items: obj },
+        uptimeSec: { type: 'number' },
+        platform: { type: 'string' },
+        arch: { type: 'string' }
+      }
+    },
+    models: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          name: { type: 'string' },
+          sizeBytes: { type: 'number' },
+          architecture: { type: ['string', 'null'] },
+          quantization: { type: ['string', 'null'] },
+          parameterCount: { type: ['number', 'null'] },
+          contextLength: { type: ['number', 'null'] },
+          fingerprint: { type: 'string' },
+          state: { type: 'string' }
+        }
+      }
+    }
+  }
+} as const
+
+export const peerIdParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9]+$' } }
+} as const

@@ -1,0 +1,33 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { MeshNode } from '../node/index.js'
+import { errorSchema, installErrorHandler } from './errors.js'
+import { inspectionRoutes } from './inspection.js'
+import { peerSchema } from './schemas.js'
+
+export interface ApiOptions {
+  node: MeshNode
+  /** Largest accepted request body. */
+  bodyLimitBytes?: number
+  /** Fastify's own request logging (off: our logger is quiet by default). */
+  logRequests?: boolean
+}
+
+/** Builds the HTTP API of a node: inspection routes now, OpenAI routes under `/v1`. */
+export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: opts.logRequests === true,
+    bodyLimit: opts.bodyLimitBytes ?? 8 * 1024 * 1024,
+    // A client that stalls its request (slowloris) is cut off; streams are unaffected once started.
+    requestTimeout: 120_000,
+    connectionTimeout: 0,
+    keepAliveTimeout: 72_000,
+    onProtoPoisoning: 'remove',
+    onConstructorPoisoning: 'remove',
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } }
+  })
+  app.addSchema(errorSchema)
+  app.addSchema(peerSchema)
+  installErrorHandler(app)
+  await app.register(inspectionRoutes(opts.node))
+  return app
+}

@@ -1,0 +1,126 @@
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { parse as parseYaml } from 'yaml'
+import { ConfigError } from '../errors.js'
+import { OPTION_SPECS, defaultOptions, type NodeOptions, type OptionSpec } from './options.js'
+
+const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'silent'])
+
+function expandHome (p: string): string {
+  return p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p
+}
+
+function coerce (spec: OptionSpec, raw: unknown, where: string): unknown {
+  switch (spec.type) {
+    case 'string':
+      if (typeof raw !== 'string' && typeof raw !== 'number') throw new ConfigError(`${where}: expected a string`, spec.yaml)
+      return String(raw)
+    case 'int': {
+      const n = typeof raw === 'number' ? raw : Number(String(raw).trim())
+      if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${where}: expected a non-negative integer, got '${String(raw)}'`, spec.yaml)
+      return n
+    }
+    case 'bool':
+      if (typeof raw === 'boolean') return raw
+      if (/^(1|true|yes|on)$/i.test(String(raw))) return true
+      if (/^(0|false|no|off)$/i.test(String(raw))) return false
+      throw new ConfigError(`${where}: expected true or false, got '${String(raw)}'`, spec.yaml)
+    case 'list': {
+      const items = Array.isArray(raw) ? raw : String(raw).split(',').map(s => s.trim()).filter(Boolean)
+      return items.map((item, i) => {
+        // llamacpp.paths may use seed 000's `{ path, version, backend }` entries.
+        const v = typeof item === 'object' && item !== null && 'path' in item ? (item as { path: unknown }).path : item
+        if (typeof v !== 'string') throw new ConfigError(`${where}[${i}]: expected a string`, spec.yaml)
+        return v
+      })
+    }
+  }
+}
+
+/** Flattens a parsed YAML document into `dotted.key → value`, recursing into plain objects. */
+function flatten (obj: Record<string, unknown>, prefix = '', out = new Map<string, unknown>()): Map<string, unknown> {
+  for (const [k, v] of Object.entries(obj)) {
+    const key = prefix === '' ? k : `${prefix}.${k}`
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) flatten(v as Record<string, unknown>, key, out)
+    else out.set(key, v)
+  }
+  return out
+}
+
+/** Reads and validates a YAML config file; an unknown key is an error that names it. */
+export async function readConfigFile (file: string): Promise<Partial<NodeOptions>> {
+  let text: string
+  try {
+    text = await fs.readFile(file, 'utf8')
+  } catch (err: any) {
+    throw new ConfigError(`cannot read config file ${file}: ${err.code ?? err.message}`)
+  }
+  let doc: unknown
+  try {
+    doc = parseYaml(text)
+  } catch (err: any) {
+    throw new ConfigError(`config file ${file} is not valid YAML: ${String(err.message).split('\n')[0]}`)
+  }
+  if (doc == null) return {}
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${file}: top level must be a mapping`)
+  const byYaml = new Map(OPTION_SPECS.map(s => [s.yaml, s]))
+  const out: Partial<NodeOptions> = {}
+  for (const [key, value] of flatten(doc as Record<string, unknown>)) {
+    const spec = byYaml.get(key)
+    if (spec == null) throw new ConfigError(`config file ${file}: unknown key '${key}'`, key)
+    if (value == null) continue
+    ;(out as any)[spec.key] = coerce(spec, value, `config file ${file}: '${key}'`)
+  }
+  return out
+}
+
+/** Options from `SHEPHERD_*` environment variables. */
+export function readEnv (env: NodeJS.ProcessEnv = process.env): Partial<NodeOptions> {
+  const out: Partial<NodeOptions> = {}
+  for (const spec of OPTION_SPECS) {
+    const raw = env[spec.env]
+    if (raw === undefined || raw === '') continue
+    ;(out as any)[spec.key] = coerce(spec, raw, `environment ${spec.env}`)
+  }
+  return out
+}
+
+/** Options from already-parsed flags (`node:util` parseArgs values, keyed by flag name). */
+export function readFlags (values: Record<string, unknown>): Partial<NodeOptions> {
+  const out: Partial<NodeOptions> = {}
+  for (const spec of OPTION_SPECS) {
+    const raw = values[spec.flag]
+    if (raw === undefined) continue
+    ;(out as any)[spec.key] = coerce(spec, raw, `--${spec.flag}`)
+  }
+  if (values['no-mdns'] === true) out.mdns = false
+  return out
+}
+
+/** Merges defaults < file < env < flags and checks the result as a whole. */
+export async function resolveOptions (sources: { configFile?: string, env?: NodeJS.ProcessEnv, flags?: Record<string, unknown>, overrides?: Partial<NodeOptions> }): Promise<NodeOptions> {
+  const fromFile = sources.configFile != null ? await readConfigFile(sources.configFile) : {}
+  const opts: NodeOptions = {
+    ...defaultOptions(),
+    ...fromFile,
+    ...readEnv(sources.env ?? process.env),
+    ...readFlags(sources.flags ?? {}),
+    ...sources.overrides
+  }
+  return validateOptions(opts)
+}
+
+export function validateOptions (opts: NodeOptions): NodeOptions {
+  opts.dataDir = path.resolve(expandHome(opts.dataDir))
+  opts.modelsDirs = opts.modelsDirs.map(d => path.resolve(expandHome(d)))
+  opts.llamacppPaths = opts.llamacppPaths.map(d => path.resolve(expandHome(d)))
+  if (opts.apiPort > 65535) throw new ConfigError(`api port ${opts.apiPort} is out of range`, 'api.port')
+  if (!LOG_LEVELS.has(opts.logLevel)) throw new ConfigError(`log level '${opts.logLevel}' is not one of ${[...LOG_LEVELS].join(', ')}`, 'log_level')
+  if (opts.groups.length === 0) opts.groups = ['default']
+  if (opts.heartbeatMs < 50) throw new ConfigError('heartbeat must be at least 50 ms', 'membership.heartbeat_ms')
+  if (opts.suspectAfterMs <= opts.heartbeatMs) throw new ConfigError('suspect_after_ms must exceed heartbeat_ms', 'membership.suspect_after_ms')
+  if (opts.deadAfterMs <= opts.suspectAfterMs) throw new ConfigError('dead_after_ms must exceed suspect_after_ms', 'membership.dead_after_ms')
+  if (opts.name.length === 0 || opts.name.length > 64) throw new ConfigError('node name must be 1-64 characters', 'node.name')
+  return opts
+}

@@ -1,0 +1,58 @@
+/**
+ * One named, structured logger per component. Quiet by default: only warnings and errors
+ * print unless `SHEPHERD_LOG` (or `--log-level`) asks for more. Lines are JSON on stderr.
+ */
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent'
+
+const ORDER: Record<LogLevel, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, silent: 100 }
+
+let threshold: number = ORDER[(process.env.SHEPHERD_LOG as LogLevel) ?? 'warn'] ?? ORDER.warn
+
+/** Keys whose values are never written, whatever component logs them. */
+const SECRET_KEY = /(key|token|secret|password|authorization|signature)/i
+
+export function setLogLevel (level: LogLevel): void {
+  threshold = ORDER[level] ?? ORDER.warn
+}
+
+export function getLogLevel (): LogLevel {
+  return (Object.keys(ORDER) as LogLevel[]).find(l => ORDER[l] === threshold) ?? 'warn'
+}
+
+export interface Logger {
+  trace: (msg: string, fields?: Record<string, unknown>) => void
+  debug: (msg: string, fields?: Record<string, unknown>) => void
+  info: (msg: string, fields?: Record<string, unknown>) => void
+  warn: (msg: string, fields?: Record<string, unknown>) => void
+  error: (msg: string, fields?: Record<string, unknown>) => void
+  child: (name: string) => Logger
+}
+
+function redact (fields: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(fields)) {
+    if (SECRET_KEY.test(k)) out[k] = '[redacted]'
+    else if (v instanceof Error) out[k] = { message: v.message, code: (v as { code?: unknown }).code }
+    else out[k] = v
+  }
+  return out
+}
+
+/** Where log lines go; tests swap it to capture output. */
+export let logSink: (line: string) => void = line => { process.stderr.write(line + '\n') }
+export function setLogSink (sink: (line: string) => void): void { logSink = sink }
+
+export function createLogger (name: string): Logger {
+  const write = (level: LogLevel) => (msg: string, fields?: Record<string, unknown>) => {
+    if (ORDER[level] < threshold) return
+    logSink(JSON.stringify({ t: new Date().toISOString(), level, component: name, msg, ...(fields != null ? redact(fields) : {}) }))
+  }
+  return {
+    trace: write('trace'),
+    debug: write('debug'),
+    info: write('info'),
+    warn: write('warn'),
+    error: write('error'),
+    child: (sub: string) => createLogger(`${name}:${sub}`)
+  }
+}

@@ -1,0 +1,214 @@
+import { EventEmitter } from 'node:events'
+import { Mesh, type PeerRecord, type PeerStatus, type MeshStats } from '../p2p/index.js'
+import type { NodeOptions } from '../config/index.js'
+import { createLogger } from '../logger.js'
+import { VERSION } from '../version.js'
+import { ResourceMonitor, type NodeResources } from './resources/index.js'
+import { isNodeSnapshot, summarizeModel, type ModelSummary, type NodeSnapshot } from './snapshot.js'
+import { Store } from './store.js'
+import { loadOrCreateIdentity } from './identity.js'
+
+/** One peer (or this node) as the API shows it. */
+export interface PeerView {
+  id: string
+  name: string
+  status: PeerStatus
+  /** ISO 8601; null for a peer never heard from. */
+  lastSeen: string | null
+  rttMs: number | null
+  addresses: string[]
+  groups: string[]
+  connected: boolean
+  version: string | null
+  resources: NodeResources | null
+  models: ModelSummary[]
+  /** When the snapshot shown was received (ISO 8601). */
+  snapshotAt: string | null
+}
+
+export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot'
+
+export interface PeerEvent {
+  type: PeerEventType
+  id: string
+  name: string
+  status: PeerStatus
+  at: string
+}
+
+export interface NodeMetrics {
+  gossip: MeshStats
+  peersByStatus: Record<PeerStatus, number>
+  snapshotVersion: number
+  uptimeSec: number
+}
+
+export interface MeshNodeEvents {
+  peer: [PeerEvent]
+}
+
+/**
+ * A shepherd-mesh node: its identity and store, its resources, and its view of the mesh.
+ * The API and the scheduler talk to this class only.
+ */
+export class MeshNode extends EventEmitter<MeshNodeEvents> {
+  readonly mesh: Mesh<NodeSnapshot>
+  /** Grows whenever the gossiped snapshot content changes. */
+  snapshotVersion = 1
+  private apiPort: number | null = null
+  private readonly startedAt = Date.now()
+  private readonly log = createLogger('node')
+
+  private constructor (
+    readonly options: NodeOptions,
+    readonly store: Store,
+    readonly monitor: ResourceMonitor,
+    mesh: Mesh<NodeSnapshot>
+  ) {
+    super()
+    this.mesh = mesh
+    for (const type of ['peer:joined', 'peer:alive', 'peer:suspect', 'peer:dead', 'peer:left', 'peer:snapshot'] as const) {
+      mesh.on(type, rec => {
+        this.emit('peer', { type, id: rec.id, name: rec.name, status: rec.status, at: new Date().toISOString() })
+      })
+    }
+    mesh.on('peer:alive', rec => { this.remember(rec) })
+    mesh.on('peer:addresses', rec => { this.remember(rec) })
+    monitor.on('change', () => { this.snapshotChanged() })
+  }
+
+  /** Opens the store, loads or creates the identity and prepares (but does not start) the node. */
+  static async create (options: NodeOptions): Promise<MeshNode> {
+    const store = await Store.open(options.dataDir)
+    try {
+      const { key } = await loadOrCreateIdentity(store)
+      const knownPeers = (await store.knownPeers()).map(p => ({ id: p.id, addresses: p.addresses }))
+      const monitor = new ResourceMonitor({
+        dataDir: options.dataDir,
+        modelsDirs: options.modelsDirs,
+        llamacppPaths: options.llamacppPaths,
+        sampleIntervalMs: options.sampleIntervalMs,
+        gpuIntervalMs: options.gpuIntervalMs
+      })
+      let node: MeshNode | undefined
+      const mesh = new Mesh<NodeSnapshot>({
+        ...options,
+        privateKey: key,
+        knownPeers,
+        snapshotVersion: () => node!.snapshotVersion,
+        snapshotData: () => node!.currentSnapshot(),
+        validateSnapshot: isNodeSnapshot
+      })
+      node = new MeshNode(options, store, monitor, mesh)
+      return node
+    } catch (err) {
+      await store.close()
+      throw err
+    }
+  }
+
+  get id (): string {
+    return this.mesh.peerId
+  }
+
+  get name (): string {
+    return this.options.name
+  }
+
+  async start (): Promise<void> {
+    await this.monitor.start()
+    await this.mesh.start()
+    this.log.info('started', { id: this.id, addresses: this.mesh.addresses() })
+  }
+
+  /** Stops the node; a clean stop tells peers at once (status `left`). */
+  async stop (opts: { announce?: boolean } = {}): Promise<void> {
+    await this.mesh.stop(opts)
+    this.monitor.stop()
+    await this.store.close()
+  }
+
+  /** The API tells the node where it listens, so peers can reach it (gossiped). */
+  setApiPort (port: number): void {
+    this.apiPort = port
+    this.snapshotChanged()
+  }
+
+  /** Something in the snapshot changed: bump its version and publish it now. */
+  snapshotChanged (): void {
+    this.snapshotVersion++
+    this.mesh.scheduleSnapshot(20)
+  }
+
+  currentSnapshot (): NodeSnapshot {
+    const snap = this.monitor.snapshot()
+    return {
+      version: VERSION,
+      resources: snap.resources,
+      models: snap.models.map(m => summarizeModel(m)),
+      api: this.apiPort != null ? { port: this.apiPort } : null
+    }
+  }
+
+  self (): PeerView {
+    const data = this.currentSnapshot()
+    return {
+      id: this.id,
+      name: this.name,
+      status: 'alive',
+      lastSeen: new Date().toISOString(),
+      rttMs: 0,
+      addresses: this.mesh.addresses(),
+      groups: this.options.groups,
+      connected: true,
+      version: VERSION,
+      resources: data.resources,
+      models: data.models,
+      snapshotAt: new Date().toISOString()
+    }
+  }
+
+  peers (): PeerView[] {
+    return this.mesh.peers().map(rec => toView(rec)).sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
+  }
+
+  peer (id: string): PeerView | undefined {
+    if (id === this.id) return this.self()
+    const rec = this.mesh.table.get(id)
+    return rec != null && rec.lastSeen > 0 ? toView(rec) : undefined
+  }
+
+  metrics (): NodeMetrics {
+    const peersByStatus: Record<PeerStatus, number> = { alive: 0, suspect: 0, dead: 0, left: 0 }
+    for (const p of this.mesh.peers()) peersByStatus[p.status]++
+    return {
+      gossip: this.mesh.stats,
+      peersByStatus,
+      snapshotVersion: this.snapshotVersion,
+      uptimeSec: Math.round((Date.now() - this.startedAt) / 1000)
+    }
+  }
+
+  private remember (rec: PeerRecord<NodeSnapshot>): void {
+    if (rec.addresses.length === 0) return
+    this.store.rememberPeer({ id: rec.id, name: rec.name, addresses: rec.addresses, lastSeen: rec.lastSeen })
+      .catch(err => { this.log.debug('could not remember peer', { err }) })
+  }
+}
+
+function toView (rec: PeerRecord<NodeSnapshot>): PeerView {
+  return {
+    id: rec.id,
+    name: rec.name,
+    status: rec.status,
+    lastSeen: rec.lastSeen > 0 ? new Date(rec.lastSeen).toISOString() : null,
+    rttMs: rec.rttMs,
+    addresses: rec.addresses,
+    groups: rec.groups,
+    connected: rec.connected,
+    version: rec.snapshot?.version ?? null,
+    resources: rec.snapshot?.resources ?? null,
+    models: rec.snapshot?.models ?? [],
+    snapshotAt: rec.snapshotAt != null ? new Date(rec.snapshotAt).toISOString() : null
+  }
+}

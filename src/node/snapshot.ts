@@ -1,0 +1,94 @@
+import { Ajv, type ValidateFunction } from 'ajv'
+import type { ModelFile, NodeResources } from './resources/index.js'
+
+/** A model as peers see it in a snapshot. */
+export interface ModelSummary {
+  name: string
+  sizeBytes: number
+  architecture: string | null
+  quantization: string | null
+  parameterCount: number | null
+  contextLength: number | null
+  fingerprint: string
+  /** `loaded` when an engine holds it in memory, else `on_disk`. */
+  state: 'loaded' | 'on_disk' | 'loading'
+}
+
+/**
+ * The content of a gossiped snapshot (membership message `snap`, field `data`), version 1.
+ * Extra fields are allowed so newer nodes can add to it without older ones dropping it.
+ */
+export interface NodeSnapshot {
+  version: string
+  resources: NodeResources
+  models: ModelSummary[]
+  api: { port: number } | null
+}
+
+const num = { type: 'number' }
+const str = { type: 'string', maxLength: 512 }
+const nullableStr = { type: ['string', 'null'], maxLength: 512 }
+const nullableNum = { type: ['number', 'null'] }
+
+const schema = {
+  type: 'object',
+  required: ['version', 'resources', 'models'],
+  properties: {
+    version: str,
+    api: { type: ['object', 'null'], properties: { port: { type: 'integer', minimum: 0, maximum: 65535 } } },
+    resources: {
+      type: 'object',
+      required: ['cpu', 'memory', 'disk', 'gpus', 'llamacpp'],
+      properties: {
+        cpu: { type: 'object', required: ['cores'], properties: { model: str, cores: num, usagePercent: num } },
+        memory: { type: 'object', required: ['totalBytes'], properties: { totalBytes: num, usedBytes: num, availableBytes: num } },
+        disk: { type: 'object', properties: { totalBytes: num, availableBytes: num } },
+        gpus: {
+          type: 'array',
+          maxItems: 64,
+          items: { type: 'object', required: ['index', 'name', 'vendor', 'totalMemoryBytes'], properties: { index: num, name: str, vendor: str, totalMemoryBytes: num, usedMemoryBytes: num } }
+        },
+        llamacpp: { type: 'array', maxItems: 32, items: { type: 'object', required: ['path', 'backend'], properties: { path: str, backend: str, version: str } } }
+      }
+    },
+    models: {
+      type: 'array',
+      maxItems: 1024,
+      items: {
+        type: 'object',
+        required: ['name', 'sizeBytes', 'fingerprint'],
+        properties: {
+          name: { type: 'string', minLength: 1, maxLength: 256 },
+          sizeBytes: num,
+          architecture: nullableStr,
+          quantization: nullableStr,
+          parameterCount: nullableNum,
+          contextLength: nullableNum,
+          fingerprint: str,
+          state: { enum: ['loaded', 'on_disk', 'loading'] }
+        }
+      }
+    }
+  }
+}
+
+let validator: ValidateFunction<NodeSnapshot> | undefined
+
+/** Validates a peer's snapshot content at the boundary; compiled once. */
+export function isNodeSnapshot (data: unknown): data is NodeSnapshot {
+  validator ??= new Ajv({ allErrors: false }).compile<NodeSnapshot>(schema)
+  return validator(data)
+}
+
+export function summarizeModel (m: ModelFile, state: ModelSummary['state'] = 'on_disk'): ModelSummary {
+  return {
+    name: m.name,
+    sizeBytes: m.sizeBytes,
+    architecture: m.architecture,
+    quantization: m.quantization,
+    parameterCount: m.parameterCount,
+    contextLength: m.contextLength,
+    fingerprint: m.fingerprint,
+    state
+  }
+}

@@ -1,0 +1,72 @@
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { Level } from 'level'
+import { ShepherdError } from '../errors.js'
+
+/** The data dir exists but cannot be used: unreadable, not a directory, or locked by another node. */
+export class StoreError extends ShepherdError {
+  constructor (message: string, code = 'store_unavailable', cause?: unknown) {
+    super(message, { code, status: 500, cause })
+  }
+}
+
+export interface KnownPeer {
+  id: string
+  name: string
+  addresses: string[]
+  lastSeen: number
+}
+
+type Json = Record<string, unknown> | unknown[] | string | number | boolean | null
+
+/**
+ * The one place for durable node state: a LevelDB database in the data dir, with a sublevel
+ * per kind of record (`meta` for the identity key, `peers` for peers met before, more to come).
+ */
+export class Store {
+  private constructor (private readonly db: Level<string, Json>, readonly dir: string) {}
+
+  /** Opens (creating if needed) the store in `dataDir`, with one clear error per failure case. */
+  static async open (dataDir: string): Promise<Store> {
+    try {
+      await fs.mkdir(dataDir, { recursive: true })
+      await fs.access(dataDir, fs.constants.R_OK | fs.constants.W_OK)
+    } catch (err: any) {
+      throw new StoreError(`data dir ${dataDir} is not usable: ${err.code ?? err.message}`, 'data_dir_unusable', err)
+    }
+    const dir = path.join(dataDir, 'store')
+    const db = new Level<string, Json>(dir, { valueEncoding: 'json' })
+    try {
+      await db.open()
+    } catch (err: any) {
+      if (err.cause?.code === 'LEVEL_LOCKED') {
+        throw new StoreError(`data dir ${dataDir} is in use by another shepherd-mesh process (use --data-dir)`, 'data_dir_locked', err)
+      }
+      throw new StoreError(`cannot open the store in ${dir}: ${err.cause?.message ?? err.message}`, 'store_corrupt', err)
+    }
+    return new Store(db, dir)
+  }
+
+  private get meta () { return this.db.sublevel<string, Json>('meta', { valueEncoding: 'json' }) }
+  private get peers () { return this.db.sublevel<string, KnownPeer>('peers', { valueEncoding: 'json' }) }
+
+  async getMeta<T extends Json> (key: string): Promise<T | undefined> {
+    return await this.meta.get(key) as T | undefined
+  }
+
+  async putMeta (key: string, value: Json): Promise<void> {
+    await this.meta.put(key, value, { sync: true } as any)
+  }
+
+  async knownPeers (): Promise<KnownPeer[]> {
+    return await this.peers.values().all()
+  }
+
+  async rememberPeer (peer: KnownPeer): Promise<void> {
+    await this.peers.put(peer.id, peer)
+  }
+
+  async close (): Promise<void> {
+    await this.db.close()
+  }
+}

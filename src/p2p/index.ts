@@ -1,0 +1,12 @@
+/**
+ * The peer-to-peer layer: the libp2p host, the membership protocol and the peer table.
+ * Nothing outside src/p2p imports its modules directly; they use this file.
+ */
+import '../polyfill.js'
+export { Mesh, type MeshOptions, type MeshStats, type MeshEvents } from './mesh.js'
+export { type PeerRecord, type PeerStatus, type MembershipTimings, PeerTable, onHeard, onLeave, onTick, onDisconnected, onRefused, newRecord } from './membership.js'
+export { decodeMembership, encodeMembership, type MembershipMessage, type DropReason } from './messages.js'
+export { createIdentity, encodeIdentity, decodeIdentity, peerIdOf } from './identity.js'
+export { MEMBERSHIP_TOPIC, MDNS_SERVICE_TAG, MAX_MEMBERSHIP_MESSAGE_BYTES } from './constants.js'
+export { isRefused } from './redialer.js'
+export type { Host } from './host.js'

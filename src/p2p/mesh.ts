@@ -1,0 +1,335 @@
+import { EventEmitter } from 'node:events'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
+import { createLogger, type Logger } from '../logger.js'
+import { MEMBERSHIP_TOPIC, MEMBERSHIP_VERSION } from './constants.js'
+import { createHost, type Host } from './host.js'
+import { decodeMembership, encodeMembership, type DropReason, type MembershipMessage } from './messages.js'
+import { PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
+import { Redialer } from './redialer.js'
+
+export interface MeshOptions<S> {
+  privateKey: PrivateKey
+  name: string
+  groups: string[]
+  listen: string[]
+  bootstrap: string[]
+  mdns: boolean
+  mdnsIntervalMs: number
+  heartbeatMs: number
+  suspectAfterMs: number
+  deadAfterMs: number
+  snapshotIntervalMs: number
+  pingIntervalMs: number
+  redialMinMs: number
+  redialMaxMs: number
+  /** Peers remembered from an earlier run: dialed at start. */
+  knownPeers?: Array<{ id: string, addresses: string[] }>
+  /** Version of this node's snapshot; grows on every change (cheap: read every heartbeat). */
+  snapshotVersion: () => number
+  /** Content of this node's snapshot (built only when a snapshot is published). */
+  snapshotData: () => S
+  /** Validates a peer's snapshot content (the owner's schema); false drops the message. */
+  validateSnapshot: (data: unknown) => data is S
+}
+
+export interface MeshStats {
+  gossipBytesSent: number
+  gossipBytesReceived: number
+  messagesSent: number
+  messagesReceived: number
+  dropped: Record<DropReason | 'stale' | 'invalid_snapshot', number>
+}
+
+export interface MeshEvents<S> extends PeerTableEvents<S> {
+  'peer:addresses': [PeerRecord<S>]
+}
+
+/**
+ * The membership layer of the mesh: heartbeats and snapshots over gossipsub, a peer table fed by
+ * them and by connection events, failure detection, RTT probes and redialing of lost peers.
+ */
+export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S>> {
+  readonly table = new PeerTable<S>()
+  readonly stats: MeshStats = {
+    gossipBytesSent: 0,
+    gossipBytesReceived: 0,
+    messagesSent: 0,
+    messagesReceived: 0,
+    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, stale: 0, invalid_snapshot: 0 }
+  }
+
+  private host?: Host
+  private readonly log: Logger
+  private readonly incarnation = Date.now()
+  private seq = 0
+  private readonly timers: NodeJS.Timeout[] = []
+  private snapshotDebounce?: NodeJS.Timeout
+  private redialer?: Redialer
+  private stopping = false
+
+  constructor (private readonly opts: MeshOptions<S>) {
+    super()
+    this.log = createLogger('p2p:mesh')
+    // Re-emit table events so consumers subscribe to the mesh alone.
+    for (const ev of ['peer:joined', 'peer:alive', 'peer:suspect', 'peer:dead', 'peer:left', 'peer:snapshot'] as const) {
+      this.table.on(ev, (rec: PeerRecord<S>) => {
+        this.log.info(ev, { peer: rec.id, name: rec.name })
+        this.emit(ev, rec)
+      })
+    }
+  }
+
+  /** The libp2p host, for protocol handlers of other parts (openai, cmd, blob). */
+  get libp2p (): Host {
+    if (this.host == null) throw new Error('mesh not started')
+    return this.host
+  }
+
+  get peerId (): string {
+    return this.libp2p.peerId.toString()
+  }
+
+  get incarnationId (): number {
+    return this.incarnation
+  }
+
+  addresses (): string[] {
+    return this.libp2p.getMultiaddrs().map(ma => ma.toString())
+  }
+
+  /** Addresses worth telling peers: loopback ones only when there is nothing else. */
+  private dialableAddresses (): string[] {
+    const all = this.addresses()
+    const lan = all.filter(a => !a.startsWith('/ip4/127.') && !a.startsWith('/ip6/::1/'))
+    return (lan.length > 0 ? lan : all).slice(0, 16)
+  }
+
+  /** Every peer ever heard from, self excluded. */
+  peers (): Array<PeerRecord<S>> {
+    return this.table.list().filter(r => r.lastSeen > 0)
+  }
+
+  async start (): Promise<void> {
+    const o = this.opts
+    const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs })
+    const pubsub = host.services.pubsub
+
+    pubsub.subscribe(MEMBERSHIP_TOPIC)
+    pubsub.addEventListener('message', evt => {
+      const msg = evt.detail
+      if (msg.topic !== MEMBERSHIP_TOPIC || msg.type !== 'signed') return
+      this.onMessage(msg.from.toString(), msg.data)
+    })
+    // A peer that (re)subscribes is new to us or restarted: greet it with a heartbeat and our snapshot.
+    pubsub.addEventListener('subscription-change', evt => {
+      if (evt.detail.subscriptions.some(s => s.topic === MEMBERSHIP_TOPIC && s.subscribe)) {
+        this.scheduleSnapshot(20)
+      }
+    })
+
+    host.addEventListener('peer:discovery', evt => {
+      const { id, multiaddrs } = evt.detail
+      if (id.equals(host.peerId)) return
+      this.redialer?.addPeer(id.toString(), multiaddrs.map(m => m.toString()))
+      if (host.getConnections(id).length === 0) this.redialer?.dialNow(id.toString())
+    })
+    host.addEventListener('peer:connect', evt => { this.onConnect(evt.detail) })
+    host.addEventListener('peer:disconnect', evt => { this.onDisconnect(evt.detail) })
+    host.addEventListener('peer:identify', evt => {
+      const id = evt.detail.peerId.toString()
+      const addrs = evt.detail.listenAddrs.map(a => a.toString())
+      const rec = this.table.get(id)
+      if (rec != null && addrs.length > 0) {
+        const next = this.table.patch(id, { addresses: addrs })
+        if (next != null && next.lastSeen > 0) this.emit('peer:addresses', next)
+      }
+      this.redialer?.addPeer(id, addrs)
+    })
+
+    this.redialer = new Redialer(host, {
+      minMs: o.redialMinMs,
+      maxMs: o.redialMaxMs,
+      onRefused: id => { this.refused(id) },
+      isWanted: id => {
+        const rec = this.table.get(id)
+        // Dial peers we never heard of (bootstrap, discovery) and peers lost without a goodbye.
+        return rec == null || rec.lastSeen === 0 || rec.status === 'dead' || rec.status === 'suspect'
+      }
+    })
+    for (const kp of o.knownPeers ?? []) {
+      if (kp.id !== host.peerId.toString()) this.redialer.addPeer(kp.id, kp.addresses)
+    }
+    for (const addr of o.bootstrap) this.redialer.addBootstrap(addr)
+    this.redialer.start()
+
+    const tickMs = Math.max(50, Math.min(250, Math.floor(o.heartbeatMs / 4)))
+    this.timers.push(setInterval(() => { this.heartbeat() }, o.heartbeatMs))
+    this.timers.push(setInterval(() => { this.tick() }, tickMs))
+    this.timers.push(setInterval(() => { this.scheduleSnapshot(0) }, o.snapshotIntervalMs))
+    this.timers.push(setInterval(() => { void this.probeRtt() }, o.pingIntervalMs))
+    for (const t of this.timers) t.unref()
+    this.heartbeat()
+  }
+
+  /** Stops; with `announce` (a clean stop) peers are told at once that this node leaves. */
+  async stop (opts: { announce?: boolean } = {}): Promise<void> {
+    if (this.host == null || this.stopping) return
+    this.stopping = true
+    for (const t of this.timers) clearInterval(t)
+    clearTimeout(this.snapshotDebounce)
+    this.redialer?.stop()
+    if (opts.announce !== false) {
+      await this.publish({ v: MEMBERSHIP_VERSION, t: 'leave', inc: this.incarnation, seq: ++this.seq, at: Date.now() })
+      // Give the frame a moment to leave the socket before the connections close.
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    await this.host.stop()
+  }
+
+  /** Publishes the current snapshot soon; calls within the delay are merged into one. */
+  scheduleSnapshot (delayMs = 50): void {
+    if (this.snapshotDebounce != null || this.stopping) return
+    this.snapshotDebounce = setTimeout(() => {
+      this.snapshotDebounce = undefined
+      this.publishSnapshot()
+    }, delayMs)
+    this.snapshotDebounce.unref()
+  }
+
+  private publishSnapshot (): void {
+    if (this.host == null || this.stopping) return
+    void this.publish({
+      v: MEMBERSHIP_VERSION, t: 'snap', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
+      name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(), addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>
+    })
+  }
+
+  private heartbeat (): void {
+    if (this.host == null || this.stopping) return
+    void this.publish({
+      v: MEMBERSHIP_VERSION, t: 'hb', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
+      name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion()
+    })
+  }
+
+  private async publish (msg: MembershipMessage): Promise<void> {
+    const bytes = encodeMembership(msg)
+    try {
+      const res = await this.libp2p.services.pubsub.publish(MEMBERSHIP_TOPIC, bytes)
+      this.stats.messagesSent++
+      this.stats.gossipBytesSent += bytes.byteLength * Math.max(1, res.recipients.length)
+    } catch (err) {
+      this.log.debug('publish failed', { err })
+    }
+  }
+
+  /** Applies one received membership message. Never throws: bad input is counted and dropped. */
+  onMessage (from: string, data: Uint8Array): void {
+    this.stats.gossipBytesReceived += data.byteLength
+    this.stats.messagesReceived++
+    if (from === this.host?.peerId.toString()) return
+    const decoded = decodeMembership(data)
+    if (!decoded.ok) {
+      this.stats.dropped[decoded.reason]++
+      this.log.debug('dropped membership message', { from, reason: decoded.reason })
+      return
+    }
+    const msg = decoded.message
+    const now = Date.now()
+    const prev = this.table.ensure(from, now)
+    if (msg.t === 'leave') {
+      const res = onLeave(prev, { incarnation: msg.inc, seq: msg.seq }, now)
+      if (!res.accepted) this.stats.dropped.stale++
+      this.table.apply(prev, res)
+      return
+    }
+    if (msg.t === 'snap' && !this.opts.validateSnapshot(msg.data)) {
+      this.stats.dropped.invalid_snapshot++
+      return
+    }
+    const wasNew = prev.lastSeen === 0 || msg.inc > prev.incarnation
+    const res = onHeard(prev, { incarnation: msg.inc, seq: msg.seq, name: msg.name, groups: msg.groups }, now)
+    if (!res.accepted) {
+      this.stats.dropped.stale++
+      return
+    }
+    if (res.record.addresses.length === 0 && this.host != null) {
+      res.record.addresses = this.host.getConnections(peerIdFromString(from)).map(c => c.remoteAddr.toString())
+    }
+    res.record.connected = this.host != null && this.host.getConnections(peerIdFromString(from)).length > 0
+    const rec = this.table.apply(prev, res)
+    // The LAN mesh is a full mesh: a peer known only through gossip is dialed directly, so its
+    // crash is seen by every node (connection refused), not only by those it happened to dial.
+    if (!rec.connected) {
+      if (msg.t === 'snap') this.redialer?.addPeer(from, msg.addrs)
+      this.redialer?.dialSoon(from)
+    }
+    if (msg.t === 'snap' && msg.snap > rec.snapshotVersion) {
+      const next = this.table.patch(from, { snapshot: msg.data as S, snapshotVersion: msg.snap, snapshotAt: now })
+      if (next != null) this.table.emit('peer:snapshot', next)
+    }
+    if (wasNew) {
+      this.emit('peer:addresses', rec)
+      // A peer we just met lacks our snapshot.
+      this.scheduleSnapshot(20)
+    }
+  }
+
+  private tick (): void {
+    const now = Date.now()
+    const timings = { suspectAfterMs: this.opts.suspectAfterMs, deadAfterMs: this.opts.deadAfterMs }
+    for (const rec of this.table.list()) {
+      if (rec.lastSeen === 0) continue
+      const res = onTick(rec, now, timings)
+      if (res.changed) this.table.apply(rec, res)
+    }
+  }
+
+  private onConnect (peer: PeerId): void {
+    const id = peer.toString()
+    const now = Date.now()
+    const rec = this.table.ensure(id, now)
+    const addrs = this.libp2p.getConnections(peer).map(c => c.remoteAddr.toString())
+    this.table.patch(id, { connected: true, addresses: rec.addresses.length > 0 ? rec.addresses : addrs })
+    void this.probeOne(peer)
+  }
+
+  private onDisconnect (peer: PeerId): void {
+    if (this.stopping) return
+    const id = peer.toString()
+    const rec = this.table.get(id)
+    if (rec == null) return
+    this.table.apply(rec, onDisconnected(rec, Date.now()))
+    // A crashed process leaves a closed port: one immediate redial tells crash from hiccup.
+    if (rec.status !== 'left') this.redialer?.dialNow(id)
+  }
+
+  private refused (id: string): void {
+    const rec = this.table.get(id)
+    if (rec == null || rec.lastSeen === 0) return
+    if (this.host != null && this.host.getConnections(peerIdFromString(id)).length > 0) return
+    this.table.apply(rec, onRefused({ ...rec, connected: false }, Date.now()))
+  }
+
+  private async probeOne (peer: PeerId): Promise<void> {
+    try {
+      const rtt = await this.libp2p.services.ping.ping(peer, { signal: AbortSignal.timeout(2000) })
+      this.table.patch(peer.toString(), { rttMs: Math.round(rtt * 100) / 100 })
+    } catch (err) {
+      this.log.debug('ping failed', { peer: peer.toString(), err })
+    }
+  }
+
+  private async probeRtt (): Promise<void> {
+    if (this.host == null) return
+    const peers = this.host.getPeers()
+    await Promise.all(peers.map(async p => { await this.probeOne(p) }))
+  }
+
+  /** Dial a multiaddr now (used by tests and by `POST /api/peers/dial`-like tooling). */
+  async dial (addr: string | Multiaddr): Promise<void> {
+    await this.libp2p.dial(typeof addr === 'string' ? multiaddr(addr) : addr, { signal: AbortSignal.timeout(5000) })
+  }
+}

@@ -1,0 +1,96 @@
+import { Ajv, type ValidateFunction } from 'ajv'
+import { MAX_ADDRS, MAX_GROUPS, MAX_MEMBERSHIP_MESSAGE_BYTES, MAX_NAME_LENGTH, MEMBERSHIP_VERSION } from './constants.js'
+
+/**
+ * Membership wire messages, version 1. JSON on the gossip topic. The sender's identity is
+ * never taken from the body: it is the gossipsub `from` field, which StrictSign proves.
+ */
+interface Common {
+  v: 1
+  /** Start time of the sender process: a restart is a new incarnation. */
+  inc: number
+  /** Per-incarnation counter; stale or replayed messages carry an old one. */
+  seq: number
+  /** Sender's wall clock (ms), informational only. */
+  at: number
+}
+
+export interface HeartbeatMessage extends Common {
+  t: 'hb'
+  name: string
+  groups: string[]
+  /** Version of the sender's latest snapshot, so a receiver can tell it is missing one. */
+  snap: number
+}
+
+export interface SnapshotMessage extends Common {
+  t: 'snap'
+  name: string
+  groups: string[]
+  snap: number
+  /** Sender's listen multiaddrs, so peers that only heard of it through gossip can dial it. */
+  addrs: string[]
+  /** Application content (resources, models, ...), validated by its owner's schema. */
+  data: Record<string, unknown>
+}
+
+export interface LeaveMessage extends Common {
+  t: 'leave'
+}
+
+export type MembershipMessage = HeartbeatMessage | SnapshotMessage | LeaveMessage
+
+const common = {
+  v: { const: MEMBERSHIP_VERSION },
+  inc: { type: 'integer', minimum: 0 },
+  seq: { type: 'integer', minimum: 0 },
+  at: { type: 'integer', minimum: 0 }
+}
+const identity = {
+  name: { type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH },
+  groups: { type: 'array', maxItems: MAX_GROUPS, items: { type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH } },
+  snap: { type: 'integer', minimum: 0 }
+}
+
+const schema = {
+  oneOf: [
+    { type: 'object', required: ['v', 't', 'inc', 'seq', 'at', 'name', 'groups', 'snap'], properties: { ...common, ...identity, t: { const: 'hb' } }, additionalProperties: false },
+    {
+      type: 'object',
+      required: ['v', 't', 'inc', 'seq', 'at', 'name', 'groups', 'snap', 'addrs', 'data'],
+      properties: { ...common, ...identity, t: { const: 'snap' }, addrs: { type: 'array', maxItems: MAX_ADDRS, items: { type: 'string', maxLength: 256 } }, data: { type: 'object' } },
+      additionalProperties: false
+    },
+    { type: 'object', required: ['v', 't', 'inc', 'seq', 'at'], properties: { ...common, t: { const: 'leave' } }, additionalProperties: false }
+  ]
+}
+
+let validator: ValidateFunction<MembershipMessage> | undefined
+function validate (): ValidateFunction<MembershipMessage> {
+  validator ??= new Ajv({ allErrors: false }).compile<MembershipMessage>(schema)
+  return validator
+}
+
+export type DropReason = 'oversized' | 'malformed_json' | 'invalid_schema'
+
+export type DecodeResult = { ok: true, message: MembershipMessage } | { ok: false, reason: DropReason }
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder('utf-8', { fatal: true })
+
+export function encodeMembership (msg: MembershipMessage): Uint8Array {
+  return encoder.encode(JSON.stringify(msg))
+}
+
+/** Decodes and validates one message; never throws. */
+export function decodeMembership (bytes: Uint8Array): DecodeResult {
+  if (bytes.byteLength > MAX_MEMBERSHIP_MESSAGE_BYTES) return { ok: false, reason: 'oversized' }
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(decoder.decode(bytes))
+  } catch {
+    return { ok: false, reason: 'malformed_json' }
+  }
+  if (!validate()(parsed)) return { ok: false, reason: 'invalid_schema' }
+  return { ok: true, message: parsed }
+}

@@ -1,0 +1,108 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** The CLI entry run from source (no build step in the test loop). */
+export const CLI = path.join(ROOT, 'src', 'cli', 'run.ts')
+
+export interface NodeProcess {
+  name: string
+  child: ChildProcess
+  id: string
+  api: string
+  dataDir: string
+  p2pPort: number
+  stdout: string[]
+  stderr: string[]
+}
+
+/** Returns `n` free TCP ports on loopback. */
+export async function freePorts (n: number): Promise<number[]> {
+  const net = await import('node:net')
+  const servers = await Promise.all(Array.from({ length: n }, async () => await new Promise<import('node:net').Server>((resolve, reject) => {
+    const s = net.createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => { resolve(s) })
+  })))
+  const ports = servers.map(s => (s.address() as { port: number }).port)
+  await Promise.all(servers.map(async s => await new Promise(resolve => s.close(resolve))))
+  return ports
+}
+
+export async function tempDir (prefix = 'shepherd-test-'): Promise<string> {
+  return await fs.mkdtemp(path.join(os.tmpdir(), prefix))
+}
+
+/**
+ * Starts `shepherd-mesh start` as a child process on loopback with mDNS off, and waits for its
+ * ready line. Extra args are appended (e.g. `--bootstrap`).
+ */
+export async function startNode (opts: { name: string, dataDir?: string, apiPort?: number, p2pPort?: number, args?: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number }): Promise<NodeProcess> {
+  const dataDir = opts.dataDir ?? await tempDir()
+  const [apiPort, p2pPort] = opts.apiPort != null && opts.p2pPort != null ? [opts.apiPort, opts.p2pPort] : await freePorts(2)
+  const args = [
+    '--import', 'tsx', CLI, 'start',
+    '--no-mdns',
+    '--name', opts.name,
+    '--data-dir', dataDir,
+    '--api-host', '127.0.0.1',
+    '--api-port', String(apiPort),
+    '--listen', `/ip4/127.0.0.1/tcp/${p2pPort}`,
+    ...(opts.args ?? [])
+  ]
+  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const stdout: string[] = []
+  const stderr: string[] = []
+  child.stderr.setEncoding('utf8').on('data', (d: string) => stderr.push(d))
+  const ready = await new Promise<{ id: string, api: string }>((resolve, reject) => {
+    const timer = setTimeout(() => { reject(new Error(`node ${opts.name} not ready in time; stderr: ${stderr.join('')}`)) }, opts.timeoutMs ?? 20_000)
+    let buf = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout.push(d)
+      buf += d
+      const m = /^shepherd-mesh (\S+) api=(\S+)$/m.exec(buf)
+      if (m != null) { clearTimeout(timer); resolve({ id: m[1], api: m[2] }) }
+    })
+    child.once('exit', code => { clearTimeout(timer); reject(new Error(`node ${opts.name} exited with ${code}; stderr: ${stderr.join('')}`)) })
+  })
+  return { name: opts.name, child, dataDir, p2pPort, stdout, stderr, ...ready }
+}
+
+export async function stopNode (n: NodeProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+  if (n.child.exitCode != null || n.child.signalCode != null) return n.child.exitCode
+  return await new Promise(resolve => {
+    n.child.once('exit', code => { resolve(code) })
+    n.child.kill(signal)
+  })
+}
+
+export async function getJson<T = any> (url: string): Promise<T> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(5000) })
+  if (!res.ok) throw new Error(`${url}: ${res.status} ${await res.text()}`)
+  return await res.json() as T
+}
+
+/** Polls `check` until it returns a truthy value or the time runs out; returns the elapsed ms. */
+export async function waitFor<T> (what: string, check: () => Promise<T | undefined | false | null> | T | undefined | false | null, timeoutMs: number, everyMs = 25): Promise<{ value: T, ms: number }> {
+  const start = performance.now()
+  let last: unknown
+  while (performance.now() - start < timeoutMs) {
+    try {
+      const v = await check()
+      if (v != null && v !== false) return { value: v as T, ms: performance.now() - start }
+    } catch (err) {
+      last = err
+    }
+    await new Promise(resolve => setTimeout(resolve, everyMs))
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last != null ? `: ${String(last)}` : ''}`)
+}
+
+/** Peer status of `id` as seen by the node at `api`. */
+export async function statusOf (api: string, id: string): Promise<string | undefined> {
+  const { peers } = await getJson<{ peers: Array<{ id: string, status: string }> }>(`${api}/api/peers`)
+  return peers.find(p => p.id === id)?.status
+}

@@ -154,8 +154,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       onRefused: id => { this.refused(id) },
       isWanted: id => {
         const rec = this.table.get(id)
-        // Dial peers we never heard of (bootstrap, discovery) and peers lost without a goodbye.
-        return rec == null || rec.lastSeen === 0 || rec.status === 'dead' || rec.status === 'suspect'
+        // Every peer not connected is dialed (the LAN mesh is a full mesh) except one that said goodbye.
+        return rec == null || rec.status !== 'left'
       }
     })
     for (const kp of o.knownPeers ?? []) {

@@ -95,6 +95,25 @@ export function gpusFromControllers (controllers: si.Systeminformation.GraphicsC
   })
 }
 
+type GraphicsSource = NonNullable<DetectGpusOptions['graphics']>
+
+/**
+ * Memoizes a controller-list source for `ttlMs` (default 10 min): the list is static and
+ * `si.graphics()` spawns tools on Linux, so a monitor polling every few seconds should not call
+ * it each time. A failed call is not remembered.
+ */
+export function cachedGraphics (source: GraphicsSource = async () => await si.graphics(), ttlMs = 600_000): GraphicsSource {
+  let cached: { at: number, value: Promise<Awaited<ReturnType<GraphicsSource>>> } | null = null
+  return async () => {
+    if (cached === null || Date.now() - cached.at > ttlMs) {
+      const value = source()
+      cached = { at: Date.now(), value }
+      value.catch(() => { cached = null })
+    }
+    return await cached.value
+  }
+}
+
 /**
  * Lists this machine's GPUs. A missing tool is not an error; a tool that exists but reports no
  * GPU gives its reason in `reasons`. The systeminformation fallback runs only when neither

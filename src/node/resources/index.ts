@@ -8,7 +8,7 @@ export { GgufFormatError, readGgufHeader, quantizationOf, tensorByteSize, GGML_T
 export type { GgufHeader, GgufTensorInfo, GgufMetadataValue, GgufArraySummary, GgufValueTypeName, ReadGgufHeaderOptions } from './gguf.js'
 export { scanModels, ModelScanCache, type ScanModelsOptions } from './models.js'
 export { collectSystem, SystemCollector, type CollectSystemOptions, type SystemSnapshot } from './system.js'
-export { detectGpus, gpusFromControllers, vendorOf, type DetectGpusOptions, type GpuDetection } from './gpus.js'
+export { cachedGraphics, detectGpus, gpusFromControllers, vendorOf, type DetectGpusOptions, type GpuDetection } from './gpus.js'
 export {
   NVIDIA_SMI_ARGS, NVIDIA_SMI_QUERY_FIELDS, NVIDIA_SMI_XML_ARGS, nvidiaSmiFailureReason, parseNvidiaSmiCsv, parseNvidiaSmiXml,
   type GpuParseResult

@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events'
 import os from 'node:os'
 import { createLogger, type Logger } from '../../logger.js'
 import { execRunner, type ExecRunner } from './exec.js'
-import { detectGpus, type DetectGpusOptions, type GpuDetection } from './gpus.js'
+import { cachedGraphics, detectGpus, type DetectGpusOptions, type GpuDetection } from './gpus.js'
 import { findLlamacppBuilds } from './llamacpp.js'
 import { ModelScanCache, scanModels } from './models.js'
 import { SystemCollector, type SystemSnapshot } from './system.js'
@@ -102,6 +102,7 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
   private readonly modelCache = new ModelScanCache()
   private readonly timers: NodeJS.Timeout[] = []
   private readonly inFlight = new Map<string, Promise<void>>()
+  private readonly graphics: NonNullable<DetectGpusOptions['graphics']>
 
   private current: ResourceSnapshot
   /** The picture as of the last `change` (or the first refresh): what movement is measured from. */
@@ -118,6 +119,7 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
     }
     this.exec = options.exec ?? execRunner
     this.log = options.log ?? createLogger('resources:monitor')
+    this.graphics = cachedGraphics(options.graphics)
     this.current = { resources: { ...emptySystem(), gpus: [], llamacpp: [] }, models: [] }
   }
 
@@ -187,7 +189,7 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
           break
         }
         case 'gpus': {
-          const d = await detectGpus({ exec: this.exec, ...(this.opts.graphics !== undefined ? { graphics: this.opts.graphics } : {}), log: this.log })
+          const d = await detectGpus({ exec: this.exec, graphics: this.graphics, log: this.log })
           this.lastGpuDetection = d
           this.current = { ...this.current, resources: { ...this.current.resources, gpus: d.gpus } }
           break

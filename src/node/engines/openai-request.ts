@@ -1,0 +1,259 @@
+/**
+ * Validates OpenAI request bodies and turns them into what a local engine needs: the model
+ * name, normalized messages or prompt, and sampling parameters with defaults applied. Pure
+ * functions; every rejection is a `BadRequestError` naming the parameter at fault.
+ */
+import { BadRequestError } from '../../errors.js'
+import { REQUEST_LIMITS, SAMPLING_DEFAULTS } from './constants.js'
+import { parseKeepAlive } from './keep-alive.js'
+
+export interface SamplingParams {
+  temperature: number
+  topP: number
+  topK: number
+  minP: number
+  /** Fixed seed for reproducible sampling; random per request when absent. */
+  seed?: number
+  stop: string[]
+  /** Token budget the request asked for; the engine also caps it by the context left. */
+  maxTokens?: number
+  frequencyPenalty: number
+  presencePenalty: number
+  /** 1 = off. */
+  repeatPenalty: number
+}
+
+export interface RequestCommon {
+  model: string
+  /** Milliseconds; absent when the request did not say. */
+  keepAliveMs?: number
+}
+
+export interface NormalizedMessage {
+  role: 'system' | 'user' | 'assistant'
+  content: string
+}
+
+export interface ParsedChatRequest extends RequestCommon {
+  messages: NormalizedMessage[]
+  sampling: SamplingParams
+  includeUsage: boolean
+}
+
+export interface ParsedCompletionRequest extends RequestCommon {
+  prompt: string | number[]
+  echo: boolean
+  sampling: SamplingParams
+  includeUsage: boolean
+}
+
+export interface ParsedEmbeddingRequest extends RequestCommon {
+  inputs: Array<string | number[]>
+  encoding: 'float' | 'base64'
+  dimensions?: number
+}
+
+type Body = Record<string, unknown>
+
+function asBody (body: unknown): Body {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BadRequestError('The request body must be a JSON object')
+  return body as Body
+}
+
+/** `null` counts as absent, as the OpenAI API treats it. */
+function present (body: Body, key: string): boolean {
+  return body[key] !== undefined && body[key] !== null
+}
+
+function parseModel (body: Body): string {
+  const model = body.model
+  if (typeof model !== 'string' || model.length === 0) throw new BadRequestError('model must be a non-empty string', 'model')
+  return model
+}
+
+function number (body: Body, key: string, min: number, max: number): number | undefined {
+  if (!present(body, key)) return undefined
+  const v = body[key]
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) {
+    throw new BadRequestError(`${key} must be a number between ${min} and ${max}`, key)
+  }
+  return v
+}
+
+function integer (body: Body, key: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const v = number(body, key, min, max)
+  if (v !== undefined && !Number.isInteger(v)) throw new BadRequestError(`${key} must be an integer`, key)
+  return v
+}
+
+function boolean (body: Body, key: string): boolean | undefined {
+  if (!present(body, key)) return undefined
+  if (typeof body[key] !== 'boolean') throw new BadRequestError(`${key} must be a boolean`, key)
+  return body[key] as boolean
+}
+
+function parseStop (body: Body): string[] {
+  if (!present(body, 'stop')) return []
+  const stop = body.stop
+  const list = typeof stop === 'string' ? [stop] : stop
+  if (!Array.isArray(list) || list.some(s => typeof s !== 'string')) {
+    throw new BadRequestError('stop must be a string or an array of strings', 'stop')
+  }
+  if (list.length > REQUEST_LIMITS.maxStopSequences) {
+    throw new BadRequestError(`stop takes at most ${REQUEST_LIMITS.maxStopSequences} sequences`, 'stop')
+  }
+  return (list as string[]).filter(s => s.length > 0)
+}
+
+function parseKeepAliveField (body: Body): number | undefined {
+  return present(body, 'keep_alive') ? parseKeepAlive(body.keep_alive) : undefined
+}
+
+function parseSampling (body: Body, maxTokensKeys: string[]): SamplingParams {
+  const n = integer(body, 'n', 1)
+  if (n !== undefined && n !== 1) throw new BadRequestError('Only n = 1 is supported', 'n', 'unsupported_parameter')
+  // The first key present wins (max_completion_tokens supersedes max_tokens); all are validated.
+  const maxTokens = maxTokensKeys.map(key => integer(body, key, 1)).find(v => v !== undefined)
+  const seed = integer(body, 'seed', Number.MIN_SAFE_INTEGER)
+  return {
+    temperature: number(body, 'temperature', 0, 2) ?? SAMPLING_DEFAULTS.temperature,
+    topP: number(body, 'top_p', 0, 1) ?? SAMPLING_DEFAULTS.topP,
+    topK: integer(body, 'top_k', 0) ?? SAMPLING_DEFAULTS.topK,
+    minP: number(body, 'min_p', 0, 1) ?? SAMPLING_DEFAULTS.minP,
+    // llama.cpp seeds are uint32; fold any integer onto that range rather than refuse it.
+    seed: seed === undefined ? undefined : ((seed % 2 ** 32) + 2 ** 32) % 2 ** 32,
+    stop: parseStop(body),
+    maxTokens,
+    frequencyPenalty: number(body, 'frequency_penalty', -2, 2) ?? 0,
+    presencePenalty: number(body, 'presence_penalty', -2, 2) ?? 0,
+    repeatPenalty: number(body, 'repeat_penalty', 0, 10) ?? 1
+  }
+}
+
+function parseIncludeUsage (body: Body): boolean {
+  if (!present(body, 'stream_options')) return false
+  const opts = body.stream_options
+  if (typeof opts !== 'object' || Array.isArray(opts)) throw new BadRequestError('stream_options must be an object', 'stream_options')
+  return boolean(opts as Body, 'include_usage') ?? false
+}
+
+/** Features a text-only local engine cannot honour; refused rather than silently ignored. */
+function refuseUnsupported (body: Body): void {
+  if (Array.isArray(body.tools) && body.tools.length > 0) {
+    throw new BadRequestError('tools are not supported by this engine', 'tools', 'unsupported_parameter')
+  }
+  if (Array.isArray(body.functions) && body.functions.length > 0) {
+    throw new BadRequestError('functions are not supported by this engine', 'functions', 'unsupported_parameter')
+  }
+  const format = body.response_format as { type?: unknown } | null | undefined
+  if (format != null && format.type !== 'text') {
+    throw new BadRequestError('Only response_format {type: "text"} is supported by this engine', 'response_format', 'unsupported_parameter')
+  }
+  if (body.logprobs === true || (typeof body.logprobs === 'number' && body.logprobs > 0)) {
+    throw new BadRequestError('logprobs are not supported by this engine', 'logprobs', 'unsupported_parameter')
+  }
+}
+
+function messageText (content: unknown, index: number): string {
+  const param = `messages[${index}].content`
+  if (content === undefined || content === null) return ''
+  if (typeof content === 'string') return content
+  if (!Array.isArray(content)) throw new BadRequestError('content must be a string or an array of content parts', param)
+  return content.map((part: unknown) => {
+    const p = part as { type?: unknown, text?: unknown } | null
+    if (p === null || typeof p !== 'object') throw new BadRequestError('content parts must be objects', param)
+    if (p.type !== 'text' || typeof p.text !== 'string') {
+      throw new BadRequestError(`content part type '${String(p.type)}' is not supported by this engine; only text`, param, 'unsupported_parameter')
+    }
+    return p.text
+  }).join('\n')
+}
+
+const ROLES: Record<string, NormalizedMessage['role']> = {
+  system: 'system',
+  developer: 'system',
+  user: 'user',
+  assistant: 'assistant'
+}
+
+/** Validates a `/v1/chat/completions` body. */
+export function parseChatRequest (raw: unknown): ParsedChatRequest {
+  const body = asBody(raw)
+  const model = parseModel(body)
+  refuseUnsupported(body)
+  const messages = body.messages
+  if (!Array.isArray(messages) || messages.length === 0) throw new BadRequestError('messages must be a non-empty array', 'messages')
+  const normalized = messages.map((m: unknown, i): NormalizedMessage => {
+    const msg = m as { role?: unknown, content?: unknown } | null
+    if (msg === null || typeof msg !== 'object') throw new BadRequestError('each message must be an object', `messages[${i}]`)
+    const role = typeof msg.role === 'string' ? ROLES[msg.role] : undefined
+    if (role === undefined) {
+      throw new BadRequestError(`messages[${i}].role '${String(msg.role)}' is not supported; use system, developer, user or assistant`, `messages[${i}].role`)
+    }
+    return { role, content: messageText(msg.content, i) }
+  })
+  return {
+    model,
+    keepAliveMs: parseKeepAliveField(body),
+    messages: normalized,
+    sampling: parseSampling(body, ['max_completion_tokens', 'max_tokens']),
+    includeUsage: parseIncludeUsage(body)
+  }
+}
+
+function isTokenArray (v: unknown): v is number[] {
+  return Array.isArray(v) && v.length > 0 && v.every(t => Number.isInteger(t) && t >= 0)
+}
+
+/** Validates a `/v1/completions` body. */
+export function parseCompletionRequest (raw: unknown): ParsedCompletionRequest {
+  const body = asBody(raw)
+  const model = parseModel(body)
+  refuseUnsupported(body)
+  if (present(body, 'suffix') && body.suffix !== '') {
+    throw new BadRequestError('suffix is not supported by this engine', 'suffix', 'unsupported_parameter')
+  }
+  const best = integer(body, 'best_of', 1)
+  if (best !== undefined && best !== 1) throw new BadRequestError('Only best_of = 1 is supported', 'best_of', 'unsupported_parameter')
+  let prompt: string | number[]
+  const p = body.prompt
+  if (typeof p === 'string') prompt = p
+  else if (isTokenArray(p)) prompt = p
+  else if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || isTokenArray(p[0]))) prompt = p[0]
+  else if (Array.isArray(p) && p.length > 1) throw new BadRequestError('Only one prompt per request is supported', 'prompt', 'unsupported_parameter')
+  else throw new BadRequestError('prompt must be a string or an array of token ids', 'prompt')
+  return {
+    model,
+    keepAliveMs: parseKeepAliveField(body),
+    prompt,
+    echo: boolean(body, 'echo') ?? false,
+    // The legacy completions API defaults max_tokens to 16; clients rely on it being short.
+    sampling: { ...parseSampling(body, ['max_tokens']), maxTokens: integer(body, 'max_tokens', 1) ?? 16 },
+    includeUsage: parseIncludeUsage(body)
+  }
+}
+
+/** Validates a `/v1/embeddings` body. */
+export function parseEmbeddingRequest (raw: unknown): ParsedEmbeddingRequest {
+  const body = asBody(raw)
+  const model = parseModel(body)
+  const input = body.input
+  let inputs: Array<string | number[]>
+  if (typeof input === 'string') inputs = [input]
+  else if (isTokenArray(input)) inputs = [input]
+  else if (Array.isArray(input) && input.length > 0 && input.every(i => typeof i === 'string' || isTokenArray(i))) inputs = input
+  else throw new BadRequestError('input must be a string, an array of strings or an array of token arrays', 'input')
+  if (inputs.length > REQUEST_LIMITS.maxEmbeddingInputs) {
+    throw new BadRequestError(`input takes at most ${REQUEST_LIMITS.maxEmbeddingInputs} items`, 'input')
+  }
+  if (inputs.some(i => i.length === 0)) throw new BadRequestError('input must not contain empty strings', 'input')
+  const encoding = present(body, 'encoding_format') ? body.encoding_format : 'float'
+  if (encoding !== 'float' && encoding !== 'base64') throw new BadRequestError("encoding_format must be 'float' or 'base64'", 'encoding_format')
+  return {
+    model,
+    keepAliveMs: parseKeepAliveField(body),
+    inputs,
+    encoding,
+    dimensions: integer(body, 'dimensions', 1)
+  }
+}

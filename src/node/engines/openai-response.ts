@@ -1,0 +1,158 @@
+/**
+ * Builds OpenAI response objects and stream chunks. Engines that generate locally produce
+ * results through these so every backend answers in exactly the same shape.
+ */
+import { randomUUID } from 'node:crypto'
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionChunkDelta,
+  CompletionUsage,
+  EmbeddingObject,
+  FinishReason,
+  TextCompletion,
+  TextCompletionChunk
+} from './openai-types.js'
+
+/** `chatcmpl-…` / `cmpl-…` ids: the prefix OpenAI uses and 32 random hex digits. */
+export function newResponseId (prefix: 'chatcmpl' | 'cmpl'): string {
+  return `${prefix}-${randomUUID().replaceAll('-', '')}`
+}
+
+/** Unix time in seconds, as `created` carries it. */
+export function unixNow (): number {
+  return Math.floor(Date.now() / 1000)
+}
+
+export function usage (promptTokens: number, completionTokens: number): CompletionUsage {
+  return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens }
+}
+
+/** Identity shared by every chunk of one response. */
+export interface ResponseHeader {
+  id: string
+  created: number
+  model: string
+}
+
+export interface GenerationResult {
+  text: string
+  /** Thinking of reasoning models, separate from the answer. */
+  reasoning: string
+  finishReason: FinishReason
+  promptTokens: number
+  completionTokens: number
+}
+
+export function chatCompletion (header: ResponseHeader, result: GenerationResult): ChatCompletion {
+  return {
+    id: header.id,
+    object: 'chat.completion',
+    created: header.created,
+    model: header.model,
+    choices: [{
+      index: 0,
+      message: {
+        role: 'assistant',
+        content: result.text,
+        refusal: null,
+        ...(result.reasoning.length > 0 ? { reasoning_content: result.reasoning } : {})
+      },
+      logprobs: null,
+      finish_reason: result.finishReason
+    }],
+    usage: usage(result.promptTokens, result.completionTokens)
+  }
+}
+
+/**
+ * One chat chunk with a single choice. With `includeUsage`, every chunk carries `usage: null`
+ * as OpenAI sends it; the totals come in `chatUsageChunk`.
+ */
+export function chatChunk (header: ResponseHeader, delta: ChatCompletionChunkDelta, finishReason: FinishReason | null, includeUsage: boolean): ChatCompletionChunk {
+  return {
+    id: header.id,
+    object: 'chat.completion.chunk',
+    created: header.created,
+    model: header.model,
+    choices: [{ index: 0, delta, logprobs: null, finish_reason: finishReason }],
+    ...(includeUsage ? { usage: null } : {})
+  }
+}
+
+/** The last chunk of a stream with `include_usage`: no choices, the totals. */
+export function chatUsageChunk (header: ResponseHeader, promptTokens: number, completionTokens: number): ChatCompletionChunk {
+  return {
+    id: header.id,
+    object: 'chat.completion.chunk',
+    created: header.created,
+    model: header.model,
+    choices: [],
+    usage: usage(promptTokens, completionTokens)
+  }
+}
+
+export function textCompletion (header: ResponseHeader, result: GenerationResult): TextCompletion {
+  return {
+    id: header.id,
+    object: 'text_completion',
+    created: header.created,
+    model: header.model,
+    choices: [{ text: result.text, index: 0, logprobs: null, finish_reason: result.finishReason }],
+    usage: usage(result.promptTokens, result.completionTokens)
+  }
+}
+
+export function textChunk (header: ResponseHeader, text: string, finishReason: FinishReason | null, includeUsage: boolean): TextCompletionChunk {
+  return {
+    id: header.id,
+    object: 'text_completion',
+    created: header.created,
+    model: header.model,
+    choices: [{ text, index: 0, logprobs: null, finish_reason: finishReason }],
+    ...(includeUsage ? { usage: null } : {})
+  }
+}
+
+export function textUsageChunk (header: ResponseHeader, promptTokens: number, completionTokens: number): TextCompletionChunk {
+  return {
+    id: header.id,
+    object: 'text_completion',
+    created: header.created,
+    model: header.model,
+    choices: [],
+    usage: usage(promptTokens, completionTokens)
+  }
+}
+
+/**
+ * Scales a vector to unit length, as OpenAI's and llama-server's embeddings are. Values are
+ * rounded to float32, the precision the model computes in, so the float and base64 encodings
+ * of one embedding carry exactly the same numbers.
+ */
+export function normalizeVector (vector: readonly number[]): number[] {
+  let sum = 0
+  for (const v of vector) sum += v * v
+  const norm = Math.sqrt(sum)
+  return vector.map(v => Math.fround(norm > 0 ? v / norm : v))
+}
+
+/** `encoding_format: 'base64'`: the float32 little-endian bytes, base64-encoded. */
+export function encodeEmbedding (vector: readonly number[], encoding: 'float' | 'base64'): number[] | string {
+  if (encoding === 'float') return [...vector]
+  const bytes = Buffer.alloc(vector.length * 4)
+  vector.forEach((v, i) => bytes.writeFloatLE(v, i * 4))
+  return bytes.toString('base64')
+}
+
+/** Inverse of `encodeEmbedding(…, 'base64')`. */
+export function decodeEmbedding (base64: string): number[] {
+  const bytes = Buffer.from(base64, 'base64')
+  const out: number[] = []
+  for (let i = 0; i + 4 <= bytes.length; i += 4) out.push(bytes.readFloatLE(i))
+  return out
+}
+
+export function embeddingObject (index: number, vector: readonly number[], encoding: 'float' | 'base64'): EmbeddingObject {
+  return { object: 'embedding', index, embedding: encodeEmbedding(vector, encoding) }
+}

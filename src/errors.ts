@@ -20,6 +20,17 @@ export class ShepherdError extends Error {
     this.type = opts.type ?? (this.status >= 500 ? 'server_error' : 'invalid_request_error')
     this.param = opts.param ?? null
   }
+
+  /** Same error with a cause attached (for logs; never shown to API clients). */
+  withCause (cause: unknown): this {
+    Object.defineProperty(this, 'cause', { value: cause, enumerable: false, configurable: true })
+    return this
+  }
+
+  withMessage (message: string): this {
+    this.message = message
+    return this
+  }
 }
 
 export class ConfigError extends ShepherdError {

@@ -16,6 +16,7 @@ export function startFlags (): Options {
   const out: Options = {
     config: { type: 'string', short: 'c' },
     'no-mdns': { type: 'boolean' },
+    'no-allow-remote': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' }
   }
   for (const spec of OPTION_SPECS) {

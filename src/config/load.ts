@@ -95,6 +95,7 @@ export function readFlags (values: Record<string, unknown>): Partial<NodeOptions
     ;(out as any)[spec.key] = coerce(spec, raw, `--${spec.flag}`)
   }
   if (values['no-mdns'] === true) out.mdns = false
+  if (values['no-allow-remote'] === true) out.allowRemote = false
   return out
 }
 
@@ -121,6 +122,16 @@ export function validateOptions (opts: NodeOptions): NodeOptions {
   if (opts.heartbeatMs < 50) throw new ConfigError('heartbeat must be at least 50 ms', 'membership.heartbeat_ms')
   if (opts.suspectAfterMs <= opts.heartbeatMs) throw new ConfigError('suspect_after_ms must exceed heartbeat_ms', 'membership.suspect_after_ms')
   if (opts.deadAfterMs <= opts.suspectAfterMs) throw new ConfigError('dead_after_ms must exceed suspect_after_ms', 'membership.dead_after_ms')
+  const oneOf = (key: keyof NodeOptions, allowed: string[], yaml: string): void => {
+    if (!allowed.includes(String(opts[key]))) throw new ConfigError(`${yaml} '${String(opts[key])}' is not one of ${allowed.join(', ')}`, yaml)
+  }
+  oneOf('engine', ['embedded', 'llama-server', 'none'], 'engine.kind')
+  oneOf('gpu', ['auto', 'cuda', 'vulkan', 'metal', 'off'], 'engine.gpu')
+  oneOf('routing', ['least-loaded', 'round-robin', 'random', 'weighted', 'lowest-latency'], 'serving.routing')
+  if (opts.maxConcurrency < 1) throw new ConfigError('max_concurrency must be at least 1', 'serving.max_concurrency')
+  for (const u of opts.upstreams) {
+    if (!/^https?:\/\/[^\s]+$/.test(u)) throw new ConfigError(`upstream '${u}' is not an http(s) URL`, 'engine.upstreams')
+  }
   if (opts.name.length === 0 || opts.name.length > 64) throw new ConfigError('node name must be 1-64 characters', 'node.name')
   return opts
 }

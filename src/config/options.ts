@@ -40,6 +40,33 @@ export interface NodeOptions {
   redialMinMs: number
   redialMaxMs: number
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent'
+  /** Backend for local GGUF files: in-process node-llama-cpp, a managed llama-server, or none. */
+  engine: 'embedded' | 'llama-server' | 'none'
+  /** GPU use of the local engine. */
+  gpu: 'auto' | 'cuda' | 'vulkan' | 'metal' | 'off'
+  /** Inference threads; 0 picks a value that fits the machine. */
+  threads: number
+  /** Context size per loaded model; 0 lets the engine choose (capped by the model). */
+  contextSize: number
+  /** Idle time after which a loaded model is unloaded. */
+  keepAliveMs: number
+  /** OpenAI-compatible servers this node fronts (Ollama, vLLM, LM Studio, llama-server...). */
+  upstreams: string[]
+  /** Requests this node runs at once. */
+  maxConcurrency: number
+  /** Requests that may wait for a turn before 429. */
+  maxQueue: number
+  /** Serve peers' requests too; false keeps this node's models for its own clients. */
+  allowRemote: boolean
+  /** How a replica is chosen among peers. */
+  routing: 'least-loaded' | 'round-robin' | 'random' | 'weighted' | 'lowest-latency'
+  /** Whole-request limit for inference through the API. */
+  requestTimeoutMs: number
+  /** Consecutive failures that take a host out of rotation, and for how long. */
+  breakerFailures: number
+  breakerCooldownMs: number
+  /** API keys accepted as `Authorization: Bearer KEY`; none means no key is required. */
+  apiKeys: string[]
 }
 
 export type OptionType = 'string' | 'int' | 'bool' | 'list'
@@ -76,7 +103,21 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'redialMaxMs', type: 'int', yaml: 'membership.redial_max_ms', env: 'SHEPHERD_REDIAL_MAX_MS', flag: 'redial-max-ms', help: 'longest redial delay' },
   { key: 'sampleIntervalMs', type: 'int', yaml: 'resources.sample_interval_ms', env: 'SHEPHERD_SAMPLE_INTERVAL_MS', flag: 'sample-interval-ms', help: 'resource sampling period' },
   { key: 'gpuIntervalMs', type: 'int', yaml: 'resources.gpu_interval_ms', env: 'SHEPHERD_GPU_INTERVAL_MS', flag: 'gpu-interval-ms', help: 'GPU query period' },
-  { key: 'logLevel', type: 'string', yaml: 'log_level', env: 'SHEPHERD_LOG', flag: 'log-level', help: 'trace|debug|info|warn|error|silent' }
+  { key: 'logLevel', type: 'string', yaml: 'log_level', env: 'SHEPHERD_LOG', flag: 'log-level', help: 'trace|debug|info|warn|error|silent' },
+  { key: 'engine', type: 'string', yaml: 'engine.kind', env: 'SHEPHERD_ENGINE', flag: 'engine', help: 'embedded|llama-server|none' },
+  { key: 'gpu', type: 'string', yaml: 'engine.gpu', env: 'SHEPHERD_GPU', flag: 'gpu', help: 'auto|cuda|vulkan|metal|off' },
+  { key: 'threads', type: 'int', yaml: 'engine.threads', env: 'SHEPHERD_THREADS', flag: 'threads', help: 'inference threads (0 = fit the machine)' },
+  { key: 'contextSize', type: 'int', yaml: 'engine.context_size', env: 'SHEPHERD_CONTEXT_SIZE', flag: 'context-size', help: 'context per model (0 = engine default)' },
+  { key: 'keepAliveMs', type: 'int', yaml: 'engine.keep_alive_ms', env: 'SHEPHERD_KEEP_ALIVE_MS', flag: 'keep-alive-ms', help: 'idle time before a model is unloaded' },
+  { key: 'upstreams', type: 'list', yaml: 'engine.upstreams', env: 'SHEPHERD_UPSTREAMS', flag: 'upstream', help: 'OpenAI-compatible base URL to front (repeatable)' },
+  { key: 'maxConcurrency', type: 'int', yaml: 'serving.max_concurrency', env: 'SHEPHERD_MAX_CONCURRENCY', flag: 'max-concurrency', help: 'requests run at once' },
+  { key: 'maxQueue', type: 'int', yaml: 'serving.max_queue', env: 'SHEPHERD_MAX_QUEUE', flag: 'max-queue', help: 'requests queued before 429' },
+  { key: 'allowRemote', type: 'bool', yaml: 'serving.allow_remote', env: 'SHEPHERD_ALLOW_REMOTE', flag: 'allow-remote', help: 'serve peers\' requests (--no-allow-remote to refuse)' },
+  { key: 'routing', type: 'string', yaml: 'serving.routing', env: 'SHEPHERD_ROUTING', flag: 'routing', help: 'least-loaded|round-robin|random|weighted|lowest-latency' },
+  { key: 'requestTimeoutMs', type: 'int', yaml: 'serving.request_timeout_ms', env: 'SHEPHERD_REQUEST_TIMEOUT_MS', flag: 'request-timeout-ms', help: 'inference request limit' },
+  { key: 'breakerFailures', type: 'int', yaml: 'serving.breaker_failures', env: 'SHEPHERD_BREAKER_FAILURES', flag: 'breaker-failures', help: 'failures before a host is taken out' },
+  { key: 'breakerCooldownMs', type: 'int', yaml: 'serving.breaker_cooldown_ms', env: 'SHEPHERD_BREAKER_COOLDOWN_MS', flag: 'breaker-cooldown-ms', help: 'time a failing host stays out' },
+  { key: 'apiKeys', type: 'list', yaml: 'api.keys', env: 'SHEPHERD_API_KEYS', flag: 'api-key', help: 'API key clients must send (repeatable)' }
 ]
 
 /** Defaults. Timings give: kill -9 seen dead in < 1 s (connection refused), silent loss in <= 4.25 s. */
@@ -102,6 +143,20 @@ export function defaultOptions (): NodeOptions {
     gpuIntervalMs: 10000,
     redialMinMs: 500,
     redialMaxMs: 10000,
-    logLevel: 'warn'
+    logLevel: 'warn',
+    engine: 'embedded',
+    gpu: 'auto',
+    threads: 0,
+    contextSize: 0,
+    keepAliveMs: 5 * 60_000,
+    upstreams: [],
+    maxConcurrency: 16,
+    maxQueue: 256,
+    allowRemote: true,
+    routing: 'least-loaded',
+    requestTimeoutMs: 600_000,
+    breakerFailures: 3,
+    breakerCooldownMs: 10_000,
+    apiKeys: []
   }
 }

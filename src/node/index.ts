@@ -2,6 +2,8 @@
  * The node: identity, durable store, resources and the mesh view. Depends on src/p2p only.
  */
 export { MeshNode, type PeerView, type PeerEvent, type PeerEventType, type NodeMetrics } from './mesh-node.js'
-export { Store, StoreError, type KnownPeer } from './store.js'
+export { Store, StoreError, type KnownPeer, type AuditEntry } from './store.js'
+export { EngineHub, type LocalModel } from './engine-hub.js'
+export { Admission } from './admission.js'
 export { isNodeSnapshot, type NodeSnapshot, type ModelSummary } from './snapshot.js'
 export type { NodeResources, GpuInfo, LlamacppBuild, ModelFile, CpuInfo, MemoryInfo, DiskInfo } from './resources/types.js'

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { Mesh, type PeerRecord, type PeerStatus, type MeshStats } from '../p2p/index.js'
+import { INFERENCE_PROTOCOL, Mesh, type PeerRecord, type PeerStatus, type MeshStats } from '../p2p/index.js'
 import type { NodeOptions } from '../config/index.js'
 import { createLogger } from '../logger.js'
 import { VERSION } from '../version.js'
@@ -7,6 +7,10 @@ import { ResourceMonitor, type NodeResources } from './resources/index.js'
 import { isNodeSnapshot, summarizeModel, type ModelSummary, type NodeSnapshot } from './snapshot.js'
 import { Store } from './store.js'
 import { loadOrCreateIdentity } from './identity.js'
+import { EngineHub } from './engine-hub.js'
+import { createEngines } from './engine-setup.js'
+import type { ModelFile } from './resources/index.js'
+import { ShepherdError } from '../errors.js'
 
 /** One peer (or this node) as the API shows it. */
 export interface PeerView {
@@ -53,6 +57,9 @@ export interface MeshNodeEvents {
  */
 export class MeshNode extends EventEmitter<MeshNodeEvents> {
   readonly mesh: Mesh<NodeSnapshot>
+  /** The engines of this node; their models are what it serves. */
+  readonly hub: EngineHub
+  private modelFiles: ModelFile[] = []
   /** Grows whenever the gossiped snapshot content changes. */
   snapshotVersion = 1
   private apiPort: number | null = null
@@ -63,10 +70,13 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     readonly options: NodeOptions,
     readonly store: Store,
     readonly monitor: ResourceMonitor,
-    mesh: Mesh<NodeSnapshot>
+    mesh: Mesh<NodeSnapshot>,
+    hub: EngineHub
   ) {
     super()
     this.mesh = mesh
+    this.hub = hub
+    hub.on('change', () => { this.snapshotChanged() })
     for (const type of ['peer:joined', 'peer:alive', 'peer:suspect', 'peer:dead', 'peer:left', 'peer:snapshot'] as const) {
       mesh.on(type, rec => {
         this.emit('peer', { type, id: rec.id, name: rec.name, status: rec.status, at: new Date().toISOString() })
@@ -74,7 +84,10 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     }
     mesh.on('peer:alive', rec => { this.remember(rec) })
     mesh.on('peer:addresses', rec => { this.remember(rec) })
-    monitor.on('change', () => { this.snapshotChanged() })
+    monitor.on('change', change => {
+      this.modelFiles = change.snapshot.models
+      this.snapshotChanged()
+    })
   }
 
   /** Opens the store, loads or creates the identity and prepares (but does not start) the node. */
@@ -91,15 +104,21 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         gpuIntervalMs: options.gpuIntervalMs
       })
       let node: MeshNode | undefined
+      const hub = new EngineHub({
+        engines: await createEngines(options, { modelFiles: () => node?.modelFiles ?? [] }),
+        maxConcurrency: options.maxConcurrency,
+        maxQueue: options.maxQueue
+      })
       const mesh = new Mesh<NodeSnapshot>({
         ...options,
         privateKey: key,
         knownPeers,
         snapshotVersion: () => node!.snapshotVersion,
         snapshotData: () => node!.currentSnapshot(),
+        load: () => hub.load(),
         validateSnapshot: isNodeSnapshot
       })
-      node = new MeshNode(options, store, monitor, mesh)
+      node = new MeshNode(options, store, monitor, mesh, hub)
       return node
     } catch (err) {
       await store.close()
@@ -117,13 +136,25 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
 
   async start (): Promise<void> {
     await this.monitor.start()
+    this.modelFiles = this.monitor.snapshot().models
     await this.mesh.start()
+    await this.mesh.inference.serve(async (req, ctx) => {
+      if (!this.options.allowRemote) {
+        throw new ShepherdError('This node serves its own clients only (allowRemote is off)', { code: 'remote_access_disabled', status: 403, type: 'permission_error' })
+      }
+      return await this.hub.run(req, ctx.signal)
+    }, {
+      onViolation: (peer, reason) => {
+        void this.store.appendAudit({ kind: 'wire_violation', peer, detail: `${INFERENCE_PROTOCOL}: ${reason}`, verdict: 'rejected' }).catch(() => {})
+      }
+    })
     this.log.info('started', { id: this.id, addresses: this.mesh.addresses() })
   }
 
   /** Stops the node; a clean stop tells peers at once (status `left`). */
   async stop (opts: { announce?: boolean } = {}): Promise<void> {
     await this.mesh.stop(opts)
+    await this.hub.close()
     this.monitor.stop()
     await this.store.close()
   }
@@ -145,9 +176,28 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     return {
       version: VERSION,
       resources: snap.resources,
-      models: snap.models.map(m => summarizeModel(m)),
+      models: this.servedModels(),
       api: this.apiPort != null ? { port: this.apiPort } : null
     }
+  }
+
+  /** Models this node serves: the engines' list, with GGUF header facts where a file backs it. */
+  servedModels (): ModelSummary[] {
+    const files = new Map(this.modelFiles.map(f => [f.name, f]))
+    return this.hub.models().map(m => {
+      const file = files.get(m.id)
+      if (file != null) return summarizeModel(file, m.state)
+      return {
+        name: m.id,
+        sizeBytes: m.sizeBytes ?? 0,
+        architecture: null,
+        quantization: null,
+        parameterCount: null,
+        contextLength: m.contextLength ?? null,
+        fingerprint: m.fingerprint ?? `${m.engineKind}:${m.engine}:${m.id}`,
+        state: m.state
+      }
+    })
   }
 
   self (): PeerView {

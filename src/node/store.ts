@@ -17,6 +17,15 @@ export interface KnownPeer {
   lastSeen: number
 }
 
+/** One line of the audit log: who did what, and the verdict. */
+export interface AuditEntry {
+  at: number
+  kind: string
+  peer?: string
+  detail: string
+  verdict: 'accepted' | 'rejected' | 'dropped'
+}
+
 type Json = Record<string, unknown> | unknown[] | string | number | boolean | null
 
 /**
@@ -64,6 +73,21 @@ export class Store {
 
   async rememberPeer (peer: KnownPeer): Promise<void> {
     await this.peers.put(peer.id, peer)
+  }
+
+  private auditSeq = 0
+  private get audit () { return this.db.sublevel<string, AuditEntry>('audit', { valueEncoding: 'json' }) }
+
+  /** Appends an entry to the durable audit log (keys sort by time, then arrival). */
+  async appendAudit (entry: Omit<AuditEntry, 'at'>): Promise<void> {
+    const at = Date.now()
+    const key = `${at.toString().padStart(15, '0')}-${(this.auditSeq++).toString().padStart(9, '0')}`
+    await this.audit.put(key, { at, ...entry })
+  }
+
+  /** The newest `limit` audit entries, newest first. */
+  async auditLog (limit = 100): Promise<AuditEntry[]> {
+    return await this.audit.values({ reverse: true, limit }).all()
   }
 
   async close (): Promise<void> {

@@ -16,3 +16,14 @@ export const MAX_GOSSIP_FRAME_BYTES = 512 * 1024
 export const MAX_NAME_LENGTH = 64
 export const MAX_GROUPS = 32
 export const MAX_ADDRS = 16
+
+/** Inference requests relayed between nodes: OpenAI bodies in, results or chunks out. */
+export const INFERENCE_PROTOCOL = '/shepherd/openai/1.0.0'
+export const INFERENCE_VERSION = 1
+/** Largest request frame (an OpenAI request body); matches the HTTP body limit. */
+export const MAX_INFERENCE_REQUEST_BYTES = 8 * 1024 * 1024
+/** Largest response frame (a whole result, one chunk, or one passthrough block). */
+export const MAX_INFERENCE_RESPONSE_BYTES = 32 * 1024 * 1024
+/** A peer that opens a stream must send its request within this time. */
+export const INFERENCE_REQUEST_READ_TIMEOUT_MS = 10_000
+export const MAX_INFERENCE_STREAMS = 512

@@ -10,3 +10,7 @@ export { createIdentity, encodeIdentity, decodeIdentity, peerIdOf } from './iden
 export { MEMBERSHIP_TOPIC, MDNS_SERVICE_TAG, MAX_MEMBERSHIP_MESSAGE_BYTES } from './constants.js'
 export { isRefused } from './redialer.js'
 export type { Host } from './host.js'
+export { InferenceService, RemoteError, type InferenceReply, type InferenceHandler, type ViolationListener } from './inference.js'
+export { isInferenceRequest, isInferenceResponse, type InferenceRequestFrame, type InferenceResponseFrame, type InferenceOp, type PassthroughRequest, type ErrorPayload } from './inference-messages.js'
+export { FramedStream } from './framing.js'
+export { INFERENCE_PROTOCOL } from './constants.js'

@@ -29,6 +29,8 @@ export interface PeerRecord<S = Record<string, unknown>> {
   snapshotVersion: number
   snapshot: S | null
   snapshotAt: number | null
+  /** The peer's own count of running and waiting requests, from its last heartbeat. */
+  load: { active: number, queued: number, at: number } | null
 }
 
 export interface MembershipTimings {
@@ -61,7 +63,8 @@ export function newRecord<S> (id: string, now: number): PeerRecord<S> {
     seq: -1,
     snapshotVersion: -1,
     snapshot: null,
-    snapshotAt: null
+    snapshotAt: null,
+    load: null
   }
 }
 

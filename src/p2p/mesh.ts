@@ -8,6 +8,7 @@ import { createHost, type Host } from './host.js'
 import { decodeMembership, encodeMembership, type DropReason, type MembershipMessage } from './messages.js'
 import { PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
 import { Redialer } from './redialer.js'
+import { InferenceService } from './inference.js'
 
 export interface MeshOptions<S> {
   privateKey: PrivateKey
@@ -30,6 +31,8 @@ export interface MeshOptions<S> {
   snapshotVersion: () => number
   /** Content of this node's snapshot (built only when a snapshot is published). */
   snapshotData: () => S
+  /** Requests running and waiting here, sent with every heartbeat. */
+  load?: () => { active: number, queued: number }
   /** Validates a peer's snapshot content (the owner's schema); false drops the message. */
   validateSnapshot: (data: unknown) => data is S
 }
@@ -44,6 +47,10 @@ export interface MeshStats {
 
 export interface MeshEvents<S> extends PeerTableEvents<S> {
   'peer:addresses': [PeerRecord<S>]
+}
+
+function loadTuple (l: { active: number, queued: number }): [number, number] {
+  return [Math.max(0, Math.floor(l.active)), Math.max(0, Math.floor(l.queued))]
 }
 
 /**
@@ -79,6 +86,14 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
         this.emit(ev, rec)
       })
     }
+  }
+
+  private inferenceService?: InferenceService
+
+  /** `/shepherd/openai/1.0.0`: serve peers' inference requests and send ours. */
+  get inference (): InferenceService {
+    this.inferenceService ??= new InferenceService(this.libp2p)
+    return this.inferenceService
   }
 
   /** The libp2p host, for protocol handlers of other parts (openai, cmd, blob). */
@@ -180,6 +195,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     for (const t of this.timers) clearInterval(t)
     clearTimeout(this.snapshotDebounce)
     this.redialer?.stop()
+    await this.inferenceService?.stop()
     if (opts.announce !== false) {
       await this.publish({ v: MEMBERSHIP_VERSION, t: 'leave', inc: this.incarnation, seq: ++this.seq, at: Date.now() })
       // Give the frame a moment to leave the socket before the connections close.
@@ -210,7 +226,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     if (this.host == null || this.stopping) return
     void this.publish({
       v: MEMBERSHIP_VERSION, t: 'hb', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
-      name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion()
+      name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(),
+      ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {})
     })
   }
 
@@ -259,6 +276,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       res.record.addresses = this.host.getConnections(peerIdFromString(from)).map(c => c.remoteAddr.toString())
     }
     res.record.connected = this.host != null && this.host.getConnections(peerIdFromString(from)).length > 0
+    if (msg.t === 'hb' && msg.load != null) res.record.load = { active: msg.load[0], queued: msg.load[1], at: now }
     const rec = this.table.apply(prev, res)
     // The LAN mesh is a full mesh: a peer known only through gossip is dialed directly, so its
     // crash is seen by every node (connection refused), not only by those it happened to dial.

@@ -21,6 +21,8 @@ export interface HeartbeatMessage extends Common {
   groups: string[]
   /** Version of the sender's latest snapshot, so a receiver can tell it is missing one. */
   snap: number
+  /** Requests running and waiting on the sender, for load balancing between snapshots. */
+  load?: [active: number, queued: number]
 }
 
 export interface SnapshotMessage extends Common {
@@ -54,7 +56,12 @@ const identity = {
 
 const schema = {
   oneOf: [
-    { type: 'object', required: ['v', 't', 'inc', 'seq', 'at', 'name', 'groups', 'snap'], properties: { ...common, ...identity, t: { const: 'hb' } }, additionalProperties: false },
+    {
+      type: 'object',
+      required: ['v', 't', 'inc', 'seq', 'at', 'name', 'groups', 'snap'],
+      properties: { ...common, ...identity, t: { const: 'hb' }, load: { type: 'array', minItems: 2, maxItems: 2, items: { type: 'integer', minimum: 0 } } },
+      additionalProperties: false
+    },
     {
       type: 'object',
       required: ['v', 't', 'inc', 'seq', 'at', 'name', 'groups', 'snap', 'addrs', 'data'],

@@ -1,0 +1,169 @@
+import { EventEmitter } from 'node:events'
+import { BadRequestError, ModelNotFoundError, ShepherdError } from '../errors.js'
+import { createLogger } from '../logger.js'
+import type { InferenceReply, InferenceRequestFrame } from '../p2p/index.js'
+import { Admission } from './admission.js'
+import type { Engine, EngineModel } from './engines/index.js'
+
+/** A model this node can serve, with the engine that serves it. */
+export interface LocalModel extends EngineModel {
+  engine: string
+  engineKind: Engine['kind']
+}
+
+export interface EngineHubOptions {
+  engines: Engine[]
+  /** Requests this node runs at once (local and from peers together). */
+  maxConcurrency: number
+  /** Requests that may wait for a turn before new ones are refused with 429. */
+  maxQueue: number
+}
+
+export interface EngineHubEvents {
+  change: []
+}
+
+/**
+ * The engines of this node behind one door: which models it serves, and the one place where a
+ * request (from the local API or from a peer) is admitted and dispatched to an engine.
+ */
+export class EngineHub extends EventEmitter<EngineHubEvents> {
+  readonly admission: Admission
+  private readonly log = createLogger('node:engines')
+  readonly engines: Engine[]
+
+  constructor (opts: EngineHubOptions) {
+    super()
+    this.engines = opts.engines
+    this.admission = new Admission(opts.maxConcurrency, opts.maxQueue)
+    for (const e of this.engines) e.on('change', () => { this.emit('change') })
+  }
+
+  /** Every model served here; when two engines offer one name, the first engine wins. */
+  models (): LocalModel[] {
+    const seen = new Map<string, LocalModel>()
+    for (const engine of this.engines) {
+      let list: EngineModel[]
+      try {
+        list = engine.listModels()
+      } catch (err) {
+        this.log.warn('engine could not list its models', { engine: engine.id, err })
+        continue
+      }
+      for (const m of list) {
+        if (!seen.has(m.id)) seen.set(m.id, { ...m, engine: engine.id, engineKind: engine.kind })
+      }
+    }
+    return [...seen.values()]
+  }
+
+  engineFor (model: string): Engine | undefined {
+    for (const engine of this.engines) {
+      if (engine.listModels().some(m => m.id === model)) return engine
+    }
+    return undefined
+  }
+
+  has (model: string): boolean {
+    return this.engineFor(model) != null
+  }
+
+  /** In-flight and waiting requests, for the gossiped load figure. */
+  load (): { active: number, queued: number } {
+    return { active: this.admission.active, queued: this.admission.queued }
+  }
+
+  /**
+   * Runs one request on the local engine that serves its model. The admission slot is held until
+   * a stream is fully consumed or abandoned.
+   */
+  async run (req: InferenceRequestFrame, signal: AbortSignal): Promise<InferenceReply> {
+    const engine = this.engineFor(req.model)
+    if (engine == null) throw new ModelNotFoundError(req.model)
+    const release = await this.admission.acquire(signal)
+    try {
+      const reply = await this.dispatch(engine, req, signal)
+      if (reply.kind === 'result') {
+        release()
+        return reply
+      }
+      if (reply.kind === 'stream') return { kind: 'stream', chunks: holdUntilDone(reply.chunks, release) }
+      return { ...reply, body: holdUntilDone(reply.body, release) }
+    } catch (err) {
+      release()
+      throw err
+    }
+  }
+
+  private async dispatch (engine: Engine, req: InferenceRequestFrame, signal: AbortSignal): Promise<InferenceReply> {
+    const body = (req.body ?? {}) as any
+    switch (req.op) {
+      case 'chat':
+        if (req.stream) return { kind: 'stream', chunks: await primed(engine.chatStream(body, { signal })) as AsyncIterable<Record<string, unknown>> }
+        return { kind: 'result', data: await engine.chat(body, { signal }) as unknown as Record<string, unknown> }
+      case 'completion':
+        if (req.stream) return { kind: 'stream', chunks: await primed(engine.completionStream(body, { signal })) as AsyncIterable<Record<string, unknown>> }
+        return { kind: 'result', data: await engine.completion(body, { signal }) as unknown as Record<string, unknown> }
+      case 'embeddings':
+        return { kind: 'result', data: await engine.embeddings(body, { signal }) as unknown as Record<string, unknown> }
+      case 'passthrough': {
+        const pass = (engine as Partial<PassthroughCapable>).passthrough
+        if (req.pass == null || pass == null || (engine as Partial<PassthroughCapable>).supportsPassthrough?.(req.pass.path) === false) {
+          throw new ShepherdError(`The host of '${req.model}' does not serve ${req.pass?.path ?? 'this endpoint'}`, { code: 'unsupported_endpoint', status: 404 })
+        }
+        const res = await pass.call(engine, {
+          method: req.pass.method,
+          path: req.pass.path,
+          headers: req.pass.headers,
+          body: req.pass.body != null ? new Uint8Array(Buffer.from(req.pass.body, 'base64')) : null,
+          signal
+        })
+        return { kind: 'passthrough', status: res.status, headers: res.headers, body: res.body }
+      }
+      default:
+        throw new BadRequestError(`unknown operation '${String(req.op)}'`)
+    }
+  }
+
+  async close (): Promise<void> {
+    await Promise.allSettled(this.engines.map(async e => { await e.close() }))
+  }
+}
+
+/** The optional passthrough of engines that front an HTTP server (upstream). */
+export interface PassthroughCapable {
+  passthrough: (req: { method: string, path: string, headers: Record<string, string>, body: Uint8Array | null, signal?: AbortSignal }) => Promise<{ status: number, headers: Record<string, string>, body: AsyncIterable<Uint8Array> }>
+  supportsPassthrough: (path: string) => boolean
+}
+
+/**
+ * Pulls the first item before returning, so errors that happen before generation starts
+ * (unknown model, bad parameter, load failure) surface as a rejected call, not a broken stream.
+ */
+async function primed<T> (iterable: AsyncIterable<T>): Promise<AsyncIterable<T>> {
+  const it = iterable[Symbol.asyncIterator]()
+  const first = await it.next()
+  return {
+    [Symbol.asyncIterator] () {
+      let usedFirst = false
+      return {
+        async next () {
+          if (!usedFirst) { usedFirst = true; return first }
+          return await it.next()
+        },
+        async return (value?: unknown) {
+          await it.return?.(value)
+          return { done: true, value: undefined }
+        }
+      }
+    }
+  }
+}
+
+async function * holdUntilDone<T> (source: AsyncIterable<T>, release: () => void): AsyncGenerator<T> {
+  try {
+    yield * source
+  } finally {
+    release()
+  }
+}

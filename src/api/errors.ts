@@ -48,6 +48,17 @@ export function installErrorHandler (app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError, request, reply) => {
     const typed = err instanceof ShepherdError ? err : fromFastify(err)
     if (typed.status >= 500) request.log.error({ err }, 'request failed')
+    if (typed.status === 413 && !request.raw.readableEnded) {
+      // Answer once the oversized body is read (bounded), so the client sees the 413 rather
+      // than a connection reset in the middle of its upload; then close the connection.
+      const drained = new Promise<void>(resolve => {
+        const timer = setTimeout(resolve, 3000)
+        request.raw.once('end', () => { clearTimeout(timer); resolve() })
+        request.raw.once('error', () => { clearTimeout(timer); resolve() })
+      })
+      request.raw.resume()
+      return drained.then(async () => await reply.status(413).header('connection', 'close').send(toErrorBody(typed)))
+    }
     void reply.status(typed.status).send(toErrorBody(typed))
   })
   app.setNotFoundHandler((request, reply) => {

@@ -16,6 +16,7 @@ export const peerSchema = {
     connected: { type: 'boolean' },
     version: { type: ['string', 'null'] },
     snapshotAt: { type: ['string', 'null'] },
+    load: { type: ['object', 'null'], properties: { active: { type: 'integer' }, queued: { type: 'integer' } } },
     resources: {
       type: ['object', 'null'],
       additionalProperties: true,

@@ -1,7 +1,10 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { MeshNode } from '../node/index.js'
+import { Router } from '../scheduler/index.js'
+import { installApiKeys } from './auth.js'
 import { errorSchema, installErrorHandler } from './errors.js'
 import { inspectionRoutes } from './inspection.js'
+import { openaiRoutes } from './openai.js'
 import { peerSchema } from './schemas.js'
 
 export interface ApiOptions {
@@ -10,9 +13,11 @@ export interface ApiOptions {
   bodyLimitBytes?: number
   /** Fastify's own request logging (off: our logger is quiet by default). */
   logRequests?: boolean
+  /** The router to use; by default one is built from the node's options. */
+  router?: Router
 }
 
-/** Builds the HTTP API of a node: inspection routes now, OpenAI routes under `/v1`. */
+/** Builds the HTTP API of a node: inspection routes under `/api`, OpenAI routes under `/v1`. */
 export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: opts.logRequests === true,
@@ -28,6 +33,11 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   app.addSchema(errorSchema)
   app.addSchema(peerSchema)
   installErrorHandler(app)
+  installApiKeys(app, opts.node.options.apiKeys)
+  const o = opts.node.options
+  const router = opts.router ?? new Router(opts.node, { strategy: o.routing, breakerFailures: o.breakerFailures, breakerCooldownMs: o.breakerCooldownMs })
+  app.decorate('router', router)
   await app.register(inspectionRoutes(opts.node))
+  await app.register(openaiRoutes({ router, requestTimeoutMs: o.requestTimeoutMs }))
   return app
 }

@@ -6,6 +6,10 @@ import { ShepherdError } from '../errors.js'
 import { parse, startFlags } from './args.js'
 import { startHelp } from './help.js'
 
+function isLoopback (host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.')
+}
+
 /** `shepherd-mesh start`: runs a node until SIGINT/SIGTERM, then leaves the mesh cleanly. */
 export async function start (args: string[], out: (line: string) => void): Promise<void> {
   const { values, positionals } = parse(args, startFlags())
@@ -39,6 +43,9 @@ export async function start (args: string[], out: (line: string) => void): Promi
   const address = api.server.address()
   const port = typeof address === 'object' && address != null ? address.port : options.apiPort
   node.setApiPort(port)
+  if (!isLoopback(options.apiHost) && options.apiKeys.length === 0) {
+    process.stderr.write(`shepherd-mesh: warning: the API listens on ${options.apiHost} without an API key: anyone who can reach it can use it (set --api-key)\n`)
+  }
   if (!options.mdns && options.bootstrap.length === 0) {
     process.stderr.write('shepherd-mesh: mDNS is off and no --bootstrap peer is set: this node will only see peers that dial it\n')
   }

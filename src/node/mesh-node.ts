@@ -28,6 +28,8 @@ export interface PeerView {
   models: ModelSummary[]
   /** When the snapshot shown was received (ISO 8601). */
   snapshotAt: string | null
+  /** Requests running and waiting on the peer (its last heartbeat). */
+  load: { active: number, queued: number } | null
 }
 
 export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot'
@@ -214,7 +216,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       version: VERSION,
       resources: data.resources,
       models: data.models,
-      snapshotAt: new Date().toISOString()
+      snapshotAt: new Date().toISOString(),
+      load: this.hub.load()
     }
   }
 
@@ -259,6 +262,7 @@ function toView (rec: PeerRecord<NodeSnapshot>): PeerView {
     version: rec.snapshot?.version ?? null,
     resources: rec.snapshot?.resources ?? null,
     models: rec.snapshot?.models ?? [],
-    snapshotAt: rec.snapshotAt != null ? new Date(rec.snapshotAt).toISOString() : null
+    snapshotAt: rec.snapshotAt != null ? new Date(rec.snapshotAt).toISOString() : null,
+    load: rec.load != null ? { active: rec.load.active, queued: rec.load.queued } : null
   }
 }

@@ -35,12 +35,6 @@ function load (): Ajv {
   return ajv
 }
 
-/** Names of the schemas available, e.g. `CreateChatCompletionResponse`. */
-export function openAISchemaNames (): string[] {
-  const raw = JSON.parse(readFileSync(new URL('../fixtures/openai/schemas.json', import.meta.url), 'utf8')) as { components: { schemas: Record<string, unknown> } }
-  return Object.keys(raw.components.schemas)
-}
-
 /** Throws an AssertionError listing every violation when `value` does not match `schemaName`. */
 export function assertMatchesOpenAISchema (schemaName: string, value: unknown): void {
   let validate = validators.get(schemaName)

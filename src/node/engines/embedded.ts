@@ -137,7 +137,8 @@ interface LoadedModel {
   entry: ModelEntry
   model: LlamaModel
   context: LlamaContext
-  chatWrapper: ChatWrapper
+  /** Resolved on the first chat request: matching a Jinja template to a wrapper takes 0.3 s or more. */
+  chatWrapper?: ChatWrapper
   pool: SlotPool<LlamaContextSequence>
   embedding?: Promise<{ context: LlamaEmbeddingContext, contextSize: number }>
   /** One controller per request using the model (queued or generating). */
@@ -538,35 +539,38 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       m.role === 'assistant' ? { type: 'model', response: [m.content] } : { type: m.role, text: m.content })
     // A trailing assistant message is a prefix the model continues; otherwise a new turn opens.
     const rendered: ChatHistoryItem[] = history.at(-1)?.type === 'model' ? history : [...history, { type: 'model', response: [] }]
-    const promptTokens = lm.chatWrapper.generateContextState({ chatHistory: rendered }).contextText.tokenize(lm.model.tokenizer).length
-    const maxTokens = this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'messages')
-    const sampling = this.samplingOptions(req.sampling, maxTokens)
-    return { run: async (seq, signal, push) => {
-    const chat = new LlamaChat({ contextSequence: seq, chatWrapper: lm.chatWrapper, autoDisposeSequence: false })
-    const before = seq.tokenMeter.getState()
-    try {
-      const res = await chat.generateResponse(history, {
-        ...sampling,
-        signal,
-        onResponseChunk: (chunk: LlamaChatResponseChunk) => {
-          if (chunk.type === undefined) push?.({ content: chunk.text })
-          else if (chunk.segmentType === 'thought') push?.({ reasoning_content: chunk.text })
+    lm.chatWrapper ??= resolveChatWrapper(lm.model)
+    const chatWrapper = lm.chatWrapper
+    const promptTokens = chatWrapper.generateContextState({ chatHistory: rendered }).contextText.tokenize(lm.model.tokenizer).length
+    const sampling = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'messages'))
+    return {
+      run: async (seq, signal, push) => {
+        const chat = new LlamaChat({ contextSequence: seq, chatWrapper, autoDisposeSequence: false })
+        const before = seq.tokenMeter.getState()
+        try {
+          const res = await chat.generateResponse(history, {
+            ...sampling,
+            signal,
+            onResponseChunk: (chunk: LlamaChatResponseChunk) => {
+              if (chunk.type === undefined) push?.({ content: chunk.text })
+              else if (chunk.segmentType === 'thought') push?.({ reasoning_content: chunk.text })
+            }
+          })
+          const reasoning = res.fullResponse
+            .map(item => typeof item !== 'string' && item.segmentType === 'thought' ? item.text : '')
+            .join('')
+          return {
+            text: res.response,
+            reasoning,
+            finishReason: finishReasonOf(res.metadata.stopReason),
+            promptTokens,
+            completionTokens: seq.tokenMeter.diff(before).usedOutputTokens
+          }
+        } finally {
+          chat.dispose()
         }
-      })
-      const reasoning = res.fullResponse
-        .map(item => typeof item !== 'string' && item.segmentType === 'thought' ? item.text : '')
-        .join('')
-      return {
-        text: res.response,
-        reasoning,
-        finishReason: finishReasonOf(res.metadata.stopReason),
-        promptTokens,
-        completionTokens: seq.tokenMeter.diff(before).usedOutputTokens
       }
-    } finally {
-      chat.dispose()
     }
-    } }
   }
 
   private prepareText (lm: LoadedModel, req: ParsedCompletionRequest): GenerationJob<string> {
@@ -580,34 +584,35 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       if (bos !== null && tokens[0] === bos) tokens = tokens.slice(1)
     }
     const promptTokens = tokens.length + (bos !== null ? 1 : 0)
-    const maxTokens = this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'prompt')
+    const sampling = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'prompt'))
     const echo = req.echo ? (typeof req.prompt === 'string' ? req.prompt : lm.model.detokenize(tokens)) : ''
-    const sampling = this.samplingOptions(req.sampling, maxTokens)
-    return { run: async (seq, signal, push) => {
-    if (echo.length > 0) push?.(echo)
-    const completion = new LlamaCompletion({ contextSequence: seq })
-    const before = seq.tokenMeter.getState()
-    try {
-      const res = await completion.generateCompletionWithMeta(tokens, {
-        ...sampling,
-        signal,
-        // The budget above already keeps generation inside the context; no shifting, and the
-        // whole prompt is kept (the default would cut a prompt longer than 90% of the context).
-        disableContextShift: true,
-        contextShiftSize: 1,
-        onTextChunk: text => { push?.(text) }
-      })
-      return {
-        text: echo + res.response,
-        reasoning: '',
-        finishReason: finishReasonOf(res.metadata.stopReason),
-        promptTokens,
-        completionTokens: seq.tokenMeter.diff(before).usedOutputTokens
+    return {
+      run: async (seq, signal, push) => {
+        if (echo.length > 0) push?.(echo)
+        const completion = new LlamaCompletion({ contextSequence: seq })
+        const before = seq.tokenMeter.getState()
+        try {
+          const res = await completion.generateCompletionWithMeta(tokens, {
+            ...sampling,
+            signal,
+            // The budget already keeps generation inside the context; no shifting, and the
+            // whole prompt is kept (the default would cut one longer than 90% of the context).
+            disableContextShift: true,
+            contextShiftSize: 1,
+            onTextChunk: text => { push?.(text) }
+          })
+          return {
+            text: echo + res.response,
+            reasoning: '',
+            finishReason: finishReasonOf(res.metadata.stopReason),
+            promptTokens,
+            completionTokens: seq.tokenMeter.diff(before).usedOutputTokens
+          }
+        } finally {
+          completion.dispose()
+        }
       }
-    } finally {
-      completion.dispose()
     }
-    } }
   }
 
   // ---- model lifecycle ----------------------------------------------------------------
@@ -715,7 +720,6 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
         entry,
         model,
         context,
-        chatWrapper: resolveChatWrapper(model),
         pool: new SlotPool(sequences, this.opts.maxQueue),
         requests: new Set(),
         onDrained: [],

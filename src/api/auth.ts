@@ -1,0 +1,27 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
+import type { FastifyInstance } from 'fastify'
+import { UnauthorizedError } from '../errors.js'
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
+
+/**
+ * Requires `Authorization: Bearer KEY` (or `x-api-key`) on every route but `/healthz` when keys
+ * are configured. Keys are compared as SHA-256 digests with a constant-time compare, so neither
+ * length nor content leaks through timing; they are never logged.
+ */
+export function installApiKeys (app: FastifyInstance, keys: string[]): void {
+  if (keys.length === 0) return
+  const digests = keys.map(digest)
+  app.addHook('onRequest', async (request) => {
+    if (request.url === '/healthz') return
+    const header = request.headers.authorization
+    const presented = typeof header === 'string' && /^Bearer\s+/i.test(header)
+      ? header.replace(/^Bearer\s+/i, '').trim()
+      : typeof request.headers['x-api-key'] === 'string' ? request.headers['x-api-key'] : undefined
+    if (presented == null || presented === '') throw new UnauthorizedError('Missing API key: send Authorization: Bearer <key>')
+    const d = digest(presented)
+    let ok = false
+    for (const k of digests) ok = timingSafeEqual(d, k) || ok
+    if (!ok) throw new UnauthorizedError('Incorrect API key provided')
+  })
+}

@@ -1,0 +1,8 @@
+/**
+ * The scheduler: which node serves a request (routing, load balancing, circuit breaking), and
+ * later which node runs which model (placement). Depends on src/node.
+ */
+export { Router, type RouterOptions, type RouteResult } from './router.js'
+export { buildModelRegistry, type MeshModel, type ModelHost } from './model-registry.js'
+export { orderHosts, type BalanceStrategy } from './balancer.js'
+export { CircuitBreaker } from './circuit-breaker.js'

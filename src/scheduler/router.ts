@@ -1,0 +1,144 @@
+import { ModelNotFoundError, NoHealthyHostError, ShepherdError } from '../errors.js'
+import { createLogger } from '../logger.js'
+import type { InferenceReply, InferenceRequestFrame } from '../p2p/index.js'
+import type { MeshNode } from '../node/index.js'
+import { orderHosts, type BalanceStrategy } from './balancer.js'
+import { CircuitBreaker } from './circuit-breaker.js'
+import { buildModelRegistry, type MeshModel, type ModelHost } from './model-registry.js'
+
+export interface RouterOptions {
+  strategy: BalanceStrategy
+  breakerFailures: number
+  breakerCooldownMs: number
+  /** Time allowed to open a stream to a peer. */
+  connectTimeoutMs?: number
+  /** Time allowed until a peer's first response frame (a model load may be part of it). */
+  firstByteTimeoutMs?: number
+}
+
+/** Where a request went, for the `x-shepherd-host` header and the metrics. */
+export interface RouteResult {
+  reply: InferenceReply
+  host: ModelHost
+  attempts: number
+}
+
+/** Whether a failure before the first byte is worth a second replica. */
+function retriable (err: unknown): boolean {
+  if (!(err instanceof ShepherdError)) return true
+  if (err.code === 'model_not_found' || err.code === 'client_closed') return err.code === 'model_not_found'
+  return err.status >= 500 || err.status === 429
+}
+
+/** Whether a failure says something about the host's health (for the circuit breaker). */
+function hostFault (err: unknown): boolean {
+  return !(err instanceof ShepherdError) || err.status >= 500
+}
+
+/**
+ * Sends each request to the best host of its model: this node when it serves the model and has
+ * room, else a replica picked by the balancing strategy among alive peers whose breaker is
+ * closed. A failure before the first byte is retried once on another replica.
+ */
+export class Router {
+  readonly breaker: CircuitBreaker
+  private readonly inflight = new Map<string, number>()
+  private counter = 0
+  private readonly log = createLogger('scheduler:router')
+  readonly stats = { local: 0, remote: 0, retries: 0, failures: 0 }
+
+  constructor (private readonly node: MeshNode, private readonly opts: RouterOptions) {
+    this.breaker = new CircuitBreaker(opts.breakerFailures, opts.breakerCooldownMs)
+  }
+
+  /** Every model in the mesh with its replicas and conflicts. */
+  models (): Map<string, MeshModel> {
+    return buildModelRegistry(this.node.self(), this.node.peers())
+  }
+
+  /** The hosts to try, best first. */
+  candidates (model: string): ModelHost[] {
+    const entry = this.models().get(model)
+    if (entry == null) throw new ModelNotFoundError(model)
+    const local = entry.hosts.find(h => h.local)
+    const admission = this.node.hub.admission
+    const remote = entry.hosts.filter(h => !h.local && !this.breaker.isOpen(h.peerId))
+    const ordered = orderHosts(remote, this.opts.strategy, { inflight: id => this.inflight.get(id) ?? 0, counter: this.counter++ })
+    // Local first while it has room; when saturated it is the last resort (its queue).
+    if (local == null) return ordered
+    return admission.active < admission.maxConcurrent ? [local, ...ordered] : [...ordered, local]
+  }
+
+  async route (req: InferenceRequestFrame, signal: AbortSignal): Promise<RouteResult> {
+    const hosts = this.candidates(req.model)
+    if (hosts.length === 0) throw new NoHealthyHostError(req.model)
+    let lastErr: unknown
+    let attempts = 0
+    for (const host of hosts) {
+      if (attempts >= 2) break
+      if (!host.local && !this.breaker.allow(host.peerId)) continue
+      attempts++
+      if (attempts === 2) this.stats.retries++
+      try {
+        const reply = await this.attempt(host, req, signal)
+        return { reply, host, attempts }
+      } catch (err) {
+        lastErr = err
+        if (signal.aborted) throw err
+        if (!host.local && hostFault(err)) this.breaker.failure(host.peerId)
+        this.log.debug('attempt failed', { model: req.model, host: host.peerId, err })
+        if (!retriable(err)) break
+      }
+    }
+    this.stats.failures++
+    if (lastErr instanceof ShepherdError) throw lastErr
+    throw new NoHealthyHostError(req.model)
+  }
+
+  private async attempt (host: ModelHost, req: InferenceRequestFrame, signal: AbortSignal): Promise<InferenceReply> {
+    if (host.local) {
+      this.stats.local++
+      return await this.node.hub.run(req, signal)
+    }
+    this.stats.remote++
+    const id = host.peerId
+    this.inflight.set(id, (this.inflight.get(id) ?? 0) + 1)
+    let settled = false
+    const done = (ok: boolean): void => {
+      if (settled) return
+      settled = true
+      this.inflight.set(id, Math.max(0, (this.inflight.get(id) ?? 1) - 1))
+      if (ok) this.breaker.success(id)
+    }
+    try {
+      const reply = await this.node.mesh.inference.request(id, req, {
+        signal,
+        connectTimeoutMs: this.opts.connectTimeoutMs ?? 3000,
+        firstByteTimeoutMs: this.opts.firstByteTimeoutMs ?? 120_000
+      })
+      if (reply.kind === 'result') {
+        done(true)
+        return reply
+      }
+      // The host answered: it is healthy even if the stream later breaks (that is reported to the client).
+      this.breaker.success(id)
+      const breaker = this.breaker
+      const wrap = async function * <T> (source: AsyncIterable<T>): AsyncGenerator<T> {
+        try {
+          yield * source
+          done(true)
+        } catch (err) {
+          if (!signal.aborted && hostFault(err)) breaker.failure(id)
+          throw err
+        } finally {
+          done(false)
+        }
+      }
+      if (reply.kind === 'stream') return { kind: 'stream', chunks: wrap(reply.chunks) }
+      return { ...reply, body: wrap(reply.body) }
+    } catch (err) {
+      done(false)
+      throw err
+    }
+  }
+}

@@ -4,6 +4,7 @@ import { Router } from '../scheduler/index.js'
 import { installApiKeys } from './auth.js'
 import { errorSchema, installErrorHandler } from './errors.js'
 import { inspectionRoutes } from './inspection.js'
+import { groupRoutes } from './groups.js'
 import { openaiRoutes } from './openai.js'
 import { peerSchema } from './schemas.js'
 
@@ -38,6 +39,7 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   const router = opts.router ?? new Router(opts.node, { strategy: o.routing, breakerFailures: o.breakerFailures, breakerCooldownMs: o.breakerCooldownMs })
   app.decorate('router', router)
   await app.register(inspectionRoutes(opts.node))
+  await app.register(groupRoutes(opts.node))
   await app.register(openaiRoutes({ router, requestTimeoutMs: o.requestTimeoutMs }))
   return app
 }

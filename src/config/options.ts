@@ -65,6 +65,12 @@ export interface NodeOptions {
   /** Consecutive failures that take a host out of rotation, and for how long. */
   breakerFailures: number
   breakerCooldownMs: number
+  /** Member set stability required before a leader claim. */
+  electionSettleMs: number
+  /** Extra wait per rank for candidates other than the best one. */
+  electionBackoffMs: number
+  /** Wait after start before this node may claim leadership. */
+  electionGraceMs: number
   /** API keys accepted as `Authorization: Bearer KEY`; none means no key is required. */
   apiKeys: string[]
 }
@@ -117,6 +123,9 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'requestTimeoutMs', type: 'int', yaml: 'serving.request_timeout_ms', env: 'SHEPHERD_REQUEST_TIMEOUT_MS', flag: 'request-timeout-ms', help: 'inference request limit' },
   { key: 'breakerFailures', type: 'int', yaml: 'serving.breaker_failures', env: 'SHEPHERD_BREAKER_FAILURES', flag: 'breaker-failures', help: 'failures before a host is taken out' },
   { key: 'breakerCooldownMs', type: 'int', yaml: 'serving.breaker_cooldown_ms', env: 'SHEPHERD_BREAKER_COOLDOWN_MS', flag: 'breaker-cooldown-ms', help: 'time a failing host stays out' },
+  { key: 'electionSettleMs', type: 'int', yaml: 'groups.election_settle_ms', env: 'SHEPHERD_ELECTION_SETTLE_MS', flag: 'election-settle-ms', help: 'stable membership before a leader claim' },
+  { key: 'electionBackoffMs', type: 'int', yaml: 'groups.election_backoff_ms', env: 'SHEPHERD_ELECTION_BACKOFF_MS', flag: 'election-backoff-ms', help: 'extra wait per candidate rank' },
+  { key: 'electionGraceMs', type: 'int', yaml: 'groups.election_grace_ms', env: 'SHEPHERD_ELECTION_GRACE_MS', flag: 'election-grace-ms', help: 'no claim this soon after start' },
   { key: 'apiKeys', type: 'list', yaml: 'api.keys', env: 'SHEPHERD_API_KEYS', flag: 'api-key', help: 'API key clients must send (repeatable)' }
 ]
 
@@ -142,7 +151,7 @@ export function defaultOptions (): NodeOptions {
     sampleIntervalMs: 5000,
     gpuIntervalMs: 10000,
     redialMinMs: 500,
-    redialMaxMs: 10000,
+    redialMaxMs: 2000,
     logLevel: 'warn',
     engine: 'embedded',
     gpu: 'auto',
@@ -157,6 +166,9 @@ export function defaultOptions (): NodeOptions {
     requestTimeoutMs: 600_000,
     breakerFailures: 3,
     breakerCooldownMs: 10_000,
+    electionSettleMs: 500,
+    electionBackoffMs: 300,
+    electionGraceMs: 1500,
     apiKeys: []
   }
 }

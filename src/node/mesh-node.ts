@@ -11,6 +11,7 @@ import { EngineHub } from './engine-hub.js'
 import { createEngines } from './engine-setup.js'
 import type { ModelFile } from './resources/index.js'
 import { ShepherdError } from '../errors.js'
+import { GroupManager } from './groups/index.js'
 
 /** One peer (or this node) as the API shows it. */
 export interface PeerView {
@@ -32,7 +33,7 @@ export interface PeerView {
   load: { active: number, queued: number } | null
 }
 
-export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot'
+export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot' | 'group:leader'
 
 export interface PeerEvent {
   type: PeerEventType
@@ -40,6 +41,9 @@ export interface PeerEvent {
   name: string
   status: PeerStatus
   at: string
+  /** For `group:leader`: the group and its term. */
+  group?: string
+  term?: number
 }
 
 export interface NodeMetrics {
@@ -61,6 +65,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   readonly mesh: Mesh<NodeSnapshot>
   /** The engines of this node; their models are what it serves. */
   readonly hub: EngineHub
+  /** Swarm groups this node is in, and their leaders. */
+  readonly groups: GroupManager
   private modelFiles: ModelFile[] = []
   /** Grows whenever the gossiped snapshot content changes. */
   snapshotVersion = 1
@@ -73,12 +79,18 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     readonly store: Store,
     readonly monitor: ResourceMonitor,
     mesh: Mesh<NodeSnapshot>,
-    hub: EngineHub
+    hub: EngineHub,
+    groups: GroupManager
   ) {
     super()
     this.mesh = mesh
     this.hub = hub
+    this.groups = groups
     hub.on('change', () => { this.snapshotChanged() })
+    groups.on('leader', (group, leader, term) => {
+      const name = leader == null ? '' : leader === this.mesh.peerId ? this.name : this.mesh.table.get(leader)?.name ?? leader
+      this.emit('peer', { type: 'group:leader', id: leader ?? '', name, status: 'alive', at: new Date().toISOString(), group, term })
+    })
     for (const type of ['peer:joined', 'peer:alive', 'peer:suspect', 'peer:dead', 'peer:left', 'peer:snapshot'] as const) {
       mesh.on(type, rec => {
         this.emit('peer', { type, id: rec.id, name: rec.name, status: rec.status, at: new Date().toISOString() })
@@ -111,8 +123,16 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         maxConcurrency: options.maxConcurrency,
         maxQueue: options.maxQueue
       })
+      const { manager: groups, groups: groupNames } = await GroupManager.create(store, options.groups, {
+        settleMs: options.electionSettleMs,
+        backoffPerRankMs: options.electionBackoffMs,
+        startupGraceMs: options.electionGraceMs,
+        tickMs: 100
+      }, () => node!.id, options.name)
       const mesh = new Mesh<NodeSnapshot>({
         ...options,
+        groups: groupNames,
+        leadership: () => groups.leadership(),
         privateKey: key,
         knownPeers,
         snapshotVersion: () => node!.snapshotVersion,
@@ -120,7 +140,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         load: () => hub.load(),
         validateSnapshot: isNodeSnapshot
       })
-      node = new MeshNode(options, store, monitor, mesh, hub)
+      groups.attach(mesh)
+      node = new MeshNode(options, store, monitor, mesh, hub, groups)
       return node
     } catch (err) {
       await store.close()
@@ -140,6 +161,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     await this.monitor.start()
     this.modelFiles = this.monitor.snapshot().models
     await this.mesh.start()
+    this.groups.start()
     await this.mesh.inference.serve(async (req, ctx) => {
       if (!this.options.allowRemote) {
         throw new ShepherdError('This node serves its own clients only (allowRemote is off)', { code: 'remote_access_disabled', status: 403, type: 'permission_error' })
@@ -155,6 +177,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
 
   /** Stops the node; a clean stop tells peers at once (status `left`). */
   async stop (opts: { announce?: boolean } = {}): Promise<void> {
+    this.groups.stop()
     await this.mesh.stop(opts)
     await this.hub.close()
     this.monitor.stop()
@@ -211,7 +234,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       lastSeen: new Date().toISOString(),
       rttMs: 0,
       addresses: this.mesh.addresses(),
-      groups: this.options.groups,
+      groups: this.mesh.groups,
       connected: true,
       version: VERSION,
       resources: data.resources,

@@ -31,6 +31,8 @@ export interface MeshOptions<S> {
   snapshotVersion: () => number
   /** Content of this node's snapshot (built only when a snapshot is published). */
   snapshotData: () => S
+  /** This node's view of its groups' leadership, sent with every heartbeat. */
+  leadership?: () => Array<[group: string, term: number, leader: string]>
   /** Requests running and waiting here, sent with every heartbeat. */
   load?: () => { active: number, queued: number }
   /** Validates a peer's snapshot content (the owner's schema); false drops the message. */
@@ -47,6 +49,8 @@ export interface MeshStats {
 
 export interface MeshEvents<S> extends PeerTableEvents<S> {
   'peer:addresses': [PeerRecord<S>]
+  /** A peer's view of its groups' leadership (from its heartbeat). */
+  'peer:lead': [peer: string, lead: Array<[group: string, term: number, leader: string]>]
 }
 
 function loadTuple (l: { active: number, queued: number }): [number, number] {
@@ -227,8 +231,25 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     void this.publish({
       v: MEMBERSHIP_VERSION, t: 'hb', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
       name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(),
-      ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {})
+      ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
+      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
     })
+  }
+
+  /** Sends a heartbeat now (a leadership claim should not wait for the next interval). */
+  heartbeatNow (): void {
+    this.heartbeat()
+  }
+
+  /** Changes the groups this node announces (join/leave at run time). */
+  setGroups (groups: string[]): void {
+    this.opts.groups = [...groups]
+    this.heartbeat()
+    this.scheduleSnapshot(0)
+  }
+
+  get groups (): string[] {
+    return this.opts.groups
   }
 
   private async publish (msg: MembershipMessage): Promise<void> {
@@ -278,6 +299,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     res.record.connected = this.host != null && this.host.getConnections(peerIdFromString(from)).length > 0
     if (msg.t === 'hb' && msg.load != null) res.record.load = { active: msg.load[0], queued: msg.load[1], at: now }
     const rec = this.table.apply(prev, res)
+    if (msg.t === 'hb' && msg.lead != null && msg.lead.length > 0) this.emit('peer:lead', from, msg.lead)
     // The LAN mesh is a full mesh: a peer known only through gossip is dialed directly, so its
     // crash is seen by every node (connection refused), not only by those it happened to dial.
     if (!rec.connected) {

@@ -23,6 +23,8 @@ export interface HeartbeatMessage extends Common {
   snap: number
   /** Requests running and waiting on the sender, for load balancing between snapshots. */
   load?: [active: number, queued: number]
+  /** The sender's view of each of its groups' leadership: [group, term, leader id]. */
+  lead?: Array<[group: string, term: number, leader: string]>
 }
 
 export interface SnapshotMessage extends Common {
@@ -59,7 +61,22 @@ const schema = {
     {
       type: 'object',
       required: ['v', 't', 'inc', 'seq', 'at', 'name', 'groups', 'snap'],
-      properties: { ...common, ...identity, t: { const: 'hb' }, load: { type: 'array', minItems: 2, maxItems: 2, items: { type: 'integer', minimum: 0 } } },
+      properties: {
+        ...common,
+        ...identity,
+        t: { const: 'hb' },
+        load: { type: 'array', minItems: 2, maxItems: 2, items: { type: 'integer', minimum: 0 } },
+        lead: {
+          type: 'array',
+          maxItems: MAX_GROUPS,
+          items: {
+            type: 'array',
+            minItems: 3,
+            maxItems: 3,
+            items: [{ type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH }, { type: 'integer', minimum: 0 }, { type: 'string', minLength: 1, maxLength: 128 }]
+          }
+        }
+      },
       additionalProperties: false
     },
     {

@@ -42,10 +42,27 @@ function redact (fields: Record<string, unknown>): Record<string, unknown> {
 export let logSink: (line: string) => void = line => { process.stderr.write(line + '\n') }
 export function setLogSink (sink: (line: string) => void): void { logSink = sink }
 
+/**
+ * The last lines at info level and above, whatever the print threshold, so `collect_logs` can
+ * return what a quiet node was doing. Bounded; secrets are redacted before they get here.
+ */
+const RECENT_MAX = 2000
+const recent: string[] = []
+
+export function recentLogLines (limit = 200): string[] {
+  return recent.slice(-Math.max(0, Math.min(limit, RECENT_MAX)))
+}
+
 export function createLogger (name: string): Logger {
   const write = (level: LogLevel) => (msg: string, fields?: Record<string, unknown>) => {
-    if (ORDER[level] < threshold) return
-    logSink(JSON.stringify({ t: new Date().toISOString(), level, component: name, msg, ...(fields != null ? redact(fields) : {}) }))
+    const keep = ORDER[level] >= ORDER.info
+    if (ORDER[level] < threshold && !keep) return
+    const line = JSON.stringify({ t: new Date().toISOString(), level, component: name, msg, ...(fields != null ? redact(fields) : {}) })
+    if (keep) {
+      recent.push(line)
+      if (recent.length > RECENT_MAX) recent.splice(0, recent.length - RECENT_MAX)
+    }
+    if (ORDER[level] >= threshold) logSink(line)
   }
   return {
     trace: write('trace'),

@@ -17,6 +17,7 @@ export const peerSchema = {
     version: { type: ['string', 'null'] },
     snapshotAt: { type: ['string', 'null'] },
     load: { type: ['object', 'null'], properties: { active: { type: 'integer' }, queued: { type: 'integer' } } },
+    labels: { type: 'object', additionalProperties: { type: 'string' } },
     resources: {
       type: ['object', 'null'],
       additionalProperties: true,

@@ -1,17 +1,27 @@
 import { ShepherdError } from '../errors.js'
 import type { PeerView } from '../node/index.js'
-import { clientFlags, parse } from './args.js'
-import { PEERS_HELP, STATUS_HELP } from './help.js'
+import { clientFlags, parse, UsageError } from './args.js'
+import { DEPLOY_HELP, GROUPS_HELP, PEERS_HELP, STATUS_HELP, UNDEPLOY_HELP } from './help.js'
 import { PEER_HEADER, bytes, peerRow, table } from './format.js'
 
 function apiBase (values: Record<string, unknown>): string {
   return String(values.api ?? process.env.SHEPHERD_API ?? 'http://127.0.0.1:9190').replace(/\/+$/, '')
 }
 
-async function getJson<T> (base: string, path: string): Promise<T> {
+function authHeaders (): Record<string, string> {
+  const key = process.env.SHEPHERD_API_KEY
+  return key != null && key !== '' ? { authorization: `Bearer ${key}` } : {}
+}
+
+async function getJson<T> (base: string, path: string, init: { method?: string, body?: unknown, timeoutMs?: number } = {}): Promise<T> {
   let res: Response
   try {
-    res = await fetch(base + path, { signal: AbortSignal.timeout(5000) })
+    res = await fetch(base + path, {
+      method: init.method ?? 'GET',
+      headers: { ...authHeaders(), ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      body: init.body !== undefined ? JSON.stringify(init.body) : undefined,
+      signal: AbortSignal.timeout(init.timeoutMs ?? 5000)
+    })
   } catch {
     throw new ShepherdError(`no node answers at ${base} (is 'shepherd-mesh start' running? use --api)`, { code: 'node_unreachable', status: 503 })
   }
@@ -44,6 +54,48 @@ export async function status (args: string[], out: (line: string) => void): Prom
     `peers:      ${peers.peers.length === 0 ? 'none' : Object.entries(counts).map(([s, n]) => `${n} ${s}`).join(', ')}`
   ]
   out(lines.join('\n'))
+}
+
+/** `shepherd-mesh groups`: groups, their leaders and members. */
+export async function groups (args: string[], out: (line: string) => void): Promise<void> {
+  const { values } = parse(args, clientFlags)
+  if (values.help === true) { out(GROUPS_HELP); return }
+  const { groups } = await getJson<{ groups: Array<{ name: string, leader: string | null, term: number, joined: boolean, members: Array<{ id: string, name: string, status: string, self: boolean }> }> }>(apiBase(values), '/api/groups')
+  if (values.json === true) { out(JSON.stringify(groups, null, 2)); return }
+  if (groups.length === 0) { out('no groups'); return }
+  out(table(['GROUP', 'LEADER', 'TERM', 'JOINED', 'MEMBERS'], groups.map(g => [
+    g.name,
+    g.leader == null ? '-' : (g.members.find(m => m.id === g.leader)?.name ?? g.leader.slice(-10)),
+    String(g.term),
+    g.joined ? 'yes' : 'no',
+    g.members.map(m => `${m.name}${m.status === 'alive' ? '' : `(${m.status})`}`).join(', ')
+  ])))
+}
+
+/** `shepherd-mesh deploy MODEL --replicas N --group G`: desired state for a model. */
+export async function deploy (args: string[], out: (line: string) => void): Promise<void> {
+  const { values, positionals } = parse(args, { ...clientFlags, replicas: { type: 'string' }, group: { type: 'string' }, strategy: { type: 'string' }, 'gpu-required': { type: 'boolean' }, 'min-vram-mb': { type: 'string' }, label: { type: 'string', multiple: true } })
+  if (values.help === true) { out(DEPLOY_HELP); return }
+  if (positionals.length !== 1) throw new UsageError('deploy needs exactly one MODEL (see --help)')
+  const replicas = values.replicas != null ? Number(values.replicas) : 1
+  if (!Number.isInteger(replicas) || replicas < 1) throw new UsageError('--replicas must be a positive integer')
+  const constraints: Record<string, unknown> = {}
+  if (values['gpu-required'] === true) constraints.gpuRequired = true
+  if (values['min-vram-mb'] != null) constraints.minVramBytes = Number(values['min-vram-mb']) * 1024 * 1024
+  const labels = (values.label as string[] | undefined) ?? []
+  if (labels.length > 0) constraints.labels = Object.fromEntries(labels.map(l => l.split('=', 2)))
+  const body = { model: positionals[0], replicas, group: values.group ?? 'default', ...(values.strategy != null ? { strategy: values.strategy } : {}), ...(Object.keys(constraints).length > 0 ? { constraints } : {}) }
+  const res = await getJson<Record<string, unknown>>(apiBase(values), '/api/deployments', { method: 'POST', body })
+  out(values.json === true ? JSON.stringify(res, null, 2) : `deployed ${positionals[0]}: ${replicas} replica(s) in group ${body.group}`)
+}
+
+/** `shepherd-mesh undeploy MODEL`. */
+export async function undeploy (args: string[], out: (line: string) => void): Promise<void> {
+  const { values, positionals } = parse(args, clientFlags)
+  if (values.help === true) { out(UNDEPLOY_HELP); return }
+  if (positionals.length !== 1) throw new UsageError('undeploy needs exactly one MODEL (see --help)')
+  await getJson(apiBase(values), `/api/deployments/${encodeURIComponent(positionals[0])}`, { method: 'DELETE' })
+  out(`undeployed ${positionals[0]}`)
 }
 
 /** `shepherd-mesh peers`: the peer table. */

@@ -8,6 +8,9 @@ Commands:
   start     run a node (finds peers on the LAN with mDNS)
   status    show this machine's node
   peers     list the peers this node sees
+  groups    list swarm groups, their leaders and members
+  deploy    keep N replicas of a model loaded in a group
+  undeploy  remove a deployment
 
 Run 'shepherd-mesh <command> --help' for a command's options.
 `
@@ -51,4 +54,35 @@ Options:
   --api URL    the node's API (default http://127.0.0.1:9190, or SHEPHERD_API)
   --json       print JSON for scripts
   -h, --help   show this help
+`
+
+const CLIENT_OPTIONS = `  --api URL    the node's API (default http://127.0.0.1:9190, or SHEPHERD_API; key from SHEPHERD_API_KEY)
+  --json       print JSON for scripts
+  -h, --help   show this help`
+
+export const GROUPS_HELP = `Usage: shepherd-mesh groups [--api URL] [--json]
+
+Lists the swarm groups the mesh knows: leader, term, whether this node joined, members.
+
+Options:
+${CLIENT_OPTIONS}
+`
+
+export const DEPLOY_HELP = `Usage: shepherd-mesh deploy MODEL [--replicas N] [--group G] [--strategy S] [--gpu-required] [--min-vram-mb N] [--label k=v]
+
+Asks the group's leader to keep N replicas of MODEL loaded on its members.
+Strategies: resource-fit (default), least-loaded, locality, round-robin, weighted, random, label-cost.
+
+Options:
+  --replicas N       replicas to keep (default 1)
+  --group G          swarm group (default default)
+${CLIENT_OPTIONS}
+`
+
+export const UNDEPLOY_HELP = `Usage: shepherd-mesh undeploy MODEL [--api URL]
+
+Removes MODEL's deployment; its replicas are unloaded.
+
+Options:
+${CLIENT_OPTIONS}
 `

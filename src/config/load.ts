@@ -128,6 +128,9 @@ export function validateOptions (opts: NodeOptions): NodeOptions {
   oneOf('engine', ['embedded', 'llama-server', 'none'], 'engine.kind')
   oneOf('gpu', ['auto', 'cuda', 'vulkan', 'metal', 'off'], 'engine.gpu')
   oneOf('routing', ['least-loaded', 'round-robin', 'random', 'weighted', 'lowest-latency'], 'serving.routing')
+  for (const l of opts.labels) {
+    if (!/^[A-Za-z0-9._/-]{1,63}=[^\s]{0,128}$/.test(l)) throw new ConfigError(`label '${l}' is not key=value`, 'node.labels')
+  }
   if (opts.maxConcurrency < 1) throw new ConfigError('max_concurrency must be at least 1', 'serving.max_concurrency')
   for (const u of opts.upstreams) {
     if (!/^https?:\/\/[^\s]+$/.test(u)) throw new ConfigError(`upstream '${u}' is not an http(s) URL`, 'engine.upstreams')

@@ -65,6 +65,8 @@ export interface NodeOptions {
   /** Consecutive failures that take a host out of rotation, and for how long. */
   breakerFailures: number
   breakerCooldownMs: number
+  /** Labels of this node (`key=value`), for placement constraints. */
+  labels: string[]
   /** Member set stability required before a leader claim. */
   electionSettleMs: number
   /** Extra wait per rank for candidates other than the best one. */
@@ -123,6 +125,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'requestTimeoutMs', type: 'int', yaml: 'serving.request_timeout_ms', env: 'SHEPHERD_REQUEST_TIMEOUT_MS', flag: 'request-timeout-ms', help: 'inference request limit' },
   { key: 'breakerFailures', type: 'int', yaml: 'serving.breaker_failures', env: 'SHEPHERD_BREAKER_FAILURES', flag: 'breaker-failures', help: 'failures before a host is taken out' },
   { key: 'breakerCooldownMs', type: 'int', yaml: 'serving.breaker_cooldown_ms', env: 'SHEPHERD_BREAKER_COOLDOWN_MS', flag: 'breaker-cooldown-ms', help: 'time a failing host stays out' },
+  { key: 'labels', type: 'list', yaml: 'node.labels', env: 'SHEPHERD_LABELS', flag: 'label', help: 'node label key=value (repeatable)' },
   { key: 'electionSettleMs', type: 'int', yaml: 'groups.election_settle_ms', env: 'SHEPHERD_ELECTION_SETTLE_MS', flag: 'election-settle-ms', help: 'stable membership before a leader claim' },
   { key: 'electionBackoffMs', type: 'int', yaml: 'groups.election_backoff_ms', env: 'SHEPHERD_ELECTION_BACKOFF_MS', flag: 'election-backoff-ms', help: 'extra wait per candidate rank' },
   { key: 'electionGraceMs', type: 'int', yaml: 'groups.election_grace_ms', env: 'SHEPHERD_ELECTION_GRACE_MS', flag: 'election-grace-ms', help: 'no claim this soon after start' },
@@ -166,6 +169,7 @@ export function defaultOptions (): NodeOptions {
     requestTimeoutMs: 600_000,
     breakerFailures: 3,
     breakerCooldownMs: 10_000,
+    labels: [],
     electionSettleMs: 500,
     electionBackoffMs: 300,
     electionGraceMs: 1500,

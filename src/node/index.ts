@@ -2,8 +2,10 @@
  * The node: identity, durable store, resources and the mesh view. Depends on src/p2p only.
  */
 export { MeshNode, type PeerView, type PeerEvent, type PeerEventType, type NodeMetrics } from './mesh-node.js'
-export { Store, StoreError, type KnownPeer, type AuditEntry } from './store.js'
+export { Store, StoreError, type KnownPeer, type AuditEntry, type RecordTable } from './store.js'
 export { EngineHub, type LocalModel } from './engine-hub.js'
 export { Admission } from './admission.js'
+export { DeploymentStore, type Deployment, type DeploymentConstraints } from './deployments.js'
+export { GroupManager, type GroupView, type GroupMember } from './groups/index.js'
 export { isNodeSnapshot, type NodeSnapshot, type ModelSummary } from './snapshot.js'
 export type { NodeResources, GpuInfo, LlamacppBuild, ModelFile, CpuInfo, MemoryInfo, DiskInfo } from './resources/types.js'

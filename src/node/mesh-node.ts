@@ -12,6 +12,7 @@ import { createEngines } from './engine-setup.js'
 import type { ModelFile } from './resources/index.js'
 import { ShepherdError } from '../errors.js'
 import { GroupManager } from './groups/index.js'
+import { DeploymentStore } from './deployments.js'
 
 /** One peer (or this node) as the API shows it. */
 export interface PeerView {
@@ -31,6 +32,7 @@ export interface PeerView {
   snapshotAt: string | null
   /** Requests running and waiting on the peer (its last heartbeat). */
   load: { active: number, queued: number } | null
+  labels: Record<string, string>
 }
 
 export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot' | 'group:leader'
@@ -67,6 +69,9 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   readonly hub: EngineHub
   /** Swarm groups this node is in, and their leaders. */
   readonly groups: GroupManager
+  /** Desired state: which models should run where (replicated). */
+  readonly deployments: DeploymentStore
+  readonly labels: Record<string, string>
   private modelFiles: ModelFile[] = []
   /** Grows whenever the gossiped snapshot content changes. */
   snapshotVersion = 1
@@ -80,9 +85,19 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     readonly monitor: ResourceMonitor,
     mesh: Mesh<NodeSnapshot>,
     hub: EngineHub,
-    groups: GroupManager
+    groups: GroupManager,
+    deployments: DeploymentStore
   ) {
     super()
+    this.deployments = deployments
+    this.labels = Object.fromEntries(options.labels.map(l => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
+    deployments.on('change', () => { this.snapshotChanged() })
+    mesh.on('peer:snapshot', rec => {
+      const incoming = rec.snapshot?.deployments
+      if (incoming != null && incoming.length > 0) {
+        deployments.merge(incoming).catch(err => { this.log.warn('could not merge deployments', { err }) })
+      }
+    })
     this.mesh = mesh
     this.hub = hub
     this.groups = groups
@@ -141,7 +156,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         validateSnapshot: isNodeSnapshot
       })
       groups.attach(mesh)
-      node = new MeshNode(options, store, monitor, mesh, hub, groups)
+      const deployments = await DeploymentStore.open(store, () => node!.id)
+      node = new MeshNode(options, store, monitor, mesh, hub, groups, deployments)
       return node
     } catch (err) {
       await store.close()
@@ -202,7 +218,9 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       version: VERSION,
       resources: snap.resources,
       models: this.servedModels(),
-      api: this.apiPort != null ? { port: this.apiPort } : null
+      api: this.apiPort != null ? { port: this.apiPort } : null,
+      labels: this.labels,
+      deployments: this.deployments.gossip()
     }
   }
 
@@ -240,7 +258,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       resources: data.resources,
       models: data.models,
       snapshotAt: new Date().toISOString(),
-      load: this.hub.load()
+      load: this.hub.load(),
+      labels: this.labels
     }
   }
 
@@ -286,6 +305,7 @@ function toView (rec: PeerRecord<NodeSnapshot>): PeerView {
     resources: rec.snapshot?.resources ?? null,
     models: rec.snapshot?.models ?? [],
     snapshotAt: rec.snapshotAt != null ? new Date(rec.snapshotAt).toISOString() : null,
-    load: rec.load != null ? { active: rec.load.active, queued: rec.load.queued } : null
+    load: rec.load != null ? { active: rec.load.active, queued: rec.load.queued } : null,
+    labels: rec.snapshot?.labels ?? {}
   }
 }

@@ -1,5 +1,6 @@
 import { Ajv, type ValidateFunction } from 'ajv'
 import type { ModelFile, NodeResources } from './resources/index.js'
+import type { Deployment } from './deployments.js'
 
 /** A model as peers see it in a snapshot. */
 export interface ModelSummary {
@@ -23,6 +24,9 @@ export interface NodeSnapshot {
   resources: NodeResources
   models: ModelSummary[]
   api: { port: number } | null
+  labels?: Record<string, string>
+  /** Every deployment this node knows (replicated by gossip, last writer wins). */
+  deployments?: Deployment[]
 }
 
 const num = { type: 'number' }
@@ -49,6 +53,25 @@ const schema = {
           items: { type: 'object', required: ['index', 'name', 'vendor', 'totalMemoryBytes'], properties: { index: num, name: str, vendor: str, totalMemoryBytes: num, usedMemoryBytes: num } }
         },
         llamacpp: { type: 'array', maxItems: 32, items: { type: 'object', required: ['path', 'backend'], properties: { path: str, backend: str, version: str } } }
+      }
+    },
+    labels: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 128 } },
+    deployments: {
+      type: 'array',
+      maxItems: 1024,
+      items: {
+        type: 'object',
+        required: ['model', 'replicas', 'group', 'updatedAt', 'origin', 'deleted'],
+        properties: {
+          model: { type: 'string', minLength: 1, maxLength: 256 },
+          replicas: { type: 'integer', minimum: 1, maximum: 1024 },
+          group: { type: 'string', minLength: 1, maxLength: 64 },
+          strategy: { type: 'string', maxLength: 32 },
+          constraints: { type: 'object' },
+          updatedAt: { type: 'integer', minimum: 0 },
+          origin: { type: 'string', maxLength: 128 },
+          deleted: { type: 'boolean' }
+        }
       }
     },
     models: {

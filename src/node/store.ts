@@ -17,6 +17,15 @@ export interface KnownPeer {
   lastSeen: number
 }
 
+/** Records of one kind, keyed by string; `sync` writes are on disk before they resolve. */
+export interface RecordTable<V> {
+  get: (key: string) => Promise<V | undefined>
+  put: (key: string, value: V, opts?: { sync?: boolean }) => Promise<void>
+  del: (key: string) => Promise<void>
+  values: (opts?: { reverse?: boolean, limit?: number, lt?: string }) => Promise<V[]>
+  entries: () => Promise<Array<[string, V]>>
+}
+
 /** One line of the audit log: who did what, and the verdict. */
 export interface AuditEntry {
   at: number
@@ -73,6 +82,18 @@ export class Store {
 
   async rememberPeer (peer: KnownPeer): Promise<void> {
     await this.peers.put(peer.id, peer)
+  }
+
+  /** A named table of JSON records, for parts that keep their own (deployments, commands). */
+  table<V> (name: string): RecordTable<V> {
+    const sub = this.db.sublevel<string, V>(name, { valueEncoding: 'json' })
+    return {
+      get: async key => await sub.get(key),
+      put: async (key, value, opts) => { await sub.put(key, value, { sync: opts?.sync === true } as any) },
+      del: async key => { await sub.del(key) },
+      values: async (opts = {}) => await sub.values({ reverse: opts.reverse === true, limit: opts.limit ?? -1, ...(opts.lt != null ? { lt: opts.lt } : {}) }).all(),
+      entries: async () => await sub.iterator().all()
+    }
   }
 
   private auditSeq = 0

@@ -12,14 +12,22 @@ const decoder = new TextDecoder('utf-8', { fatal: true })
  */
 export class FramedStream {
   private readonly lp: LengthPrefixedStream<Stream>
+  readonly maxFrameBytes: number
+  readonly maxWriteBytes: number
 
-  constructor (readonly stream: Stream, readonly maxFrameBytes: number) {
-    this.lp = lpStream(stream, { maxDataLength: maxFrameBytes, maxBufferSize: maxFrameBytes + 16 })
+  /**
+   * One per stream: the underlying reader buffers every byte that arrives, so a second framer
+   * on the same stream would fill up unread and reset it. `limits` may differ per direction.
+   */
+  constructor (readonly stream: Stream, limits: number | { read: number, write: number }) {
+    this.maxFrameBytes = typeof limits === 'number' ? limits : limits.read
+    this.maxWriteBytes = typeof limits === 'number' ? limits : limits.write
+    this.lp = lpStream(stream, { maxDataLength: this.maxFrameBytes, maxBufferSize: this.maxFrameBytes + 16 })
   }
 
   async write (frame: unknown, signal?: AbortSignal): Promise<void> {
     const bytes = encoder.encode(JSON.stringify(frame))
-    if (bytes.byteLength > this.maxFrameBytes) throw new WireError(`frame of ${bytes.byteLength} bytes exceeds ${this.maxFrameBytes}`, 'frame_too_large')
+    if (bytes.byteLength > this.maxWriteBytes) throw new WireError(`frame of ${bytes.byteLength} bytes exceeds ${this.maxWriteBytes}`, 'frame_too_large')
     await this.lp.write(bytes, { signal })
   }
 
@@ -30,7 +38,7 @@ export class FramedStream {
       list = await this.lp.read({ signal })
     } catch (err: any) {
       if (err?.name === 'UnexpectedEOFError' && this.stream.readStatus !== 'readable') return null
-      if (err?.name === 'InvalidDataLengthError' || err?.name === 'InvalidDataLengthLengthError') throw new WireError(`frame exceeds ${this.maxFrameBytes} bytes`, 'frame_too_large')
+      if (err?.name === 'InvalidDataLengthError' || err?.name === 'InvalidDataLengthLengthError' || err?.name === 'StreamBufferError') throw new WireError(`frame exceeds ${this.maxFrameBytes} bytes`, 'frame_too_large')
       throw err
     }
     let text: string

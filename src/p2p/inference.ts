@@ -66,7 +66,7 @@ export class InferenceService {
 
   private async onStream (stream: Stream, conn: Connection): Promise<void> {
     const peer = conn.remotePeer.toString()
-    const framed = new FramedStream(stream, MAX_INFERENCE_REQUEST_BYTES)
+    const framed = new FramedStream(stream, { read: MAX_INFERENCE_REQUEST_BYTES, write: MAX_INFERENCE_RESPONSE_BYTES })
     let req: unknown
     try {
       req = await framed.read(AbortSignal.timeout(INFERENCE_REQUEST_READ_TIMEOUT_MS))
@@ -78,7 +78,7 @@ export class InferenceService {
       this.violation(peer, stream, 'invalid request frame')
       return
     }
-    const out = new FramedStream(stream, MAX_INFERENCE_RESPONSE_BYTES)
+    const out = framed
     const ac = new AbortController()
     const onClose = (): void => { ac.abort(new ShepherdError('the requesting peer went away', { code: 'client_closed', status: 499 })) }
     stream.addEventListener('close', onClose)
@@ -144,7 +144,7 @@ export class InferenceService {
     }
     const abort = (): void => { stream.abort(new ShepherdError('request aborted by the client', { code: 'client_closed', status: 499 })) }
     opts.signal?.addEventListener('abort', abort, { once: true })
-    const framed = new FramedStream(stream, MAX_INFERENCE_RESPONSE_BYTES)
+    const framed = new FramedStream(stream, { read: MAX_INFERENCE_RESPONSE_BYTES, write: MAX_INFERENCE_REQUEST_BYTES })
     const cleanup = (): void => { opts.signal?.removeEventListener('abort', abort) }
     const readFrame = async (signal?: AbortSignal): Promise<InferenceResponseFrame> => {
       const frame = await framed.read(signal)

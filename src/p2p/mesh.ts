@@ -9,6 +9,7 @@ import { decodeMembership, encodeMembership, type DropReason, type MembershipMes
 import { PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
 import { Redialer } from './redialer.js'
 import { InferenceService } from './inference.js'
+import { reachableAddresses } from './addresses.js'
 
 export interface MeshOptions<S> {
   privateKey: PrivateKey
@@ -120,9 +121,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
 
   /** Addresses worth telling peers: loopback ones only when there is nothing else. */
   private dialableAddresses (): string[] {
-    const all = this.addresses()
-    const lan = all.filter(a => !a.startsWith('/ip4/127.') && !a.startsWith('/ip6/::1/'))
-    return (lan.length > 0 ? lan : all).slice(0, 16)
+    return reachableAddresses(this.addresses()).slice(0, 16)
   }
 
   /** Every peer ever heard from, self excluded. */
@@ -158,7 +157,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     host.addEventListener('peer:disconnect', evt => { this.onDisconnect(evt.detail) })
     host.addEventListener('peer:identify', evt => {
       const id = evt.detail.peerId.toString()
-      const addrs = evt.detail.listenAddrs.map(a => a.toString())
+      const addrs = reachableAddresses(evt.detail.listenAddrs.map(a => a.toString()))
       const rec = this.table.get(id)
       if (rec != null && addrs.length > 0) {
         const next = this.table.patch(id, { addresses: addrs })

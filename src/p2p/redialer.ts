@@ -2,6 +2,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { createLogger } from '../logger.js'
 import type { Host } from './host.js'
+import { reachableAddresses } from './addresses.js'
 
 export interface RedialerOptions {
   minMs: number
@@ -15,6 +16,8 @@ export interface RedialerOptions {
 }
 
 interface Target {
+  /** Where to dial it (reachable addresses, each with the peer id); empty: ask the peer store. */
+  addrs?: string[]
   attempts: number
   nextAt: number
   inFlight: boolean
@@ -64,10 +67,12 @@ export class Redialer {
 
   addPeer (id: string, addrs: string[]): void {
     if (id === this.host.peerId.toString()) return
-    if (addrs.length > 0) {
-      void this.host.peerStore.merge(peerIdFromString(id), { multiaddrs: addrs.map(a => multiaddr(a)) }).catch(() => {})
-    }
-    if (!this.peers.has(id)) this.peers.set(id, { attempts: 0, nextAt: 0, inFlight: false })
+    let t = this.peers.get(id)
+    if (t == null) this.peers.set(id, t = { attempts: 0, nextAt: 0, inFlight: false })
+    // Our own list, not the peer store's: libp2p adds every address mDNS and identify report,
+    // loopback ones included, and a dial of those must not decide whether a peer is gone.
+    const usable = reachableAddresses(addrs).map(a => a.includes('/p2p/') ? a : `${a}/p2p/${id}`)
+    if (usable.length > 0) t.addrs = usable
   }
 
   /** Dial this peer now unless a dial is already under way (cheap to call on every heartbeat). */
@@ -127,7 +132,8 @@ export class Redialer {
   private dialPeer (id: string, t: Target): void {
     if (this.stopped || t.inFlight || this.connected(id) || !this.opts.isWanted(id)) return
     t.inFlight = true
-    this.host.dial(peerIdFromString(id), { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 1500) })
+    const target = t.addrs != null && t.addrs.length > 0 ? t.addrs.map(a => multiaddr(a)) : peerIdFromString(id)
+    this.host.dial(target, { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 1500) })
       .then(() => { t.attempts = 0 })
       .catch(err => {
         if (isRefused(err)) this.opts.onRefused(id)

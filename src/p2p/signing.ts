@@ -101,7 +101,7 @@ export async function signObject<T extends object> (key: PrivateKey, domain: str
  * True when `value.sig` is `signer`'s signature of `value` under `domain`. Never throws:
  * a malformed signature, an unsignable value or a signer with no Ed25519 key is simply false.
  */
-export async function verifyObject (signer: string, domain: string, value: { sig: string }): Promise<boolean> {
+export async function verifyObject<T extends { sig: string }> (signer: string, domain: string, value: T): Promise<boolean> {
   try {
     const key = publicKeyOfPeer(signer)
     const sig = decodeSignature(value.sig)

@@ -6,3 +6,9 @@ export { Router, type RouterOptions, type RouteResult } from './router.js'
 export { buildModelRegistry, type MeshModel, type ModelHost } from './model-registry.js'
 export { orderHosts, type BalanceStrategy } from './balancer.js'
 export { CircuitBreaker } from './circuit-breaker.js'
+export { Reconciler, type ReconcilerOptions, type DeploymentStatus, type CommandSender } from './reconciler.js'
+export {
+  placeReplicas, addReservations, PLACEMENT_DEFAULTS,
+  type PlacementCandidate, type PlacementRequest, type PlacementDecision, type Placement, type PlacementKind,
+  type PlacementStrategy, type PlacementConstraints, type NodeReservation, type Rejection, type RejectionCode
+} from './placement.js'

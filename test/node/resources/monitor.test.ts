@@ -152,6 +152,25 @@ describe('ResourceMonitor', () => {
     assert.deepEqual(m.gpuReasons(), ['Failed to initialize NVML: Driver/library version mismatch'])
   })
 
+  it('asks systeminformation for controllers once, not on every GPU poll, when no GPU tool exists', async () => {
+    let asked = 0
+    const m = new ResourceMonitor({
+      dataDir: dir,
+      searchPath: false,
+      exec: fakeExec({}),
+      log: quietLog,
+      graphics: async () => {
+        asked++
+        return { controllers: [{ vendor: 'Intel Corporation', model: 'UHD Graphics 630', bus: 'Onboard', vram: 1536, vramDynamic: true }] }
+      }
+    })
+    await m.refresh()
+    await m.refresh()
+    await m.refresh()
+    assert.equal(asked, 1)
+    assert.deepEqual(m.snapshot().resources.gpus.map(g => [g.vendor, g.name, g.totalMemoryBytes]), [['intel', 'UHD Graphics 630', 1536 * MIB]])
+  })
+
   it('finds configured llama.cpp builds', async () => {
     const { exec } = nvidiaSmi()
     const bin = join(dir, 'llama', 'llama-server')

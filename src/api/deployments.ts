@@ -1,0 +1,60 @@
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import { ModelNotFoundError, NotFoundError } from '../errors.js'
+import type { MeshNode } from '../node/index.js'
+import type { Reconciler, Router } from '../scheduler/index.js'
+
+const errorResponses = { '4xx': { $ref: 'ErrorBody#' }, '5xx': { $ref: 'ErrorBody#' } }
+const STRATEGIES = ['resource-fit', 'least-loaded', 'locality', 'round-robin', 'weighted', 'random', 'label-cost']
+
+const createBody = {
+  type: 'object',
+  required: ['model'],
+  additionalProperties: false,
+  properties: {
+    model: { type: 'string', minLength: 1, maxLength: 256 },
+    replicas: { type: 'integer', minimum: 1, maximum: 1024, default: 1 },
+    group: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$', default: 'default' },
+    strategy: { type: 'string', enum: STRATEGIES },
+    constraints: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        gpuRequired: { type: 'boolean' },
+        minVramBytes: { type: 'integer', minimum: 0 },
+        labels: { type: 'object', maxProperties: 32, additionalProperties: { type: 'string', maxLength: 128 } }
+      }
+    }
+  }
+}
+
+/** Deployments: desired state per model (`/api/deployments`), reconciled by each group's leader. */
+export function deploymentRoutes (node: MeshNode, router: Router, reconciler: Reconciler): FastifyPluginAsync {
+  const view = (model: string): Record<string, unknown> | undefined => {
+    const d = node.deployments.get(model)
+    return d == null ? undefined : { ...d, status: reconciler.status(d) }
+  }
+  return async (app: FastifyInstance) => {
+    app.get('/api/deployments', {
+      schema: { response: { 200: { type: 'object', additionalProperties: true }, ...errorResponses } }
+    }, async () => ({ deployments: node.deployments.list().map(d => view(d.model)) }))
+
+    app.post('/api/deployments', {
+      schema: { body: createBody, response: { 201: { type: 'object', additionalProperties: true }, ...errorResponses } }
+    }, async (req, reply) => {
+      const body = req.body as { model: string, replicas: number, group: string, strategy?: string, constraints?: Record<string, unknown> }
+      if (!router.models().has(body.model)) throw new ModelNotFoundError(body.model)
+      await node.deployments.put(body)
+      void reply.status(201)
+      return view(body.model)
+    })
+
+    app.delete('/api/deployments/*', {
+      schema: { response: { 200: { type: 'object', additionalProperties: true }, ...errorResponses } }
+    }, async (req) => {
+      const model = (req.params as { '*': string })['*']
+      const removed = await node.deployments.remove(model)
+      if (removed == null) throw new NotFoundError(`No deployment of '${model}'`, 'deployment_not_found')
+      return removed
+    })
+  }
+}

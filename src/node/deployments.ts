@@ -1,0 +1,106 @@
+import { EventEmitter } from 'node:events'
+import { BadRequestError } from '../errors.js'
+import type { RecordTable, Store } from './store.js'
+
+export interface DeploymentConstraints {
+  gpuRequired?: boolean
+  minVramBytes?: number
+  labels?: Record<string, string>
+}
+
+/** Desired state: `replicas` copies of `model` loaded in `group`. Last writer wins on (updatedAt, origin). */
+export interface Deployment {
+  model: string
+  replicas: number
+  group: string
+  strategy?: string
+  constraints?: DeploymentConstraints
+  updatedAt: number
+  /** Node that made this version. */
+  origin: string
+  deleted: boolean
+}
+
+export interface DeploymentEvents {
+  change: [Deployment]
+}
+
+/** Tombstones are gossiped this long so a deletion reaches every member, then dropped. */
+const TOMBSTONE_TTL_MS = 24 * 3600_000
+
+function newer (a: Deployment, b: Deployment | undefined): boolean {
+  return b == null || a.updatedAt > b.updatedAt || (a.updatedAt === b.updatedAt && a.origin > b.origin)
+}
+
+/**
+ * The durable, replicated set of deployments. Every node keeps all of them (LevelDB) and gossips
+ * them in its snapshot, so whichever node leads a group next knows what to do.
+ */
+export class DeploymentStore extends EventEmitter<DeploymentEvents> {
+  private readonly records = new Map<string, Deployment>()
+  private readonly table: RecordTable<Deployment>
+
+  private constructor (store: Store, private readonly self: () => string) {
+    super()
+    this.table = store.table<Deployment>('deployments')
+  }
+
+  static async open (store: Store, self: () => string): Promise<DeploymentStore> {
+    const d = new DeploymentStore(store, self)
+    for (const rec of await d.table.values()) d.records.set(rec.model, rec)
+    return d
+  }
+
+  /** Live deployments (not deleted). */
+  list (): Deployment[] {
+    return [...this.records.values()].filter(d => !d.deleted).sort((a, b) => a.model.localeCompare(b.model))
+  }
+
+  get (model: string): Deployment | undefined {
+    const d = this.records.get(model)
+    return d?.deleted === false ? d : undefined
+  }
+
+  /** What a snapshot carries: every record, tombstones until they expire. */
+  gossip (now = Date.now()): Deployment[] {
+    return [...this.records.values()].filter(d => !d.deleted || now - d.updatedAt < TOMBSTONE_TTL_MS)
+  }
+
+  private stamp (model: string): number {
+    return Math.max(Date.now(), (this.records.get(model)?.updatedAt ?? 0) + 1)
+  }
+
+  /** Creates or replaces a deployment; resolves once it is on disk (acknowledged = durable). */
+  async put (input: { model: string, replicas: number, group: string, strategy?: string, constraints?: DeploymentConstraints }): Promise<Deployment> {
+    if (!Number.isInteger(input.replicas) || input.replicas < 1) throw new BadRequestError('replicas must be a positive integer', 'replicas')
+    const rec: Deployment = { ...input, updatedAt: this.stamp(input.model), origin: this.self(), deleted: false }
+    await this.save(rec)
+    return rec
+  }
+
+  async remove (model: string): Promise<Deployment | undefined> {
+    const cur = this.get(model)
+    if (cur == null) return undefined
+    const rec: Deployment = { ...cur, updatedAt: this.stamp(model), origin: this.self(), deleted: true }
+    await this.save(rec)
+    return rec
+  }
+
+  /** Merges records a peer gossiped; returns how many were newer than ours. */
+  async merge (incoming: Deployment[]): Promise<number> {
+    let changed = 0
+    for (const rec of incoming) {
+      if (newer(rec, this.records.get(rec.model))) {
+        await this.save(rec)
+        changed++
+      }
+    }
+    return changed
+  }
+
+  private async save (rec: Deployment): Promise<void> {
+    await this.table.put(rec.model, rec, { sync: true })
+    this.records.set(rec.model, rec)
+    this.emit('change', rec)
+  }
+}

@@ -1,0 +1,184 @@
+import { createLogger } from '../logger.js'
+import type { Deployment, MeshNode, PeerView } from '../node/index.js'
+import { placeReplicas, type PlacementCandidate, type PlacementStrategy } from './placement.js'
+import type { Router } from './router.js'
+
+/** Sends one signed command as the leader of `group` at `term`; resolves with the executor's verdict. */
+export type CommandSender = (target: string, type: 'load_model' | 'unload_model', payload: Record<string, unknown>, ctx: { group: string, term: number }) => Promise<{ status: string, error?: { code: string, message: string } }>
+
+export interface ReconcilerOptions {
+  intervalMs: number
+  /** A placement not visible in snapshots after this long is retried elsewhere. */
+  pendingTtlMs: number
+  send: CommandSender
+}
+
+/** What a deployment looks like now, for `GET /api/deployments`. */
+export interface DeploymentStatus {
+  desired: number
+  actual: Array<{ nodeId: string, name: string, state: string }>
+  pending: string[]
+  unplaceable: number
+  lastError: string | null
+  /** Which node reconciles it: the group's leader. */
+  leader: string | null
+}
+
+interface Pending { node: string, until: number }
+
+/**
+ * The leader's control loop: for every deployment of a group this node leads, compare desired
+ * replicas with the replicas the members' snapshots show, place the missing ones (placement
+ * strategy) with `load_model` commands and remove extras with `unload_model`.
+ */
+export class Reconciler {
+  private timer?: NodeJS.Timeout
+  private soon?: NodeJS.Timeout
+  private readonly pending = new Map<string, Pending[]>()
+  private readonly unplaceable = new Map<string, number>()
+  private readonly lastError = new Map<string, string>()
+  /** Deleted deployments whose replicas were told to unload (per model, the version handled). */
+  private readonly retired = new Map<string, number>()
+  private running = false
+  private rrCursor = 0
+  private readonly log = createLogger('scheduler:reconciler')
+  readonly stats = { placed: 0, unloaded: 0, failed: 0, ticks: 0 }
+
+  constructor (private readonly node: MeshNode, private readonly router: Router, private readonly opts: ReconcilerOptions) {}
+
+  start (): void {
+    this.timer = setInterval(() => { void this.tick() }, this.opts.intervalMs)
+    this.timer.unref()
+    const poke = (): void => { this.kick() }
+    this.node.on('peer', ev => { if (ev.type !== 'peer:alive') poke() })
+    this.node.deployments.on('change', poke)
+  }
+
+  stop (): void {
+    clearInterval(this.timer)
+    clearTimeout(this.soon)
+  }
+
+  /** Reconcile soon (coalesced): after a death, a new leader, a deployment change. */
+  kick (delayMs = 50): void {
+    if (this.soon != null) return
+    this.soon = setTimeout(() => { this.soon = undefined; void this.tick() }, delayMs)
+    this.soon.unref()
+  }
+
+  private members (group: string): PeerView[] {
+    const self = this.node.self()
+    const peers = this.node.peers().filter(p => p.status === 'alive' && p.groups.includes(group))
+    return this.node.groups.get(group)?.joined === true ? [self, ...peers] : peers
+  }
+
+  status (d: Deployment): DeploymentStatus {
+    const members = this.members(d.group)
+    const fp = this.router.models().get(d.model)?.fingerprint
+    const actual = members.flatMap(m => m.models.filter(x => x.name === d.model && (fp == null || x.fingerprint === fp) && x.state !== 'on_disk').map(x => ({ nodeId: m.id, name: m.name, state: x.state })))
+    return {
+      desired: d.replicas,
+      actual,
+      pending: (this.pending.get(d.model) ?? []).map(p => p.node),
+      unplaceable: this.unplaceable.get(d.model) ?? 0,
+      lastError: this.lastError.get(d.model) ?? null,
+      leader: this.node.groups.leaderOf(d.group).leader
+    }
+  }
+
+  async tick (): Promise<void> {
+    if (this.running) return
+    this.running = true
+    this.stats.ticks++
+    try {
+      const now = Date.now()
+      for (const d of this.node.deployments.gossip()) {
+        if (!this.node.groups.isLeader(d.group)) continue
+        const { term } = this.node.groups.leaderOf(d.group)
+        if (d.deleted) await this.retire(d, term)
+        else await this.reconcile(d, term, now)
+      }
+    } catch (err) {
+      this.log.warn('reconcile failed', { err })
+    } finally {
+      this.running = false
+    }
+  }
+
+  private async reconcile (d: Deployment, term: number, now: number): Promise<void> {
+    const members = this.members(d.group)
+    const alive = new Set(members.map(m => m.id))
+    const entry = this.router.models().get(d.model)
+    if (entry == null) {
+      this.lastError.set(d.model, `no node of the mesh has the model file '${d.model}'`)
+      return
+    }
+    const holding = members.filter(m => m.models.some(x => x.name === d.model && x.fingerprint === entry.fingerprint && x.state !== 'on_disk')).map(m => m.id)
+    const pending = (this.pending.get(d.model) ?? []).filter(p => p.until > now && alive.has(p.node) && !holding.includes(p.node))
+    this.pending.set(d.model, pending)
+    const current = [...new Set([...holding, ...pending.map(p => p.node)])]
+
+    if (current.length < d.replicas) {
+      const candidates: PlacementCandidate[] = members.filter(m => m.resources != null).map(m => ({
+        id: m.id,
+        name: m.name,
+        resources: m.resources!,
+        models: m.models,
+        load: m.load != null ? m.load.active + m.load.queued : 0,
+        labels: m.labels
+      }))
+      const decision = placeReplicas(candidates, {
+        model: d.model,
+        fingerprint: entry.fingerprint,
+        sizeBytes: entry.sizeBytes,
+        replicas: d.replicas,
+        strategy: (d.strategy ?? 'resource-fit') as PlacementStrategy,
+        constraints: d.constraints,
+        current,
+        rrCursor: this.rrCursor
+      })
+      this.rrCursor = decision.nextRrCursor
+      this.unplaceable.set(d.model, decision.unplaceable)
+      if (decision.unplaceable > 0) this.lastError.set(d.model, `${decision.unplaceable} replica(s) fit on no node: ${decision.rejected.map(r => `${r.nodeId.slice(-6)} ${r.code}`).join(', ')}`)
+      const sources = entry.hosts.filter(h => alive.has(h.peerId) || h.local).map(h => h.peerId)
+      for (const p of decision.place) {
+        pending.push({ node: p.nodeId, until: now + this.opts.pendingTtlMs })
+        this.stats.placed++
+        this.log.info('placing replica', { model: d.model, node: p.nodeId, reason: p.reason })
+        void this.command(d, p.nodeId, 'load_model', { model: d.model, fingerprint: entry.fingerprint, sources: sources.filter(s => s !== p.nodeId).slice(0, 8), keepAliveMs: -1 }, term)
+      }
+    } else if (holding.length > d.replicas) {
+      const extras = members.filter(m => holding.includes(m.id))
+        .sort((a, b) => (b.load?.active ?? 0) - (a.load?.active ?? 0) || b.id.localeCompare(a.id))
+        .slice(0, holding.length - d.replicas)
+      for (const m of extras) {
+        this.stats.unloaded++
+        void this.command(d, m.id, 'unload_model', { model: d.model }, term)
+      }
+    }
+  }
+
+  private async retire (d: Deployment, term: number): Promise<void> {
+    if (this.retired.get(d.model) === d.updatedAt) return
+    this.retired.set(d.model, d.updatedAt)
+    this.pending.delete(d.model)
+    for (const m of this.members(d.group)) {
+      if (m.models.some(x => x.name === d.model && x.state !== 'on_disk')) void this.command(d, m.id, 'unload_model', { model: d.model }, term)
+    }
+  }
+
+  private async command (d: Deployment, target: string, type: 'load_model' | 'unload_model', payload: Record<string, unknown>, term: number): Promise<void> {
+    try {
+      const res = await this.opts.send(target, type, payload, { group: d.group, term })
+      if (res.status !== 'ok') throw new Error(`${res.error?.code ?? res.status}: ${res.error?.message ?? ''}`)
+      this.lastError.delete(d.model)
+    } catch (err: any) {
+      this.stats.failed++
+      this.lastError.set(d.model, `${type} on ${target.slice(-8)} failed: ${err?.message ?? String(err)}`)
+      this.log.warn('command failed', { model: d.model, target, type, err })
+      const list = this.pending.get(d.model)
+      if (list != null) this.pending.set(d.model, list.filter(p => p.node !== target))
+      this.kick(500)
+    }
+  }
+}

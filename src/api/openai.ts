@@ -6,8 +6,8 @@ import { toErrorBody } from './errors.js'
 
 export interface OpenAIRoutesOptions {
   router: Router
-  /** Whole-request limit; the stream ends with an error event when it runs out. */
-  requestTimeoutMs: number
+  /** Whole-request limit (read per request: it can change at run time); the stream ends with an error event when it runs out. */
+  requestTimeoutMs: () => number
 }
 
 const errorResponses = { '4xx': { $ref: 'ErrorBody#' }, '5xx': { $ref: 'ErrorBody#' } }
@@ -100,7 +100,8 @@ export function openaiRoutes (opts: OpenAIRoutesOptions): FastifyPluginAsync {
       const ac = new AbortController()
       // The client went away before we finished: stop the generation wherever it runs.
       reply.raw.on('close', () => { if (!reply.raw.writableEnded) ac.abort(new ShepherdError('client closed the request', { code: 'client_closed', status: 499 })) })
-      const timer = setTimeout(() => { ac.abort(new TimeoutError(`The request took longer than ${opts.requestTimeoutMs} ms`)) }, opts.requestTimeoutMs)
+      const limit = opts.requestTimeoutMs()
+      const timer = setTimeout(() => { ac.abort(new TimeoutError(`The request took longer than ${limit} ms`)) }, limit)
       timer.unref()
       try {
         let result

@@ -1,6 +1,8 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { MeshNode } from '../node/index.js'
-import { Router } from '../scheduler/index.js'
+import { Scheduler } from '../scheduler/index.js'
+import { deploymentRoutes } from './deployments.js'
+import { commandRoutes } from './commands.js'
 import { installApiKeys } from './auth.js'
 import { errorSchema, installErrorHandler } from './errors.js'
 import { inspectionRoutes } from './inspection.js'
@@ -14,8 +16,8 @@ export interface ApiOptions {
   bodyLimitBytes?: number
   /** Fastify's own request logging (off: our logger is quiet by default). */
   logRequests?: boolean
-  /** The router to use; by default one is built from the node's options. */
-  router?: Router
+  /** The node's scheduler (router, reconciler); by default one is built and not started. */
+  scheduler?: Scheduler
 }
 
 /** Builds the HTTP API of a node: inspection routes under `/api`, OpenAI routes under `/v1`. */
@@ -35,11 +37,11 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   app.addSchema(peerSchema)
   installErrorHandler(app)
   installApiKeys(app, opts.node.options.apiKeys)
-  const o = opts.node.options
-  const router = opts.router ?? new Router(opts.node, { strategy: o.routing, breakerFailures: o.breakerFailures, breakerCooldownMs: o.breakerCooldownMs })
-  app.decorate('router', router)
+  const scheduler = opts.scheduler ?? new Scheduler(opts.node)
   await app.register(inspectionRoutes(opts.node))
   await app.register(groupRoutes(opts.node))
-  await app.register(openaiRoutes({ router, requestTimeoutMs: o.requestTimeoutMs }))
+  await app.register(deploymentRoutes(opts.node, scheduler.router, scheduler.reconciler))
+  await app.register(commandRoutes(opts.node))
+  await app.register(openaiRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs }))
   return app
 }

@@ -1,7 +1,7 @@
 import { ShepherdError } from '../errors.js'
 import type { PeerView } from '../node/index.js'
 import { clientFlags, parse, UsageError } from './args.js'
-import { DEPLOY_HELP, GROUPS_HELP, PEERS_HELP, STATUS_HELP, UNDEPLOY_HELP } from './help.js'
+import { COMMAND_HELP, DEPLOY_HELP, GROUPS_HELP, LOGS_HELP, PEERS_HELP, STATUS_HELP, UNDEPLOY_HELP } from './help.js'
 import { PEER_HEADER, bytes, peerRow, table } from './format.js'
 
 function apiBase (values: Record<string, unknown>): string {
@@ -96,6 +96,35 @@ export async function undeploy (args: string[], out: (line: string) => void): Pr
   if (positionals.length !== 1) throw new UsageError('undeploy needs exactly one MODEL (see --help)')
   await getJson(apiBase(values), `/api/deployments/${encodeURIComponent(positionals[0])}`, { method: 'DELETE' })
   out(`undeployed ${positionals[0]}`)
+}
+
+/** `shepherd-mesh command PEER TYPE --payload JSON`: a signed command, run on PEER. */
+export async function command (args: string[], out: (line: string) => void): Promise<void> {
+  const { values, positionals } = parse(args, { ...clientFlags, payload: { type: 'string' }, group: { type: 'string' } })
+  if (values.help === true) { out(COMMAND_HELP); return }
+  if (positionals.length !== 2) throw new UsageError('command needs PEER and TYPE (see --help)')
+  let payload: unknown = {}
+  if (values.payload != null) {
+    try { payload = JSON.parse(String(values.payload)) } catch { throw new UsageError('--payload is not valid JSON') }
+  }
+  const res = await getJson<{ status: string, result?: unknown, error?: { code: string, message: string }, output: string[] }>(apiBase(values), '/api/commands', {
+    method: 'POST',
+    body: { target: positionals[0], type: positionals[1], payload, ...(values.group != null ? { group: values.group } : {}) },
+    timeoutMs: 15 * 60_000
+  })
+  if (values.json === true) { out(JSON.stringify(res, null, 2)); return }
+  for (const line of res.output) out(line)
+  if (res.status !== 'ok') throw new ShepherdError(`${positionals[1]} ${res.status}: ${res.error?.code ?? ''} ${res.error?.message ?? ''}`.trim(), { code: res.error?.code ?? 'command_failed', status: 400 })
+  out(JSON.stringify(res.result ?? {}))
+}
+
+/** `shepherd-mesh logs PEER [--lines N]`: recent log lines of a peer (a collect_logs command). */
+export async function logs (args: string[], out: (line: string) => void): Promise<void> {
+  const { values, positionals } = parse(args, { ...clientFlags, lines: { type: 'string' } })
+  if (values.help === true) { out(LOGS_HELP); return }
+  if (positionals.length !== 1) throw new UsageError('logs needs PEER (see --help)')
+  const lines = values.lines != null ? Number(values.lines) : 200
+  await command([positionals[0], 'collect_logs', '--payload', JSON.stringify({ lines }), ...(values.api != null ? ['--api', String(values.api)] : [])], out)
 }
 
 /** `shepherd-mesh peers`: the peer table. */

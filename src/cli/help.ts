@@ -11,6 +11,8 @@ Commands:
   groups    list swarm groups, their leaders and members
   deploy    keep N replicas of a model loaded in a group
   undeploy  remove a deployment
+  command   send a signed command to a peer (load_model, unload_model, scan_models, ...)
+  logs      show a peer's recent log lines
 
 Run 'shepherd-mesh <command> --help' for a command's options.
 `
@@ -84,5 +86,26 @@ export const UNDEPLOY_HELP = `Usage: shepherd-mesh undeploy MODEL [--api URL]
 Removes MODEL's deployment; its replicas are unloaded.
 
 Options:
+${CLIENT_OPTIONS}
+`
+
+export const COMMAND_HELP = `Usage: shepherd-mesh command PEER TYPE [--payload JSON] [--group G] [--api URL] [--json]
+
+Signs a command with this node's key and runs it on PEER (a peer id, id suffix or name; 'self'
+for this node). A peer accepts commands from its group's leader and from itself only.
+Types: load_model, unload_model, run_llamacpp, stop_process, scan_models, collect_logs, update_config.
+
+Options:
+  --payload JSON     the command's payload, e.g. '{"model":"qwen2.5-7b"}'
+  --group G          the group whose leadership signs it (default: this node's first group)
+${CLIENT_OPTIONS}
+`
+
+export const LOGS_HELP = `Usage: shepherd-mesh logs PEER [--lines N] [--api URL]
+
+Shows PEER's recent log lines (info and above), fetched with a collect_logs command.
+
+Options:
+  --lines N    how many lines (default 200)
 ${CLIENT_OPTIONS}
 `

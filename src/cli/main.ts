@@ -2,11 +2,11 @@ import '../polyfill.js'
 import { ShepherdError } from '../errors.js'
 import { VERSION } from '../version.js'
 import { UsageError } from './args.js'
-import { deploy, groups, peers, status, undeploy } from './client.js'
+import { command, deploy, groups, logs, peers, status, undeploy } from './client.js'
 import { MAIN_HELP } from './help.js'
 import { start } from './start.js'
 
-const COMMANDS: Record<string, (args: string[], out: (line: string) => void) => Promise<void>> = { start, status, peers, groups, deploy, undeploy }
+const COMMANDS: Record<string, (args: string[], out: (line: string) => void) => Promise<void>> = { start, status, peers, groups, deploy, undeploy, command, logs }
 
 /** Entry point of the `shepherd-mesh` command. Returns the exit code. */
 export async function main (argv: string[], out: (line: string) => void = line => { process.stdout.write(line + '\n') }): Promise<number> {

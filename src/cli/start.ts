@@ -1,6 +1,7 @@
 import { resolveOptions } from '../config/index.js'
 import { buildApi } from '../api/index.js'
 import { MeshNode } from '../node/index.js'
+import { Scheduler } from '../scheduler/index.js'
 import { setLogLevel } from '../logger.js'
 import { ShepherdError } from '../errors.js'
 import { parse, startFlags } from './args.js'
@@ -31,7 +32,9 @@ export async function start (args: string[], out: (line: string) => void): Promi
     }
     throw err
   }
-  const api = await buildApi({ node })
+  const scheduler = new Scheduler(node)
+  scheduler.start()
+  const api = await buildApi({ node, scheduler })
   try {
     await api.listen({ host: options.apiHost, port: options.apiPort })
   } catch (err: any) {
@@ -58,6 +61,7 @@ export async function start (args: string[], out: (line: string) => void): Promi
       stopping = true
       const hard = setTimeout(() => { process.exit(1) }, 5000)
       hard.unref()
+      scheduler.stop()
       Promise.allSettled([node.stop({ announce: true }), api.close()]).then(() => { resolve() }, () => { resolve() })
     }
     process.once('SIGINT', stop)

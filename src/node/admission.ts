@@ -8,7 +8,19 @@ export class Admission {
   private running = 0
   private readonly waiters: Array<{ resolve: () => void, reject: (e: unknown) => void, signal?: AbortSignal, onAbort?: () => void }> = []
 
-  constructor (readonly maxConcurrent: number, readonly maxQueue: number) {}
+  constructor (public maxConcurrent: number, public maxQueue: number) {}
+
+  /** Changes the limits at run time; a raised limit admits waiters at once. */
+  setLimits (maxConcurrent: number, maxQueue: number): void {
+    this.maxConcurrent = maxConcurrent
+    this.maxQueue = maxQueue
+    while (this.running < this.maxConcurrent && this.waiters.length > 0) {
+      const next = this.waiters.shift()!
+      if (next.onAbort != null) next.signal?.removeEventListener('abort', next.onAbort)
+      this.running++
+      next.resolve()
+    }
+  }
 
   get active (): number { return this.running }
   get queued (): number { return this.waiters.length }

@@ -9,3 +9,6 @@ export { DeploymentStore, type Deployment, type DeploymentConstraints } from './
 export { GroupManager, type GroupView, type GroupMember } from './groups/index.js'
 export { isNodeSnapshot, type NodeSnapshot, type ModelSummary } from './snapshot.js'
 export type { NodeResources, GpuInfo, LlamacppBuild, ModelFile, CpuInfo, MemoryInfo, DiskInfo } from './resources/types.js'
+export { ControlPlane } from './control-plane.js'
+export * from './commands/index.js'
+export { fetchModel, modelResolver, defaultModelsDestDir, transferPaths, ModelTransferError, type FetchModelResult, type FetchModelOptions } from './model-transfer.js'

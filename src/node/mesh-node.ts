@@ -13,6 +13,8 @@ import type { ModelFile } from './resources/index.js'
 import { ShepherdError } from '../errors.js'
 import { GroupManager } from './groups/index.js'
 import { DeploymentStore } from './deployments.js'
+import { ControlPlane } from './control-plane.js'
+import path from 'node:path'
 
 /** One peer (or this node) as the API shows it. */
 export interface PeerView {
@@ -72,6 +74,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   /** Desired state: which models should run where (replicated). */
   readonly deployments: DeploymentStore
   readonly labels: Record<string, string>
+  /** Signed commands: the executor, sending, the command audit log. */
+  control!: ControlPlane
   private modelFiles: ModelFile[] = []
   /** Grows whenever the gossiped snapshot content changes. */
   snapshotVersion = 1
@@ -125,9 +129,11 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     try {
       const { key } = await loadOrCreateIdentity(store)
       const knownPeers = (await store.knownPeers()).map(p => ({ id: p.id, addresses: p.addresses }))
+      // Models pulled from peers land in the first models dir (or <data-dir>/models), always scanned.
+      const pullDir = options.modelsDirs[0] ?? path.join(options.dataDir, 'models')
       const monitor = new ResourceMonitor({
         dataDir: options.dataDir,
-        modelsDirs: options.modelsDirs,
+        modelsDirs: [...new Set([...options.modelsDirs, pullDir])],
         llamacppPaths: options.llamacppPaths,
         sampleIntervalMs: options.sampleIntervalMs,
         gpuIntervalMs: options.gpuIntervalMs
@@ -158,6 +164,18 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       groups.attach(mesh)
       const deployments = await DeploymentStore.open(store, () => node!.id)
       node = new MeshNode(options, store, monitor, mesh, hub, groups, deployments)
+      node.control = new ControlPlane({
+        key,
+        selfId: () => node!.id,
+        store,
+        mesh,
+        hub,
+        monitor,
+        groups,
+        options,
+        modelFiles: () => node!.modelFiles,
+        pullDir
+      })
       return node
     } catch (err) {
       await store.close()
@@ -188,6 +206,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         void this.store.appendAudit({ kind: 'wire_violation', peer, detail: `${INFERENCE_PROTOCOL}: ${reason}`, verdict: 'rejected' }).catch(() => {})
       }
     })
+    await this.control.start()
     this.log.info('started', { id: this.id, addresses: this.mesh.addresses() })
   }
 
@@ -195,6 +214,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   async stop (opts: { announce?: boolean } = {}): Promise<void> {
     this.groups.stop()
     await this.mesh.stop(opts)
+    await this.control.stop()
     await this.hub.close()
     this.monitor.stop()
     await this.store.close()

@@ -9,9 +9,9 @@ import { constants as fsConstants } from 'node:fs'
 import { link, mkdir, open, rename, stat, statfs, unlink, type FileHandle } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { createLogger } from '../logger.js'
-import { isFingerprint, isSafeModelName } from '../p2p/blob-messages.js'
-import { BlobTransferError, hashFileRange, isAborted, openBlob, type BlobOpenOptions, type BlobResolver } from '../p2p/blob-protocol.js'
-import type { Host } from '../p2p/host.js'
+import { isFingerprint, isSafeModelName } from '../p2p/index.js'
+import { BlobTransferError, hashFileRange, isAborted, openBlob, type BlobOpenOptions, type BlobResolver } from '../p2p/index.js'
+import type { Host } from '../p2p/index.js'
 import type { ModelFile } from './resources/types.js'
 
 const log = createLogger('node:model-transfer')

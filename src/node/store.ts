@@ -2,6 +2,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { Level } from 'level'
 import { ShepherdError } from '../errors.js'
+import type { CommandStoreBackend } from './commands/index.js'
 
 /** The data dir exists but cannot be used: unreadable, not a directory, or locked by another node. */
 export class StoreError extends ShepherdError {
@@ -94,6 +95,11 @@ export class Store {
       values: async (opts = {}) => await sub.values({ reverse: opts.reverse === true, limit: opts.limit ?? -1, ...(opts.lt != null ? { lt: opts.lt } : {}) }).all(),
       entries: async () => await sub.iterator().all()
     }
+  }
+
+  /** The backend of the command store (runs, terms, command audit): a LevelDB sublevel. */
+  commandBackend (): CommandStoreBackend {
+    return this.db.sublevel<string, any>('commands', { valueEncoding: 'json' }) as unknown as CommandStoreBackend
   }
 
   private auditSeq = 0

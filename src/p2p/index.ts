@@ -14,3 +14,15 @@ export { InferenceService, RemoteError, type InferenceReply, type InferenceHandl
 export { isInferenceRequest, isInferenceResponse, type InferenceRequestFrame, type InferenceResponseFrame, type InferenceOp, type PassthroughRequest, type ErrorPayload } from './inference-messages.js'
 export { FramedStream } from './framing.js'
 export { INFERENCE_PROTOCOL } from './constants.js'
+export {
+  CommandService, CommandRefusedError, sendCommand, MAX_OUTPUT_LINE_CHARS, MAX_BUFFERED_OUTPUT_BYTES,
+  type CommandReply, type CommandContext, type CommandReceiver, type SendCommandOptions
+} from './command-protocol.js'
+export * from './command-messages.js'
+export { canonicalJson, signedBytes, publicKeyOfPeer, signObject, verifyObject, signDetached, SigningError, ED25519_SIGNATURE_BYTES } from './signing.js'
+export {
+  BlobService, BlobTransferError, FileDigests, openBlob, hashFileRange, isAborted,
+  type BlobResolver, type BlobOpenOptions, type BlobDownload
+} from './blob-protocol.js'
+export { BLOB_PROTOCOL, isSafeModelName, isFingerprint } from './blob-messages.js'
+export { reachableAddresses } from './addresses.js'

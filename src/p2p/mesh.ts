@@ -9,6 +9,8 @@ import { decodeMembership, encodeMembership, type DropReason, type MembershipMes
 import { PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
 import { Redialer } from './redialer.js'
 import { InferenceService } from './inference.js'
+import { CommandService } from './command-protocol.js'
+import { BlobService } from './blob-protocol.js'
 import { reachableAddresses } from './addresses.js'
 
 export interface MeshOptions<S> {
@@ -94,6 +96,20 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   }
 
   private inferenceService?: InferenceService
+  private commandService?: CommandService
+  private blobService?: BlobService
+
+  /** `/shepherd/cmd/1.0.0`: signed commands. */
+  get commands (): CommandService {
+    this.commandService ??= new CommandService(this.libp2p)
+    return this.commandService
+  }
+
+  /** `/shepherd/blob/1.0.0`: model files between nodes. */
+  get blob (): BlobService {
+    this.blobService ??= new BlobService(this.libp2p)
+    return this.blobService
+  }
 
   /** `/shepherd/openai/1.0.0`: serve peers' inference requests and send ours. */
   get inference (): InferenceService {
@@ -199,6 +215,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     clearTimeout(this.snapshotDebounce)
     this.redialer?.stop()
     await this.inferenceService?.stop()
+    await this.commandService?.stop()
+    await this.blobService?.stop()
     if (opts.announce !== false) {
       await this.publish({ v: MEMBERSHIP_VERSION, t: 'leave', inc: this.incarnation, seq: ++this.seq, at: Date.now() })
       // Give the frame a moment to leave the socket before the connections close.

@@ -12,3 +12,4 @@ export {
   type PlacementCandidate, type PlacementRequest, type PlacementDecision, type Placement, type PlacementKind,
   type PlacementStrategy, type PlacementConstraints, type NodeReservation, type Rejection, type RejectionCode
 } from './placement.js'
+export { Scheduler } from './scheduler.js'

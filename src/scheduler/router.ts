@@ -7,7 +7,8 @@ import { CircuitBreaker } from './circuit-breaker.js'
 import { buildModelRegistry, type MeshModel, type ModelHost } from './model-registry.js'
 
 export interface RouterOptions {
-  strategy: BalanceStrategy
+  /** A strategy, or a getter when it can change at run time. */
+  strategy: BalanceStrategy | (() => BalanceStrategy)
   breakerFailures: number
   breakerCooldownMs: number
   /** Time allowed to open a stream to a peer. */
@@ -63,7 +64,8 @@ export class Router {
     const local = entry.hosts.find(h => h.local)
     const admission = this.node.hub.admission
     const remote = entry.hosts.filter(h => !h.local && !this.breaker.isOpen(h.peerId))
-    const ordered = orderHosts(remote, this.opts.strategy, { inflight: id => this.inflight.get(id) ?? 0, counter: this.counter++ })
+    const strategy = typeof this.opts.strategy === 'function' ? this.opts.strategy() : this.opts.strategy
+    const ordered = orderHosts(remote, strategy, { inflight: id => this.inflight.get(id) ?? 0, counter: this.counter++ })
     // Local first while it has room; when saturated it is the last resort (its queue).
     if (local == null) return ordered
     return admission.active < admission.maxConcurrent ? [local, ...ordered] : [...ordered, local]

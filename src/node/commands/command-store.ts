@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import type { RejectCode, SignedResult } from '../../p2p/command-messages.js'
+import type { RejectCode, SignedResult } from '../../p2p/index.js'
 
 /**
  * The few operations the command store needs from LevelDB, so it can live in a sublevel of the

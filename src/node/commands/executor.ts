@@ -5,9 +5,9 @@ import { createLogger } from '../../logger.js'
 import {
   COMMAND_TYPES, COMMAND_VERSION, isCommandEnvelope, isCommandType, signResult, verifyCommand,
   type CommandEnvelope, type CommandErrorInfo, type CommandType, type RejectCode, type SignedResult, type UnsignedResult
-} from '../../p2p/command-messages.js'
-import { CommandRefusedError, type CommandContext, type CommandReceiver, type CommandReply } from '../../p2p/command-protocol.js'
-import { canonicalJson } from '../../p2p/signing.js'
+} from '../../p2p/index.js'
+import { CommandRefusedError, type CommandContext, type CommandReceiver, type CommandReply } from '../../p2p/index.js'
+import { canonicalJson } from '../../p2p/index.js'
 import type { AuditInput, CommandStore } from './command-store.js'
 import type { CommandHandlers } from './handlers.js'
 import { checkPayload } from './payloads.js'

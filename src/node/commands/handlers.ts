@@ -1,4 +1,4 @@
-import type { CommandType } from '../../p2p/command-messages.js'
+import type { CommandType } from '../../p2p/index.js'
 import type { CommandPayloads } from './payloads.js'
 
 /** What a handler gets besides its payload. */

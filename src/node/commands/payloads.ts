@@ -1,5 +1,5 @@
 import { Ajv, type ValidateFunction } from 'ajv'
-import type { CommandType } from '../../p2p/command-messages.js'
+import type { CommandType } from '../../p2p/index.js'
 
 /**
  * The payload of each command type, and its strict schema: no extra fields, every string and
@@ -11,7 +11,11 @@ import type { CommandType } from '../../p2p/command-messages.js'
 const MODEL_NAME_PATTERN = '^(?!\\.)[^/\\\\\\u0000-\\u001f]{1,256}$'
 const MAX_KEEP_ALIVE_MS = 7 * 24 * 3600_000
 
-export interface LoadModelPayload { model: string, keepAliveMs?: number }
+/**
+ * `keepAliveMs` -1 pins the model (a deployment's replica); `fingerprint` and `sources` let a
+ * node that lacks the file pull it from those peers first.
+ */
+export interface LoadModelPayload { model: string, keepAliveMs?: number, fingerprint?: string, sources?: string[] }
 export interface UnloadModelPayload { model: string }
 export interface RunLlamacppPayload { model: string, args?: string[], port?: number }
 export type StopProcessPayload = { pid: number } | { processId: string }
@@ -102,7 +106,12 @@ const schemas: Record<CommandType, object> = {
     type: 'object',
     required: ['model'],
     additionalProperties: false,
-    properties: { model, keepAliveMs: intIn(0, MAX_KEEP_ALIVE_MS) }
+    properties: {
+      model,
+      keepAliveMs: intIn(-1, MAX_KEEP_ALIVE_MS),
+      fingerprint: { type: 'string', pattern: '^[a-z0-9:._-]{1,128}$' },
+      sources: { type: 'array', maxItems: 16, items: { type: 'string', pattern: '^[A-Za-z0-9]{32,128}$' } }
+    }
   },
   unload_model: { type: 'object', required: ['model'], additionalProperties: false, properties: { model } },
   run_llamacpp: {

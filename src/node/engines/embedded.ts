@@ -145,6 +145,8 @@ interface LoadedModel {
   requests: Set<AbortController>
   onDrained: Array<() => void>
   lastUsed: number
+  /** Loaded for a deployment: never unloaded for idleness. */
+  pinned?: boolean
   idleTimer?: NodeJS.Timeout
   /** Weights plus context state. */
   sizeBytes: number
@@ -307,7 +309,10 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
 
   async load (model: string, options: EngineLoadOptions = {}): Promise<EngineModel> {
     const lease = await this.use(model, options.signal)
-    lease.release(options.keepAliveMs)
+    // A negative or infinite keep-alive pins the model (a deployment's replica): requests with
+    // their own keep_alive no longer shorten its life; only unload() ends it.
+    if (options.keepAliveMs !== undefined && (options.keepAliveMs < 0 || options.keepAliveMs === Infinity)) lease.lm.pinned = true
+    lease.release(lease.lm.pinned === true ? Infinity : options.keepAliveMs)
     return this.describe(model, lease.lm.entry)
   }
 
@@ -664,7 +669,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   private scheduleIdleUnload (lm: LoadedModel, keepAliveMs: number): void {
     clearTimeout(lm.idleTimer)
     lm.idleTimer = undefined
-    if (keepAliveMs === Infinity) return
+    if (keepAliveMs === Infinity || lm.pinned === true) return
     lm.idleTimer = setTimeout(() => {
       const slot = this.models.get(lm.name)
       if (lm.requests.size > 0 || slot?.state !== 'loaded' || slot.loaded !== lm) return

@@ -26,7 +26,7 @@ const invalid: Array<[CommandType, unknown, RegExp]> = [
   ['load_model', { model: '../secrets' }, /pattern/],
   ['load_model', { model: 'a/b' }, /pattern/],
   ['load_model', { model: 'x'.repeat(257) }, /pattern/],
-  ['load_model', { model: 'm', keepAliveMs: -1 }, /keepAliveMs/],
+  ['load_model', { model: 'm', keepAliveMs: -2 }, /keepAliveMs/],
   ['load_model', { model: 'm', extra: 1 }, /additional/],
   ['unload_model', { model: 7 }, /string/],
   ['run_llamacpp', { model: 'm', args: ['--model', 'other.gguf'] }, /not allowed/],

@@ -1,0 +1,1027 @@
+/**
+ * The llama-server engine: each loaded model runs in its own managed `llama-server` process
+ * (llama.cpp's HTTP server), from the best llama.cpp build the node found, and requests are
+ * proxied to it over loopback.
+ *
+ * - A model loads on demand: a child starts on a port the OS picked (another one if that port
+ *   was taken meanwhile) and is ready when `/health` answers 200.
+ * - llama-server refuses chat when started for embeddings (`--embeddings`), so a model used for
+ *   both runs two children, the embedding one started on the first embeddings request.
+ * - A child that crashes is restarted, a bounded number of times with backoff; requests
+ *   arriving meanwhile wait for it, those it was serving fail with 503.
+ * - An idle model is stopped after its keep-alive (SIGTERM, then SIGKILL after a grace period).
+ * - Each child's output is kept, the last lines of it, for `logs(model)`.
+ * - Answers are rebuilt into exactly the OpenAI shapes the embedded engine returns (our model
+ *   id, no llama.cpp extras), so a client cannot tell which engine served it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import { readdirSync, statSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { createInterface } from 'node:readline'
+import { BadRequestError, ModelNotFoundError, ShepherdError, TimeoutError } from '../../errors.js'
+import { createLogger } from '../../logger.js'
+import { readGgufHeader } from '../resources/gguf.js'
+import type { LlamacppBackend, LlamacppBuild } from '../resources/types.js'
+import type { ModelEntry } from './embedded.js'
+import { OpenAIHttpClient } from './openai-http.js'
+import { parseChatRequest, parseCompletionRequest, parseEmbeddingRequest } from './openai-request.js'
+import { embeddingObject, newResponseId, normalizeVector, unixNow, usage, type ResponseHeader } from './openai-response.js'
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionChunkDelta,
+  ChatCompletionRequest,
+  CompletionRequest,
+  CompletionUsage,
+  EmbeddingRequest,
+  EmbeddingResponse,
+  FinishReason,
+  TextCompletion,
+  TextCompletionChunk
+} from './openai-types.js'
+import { freePort, isAddressInUse, portInUse } from './ports.js'
+import { SlotPool } from './slot-pool.js'
+import type { Engine, EngineCallOptions, EngineEvents, EngineHealth, EngineLoadOptions, EngineModel, EngineModelState } from './types.js'
+
+const log = createLogger('engine:llama-server')
+
+export const LLAMA_SERVER_DEFAULTS = {
+  id: 'llama-server',
+  /** Best first; a GPU build whose backend found no device ranks after `cpu`. */
+  backendOrder: ['cuda', 'rocm', 'vulkan', 'metal', 'sycl', 'cpu'] as readonly LlamacppBackend[],
+  host: '127.0.0.1',
+  /** Tokens per request slot, capped by the model's trained length. */
+  contextSize: 2048,
+  /** Request slots per child (`--parallel`). */
+  parallel: 4,
+  /** Requests that may wait for a slot per model before new ones get `OverloadedError`. */
+  maxQueue: 64,
+  keepAliveMs: 5 * 60_000,
+  /** Start to `/health` answering 200. */
+  loadTimeoutMs: 120_000,
+  /** Longest wait for an answer to start, and then between its pieces. */
+  requestTimeoutMs: 10 * 60_000,
+  healthPollMs: 100,
+  /** Output lines kept per model. */
+  logLines: 500,
+  /** Crash restarts allowed within `restartWindowMs`; one more crash stops the model for good. */
+  maxRestarts: 3,
+  restartWindowMs: 5 * 60_000,
+  /** First restart delay, doubled for each further crash in the window. */
+  restartBackoffMs: 250,
+  /** SIGTERM to SIGKILL. */
+  stopGraceMs: 5_000,
+  /** Ports tried when the one picked was taken before the child could bind it. */
+  portAttempts: 3
+} as const
+
+export interface LlamaServerEngineOptions {
+  /** Engine id. Default `'llama-server'`. */
+  id?: string
+  /** llama.cpp builds the node found (`findLlamacppBuilds`); the best one is used. */
+  builds: LlamacppBuild[]
+  /** Backends best first. Default cuda, rocm, vulkan, metal, sycl, cpu. */
+  backendOrder?: readonly LlamacppBackend[]
+  /** Directories scanned (not recursively) for `*.gguf`; used when `listModelFiles` is not given. */
+  modelsDirs?: string[]
+  /** Lists the loadable models; wins over `modelsDirs`. Called on every `listModels()`, so keep it cheap. */
+  listModelFiles?: () => ModelEntry[]
+  /** Resolves a model name to a file path; falls back to the listing. */
+  resolveModel?: (name: string) => string | undefined
+  /** `--threads`. Default: one core left free, at most 4. */
+  threads?: number
+  /** Tokens per request slot, capped by the model's trained length. Default 2048. */
+  contextSize?: number
+  /** Request slots per child (`--parallel`). Default 4. */
+  parallel?: number
+  /** Requests that may wait for a slot per model. Default 64. */
+  maxQueue?: number
+  /** Idle time before a model's children stop; `Infinity` keeps them. Default 5 minutes. */
+  keepAliveMs?: number
+  /** Address the children listen on. Default 127.0.0.1: they have no authentication. */
+  host?: string
+  /** Default 2 minutes. */
+  loadTimeoutMs?: number
+  /** Default 10 minutes. */
+  requestTimeoutMs?: number
+  /** Output lines kept per model. Default 500. */
+  logLines?: number
+  /** Default 3. */
+  maxRestarts?: number
+  /** Default 250 ms. */
+  restartBackoffMs?: number
+  /** Default 5 s. */
+  stopGraceMs?: number
+  /** `--n-gpu-layers`; default `all` on GPU builds, nothing on CPU builds. */
+  gpuLayers?: number | 'auto' | 'all'
+  /** Picks each child's port. Default: one the OS says is free. */
+  pickPort?: (host: string) => Promise<number>
+  /** Appended to every child's command line. */
+  extraArgs?: string[]
+  /** Added to the children's environment. */
+  env?: Record<string, string>
+}
+
+/** Chat and completions run in one child, embeddings in another (`--embeddings`). */
+type Role = 'generate' | 'embed'
+
+/** The last `capacity` lines of a model's children's output. */
+class LineRing {
+  private readonly items: string[] = []
+  /** Lines ever pushed; marks where one child's output starts. */
+  total = 0
+
+  constructor (private readonly capacity: number) {}
+
+  push (line: string): void {
+    this.items.push(line)
+    this.total++
+    if (this.items.length > this.capacity) this.items.shift()
+  }
+
+  lines (): string[] {
+    return [...this.items]
+  }
+
+  /** The lines pushed since `mark` (a past `total`) that are still kept. */
+  since (mark: number): string[] {
+    return this.items.slice(Math.max(0, this.items.length - (this.total - mark)))
+  }
+}
+
+interface ExitInfo {
+  code: number | null
+  signal: NodeJS.Signals | null
+}
+
+interface RunningProcess {
+  child: ChildProcess
+  pid: number
+  port: number
+  client: OpenAIHttpClient
+  exited: Promise<ExitInfo>
+  exit?: ExitInfo
+}
+
+interface Instance {
+  key: string
+  name: string
+  role: Role
+  entry: ModelEntry
+  phase: 'starting' | 'ready' | 'restarting' | 'stopping'
+  /** Settles when the current start or restart does. */
+  ready: Promise<void>
+  /** Aborted by unload: cancels a start or restart under way. */
+  stopSignal: AbortController
+  proc?: RunningProcess
+  pool: SlotPool<number>
+  requests: Set<AbortController>
+  onDrained: Array<() => void>
+  idleTimer?: NodeJS.Timeout
+  /** Per-slot context the child reported. */
+  contextSize?: number
+  /** When it crashed lately, for the restart budget. */
+  crashes: number[]
+  stopped?: Promise<void>
+}
+
+interface Lease {
+  inst: Instance
+  client: OpenAIHttpClient
+  signal: AbortSignal
+  release: (keepAliveMs: number | undefined) => void
+}
+
+/** Every child of every engine, killed if this process exits without stopping them. */
+const liveChildren = new Set<ChildProcess>()
+let exitHookInstalled = false
+
+function installExitHook (): void {
+  if (exitHookInstalled) return
+  exitHookInstalled = true
+  process.once('exit', () => {
+    for (const child of liveChildren) child.kill('SIGKILL')
+  })
+}
+
+const sleep = async (ms: number, signal?: AbortSignal): Promise<void> => {
+  await new Promise<void>((resolve, reject) => {
+    if (signal?.aborted === true) { reject(signal.reason); return }
+    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve() }, ms)
+    const onAbort = (): void => { clearTimeout(timer); reject(signal?.reason) }
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
+/** Rejects with the signal's reason if it aborts before `promise` settles. */
+async function raceSignal<T> (promise: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (signal === undefined) return await promise
+  signal.throwIfAborted()
+  return await new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => { reject(signal.reason) }
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(
+      value => { signal.removeEventListener('abort', onAbort); resolve(value) },
+      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err) }
+    )
+  })
+}
+
+function defaultThreads (): number {
+  return Math.max(1, Math.min(4, os.availableParallelism() - 1))
+}
+
+function scanModelsDirs (dirs: readonly string[]): ModelEntry[] {
+  const out: ModelEntry[] = []
+  for (const dir of dirs) {
+    let names: string[]
+    try {
+      names = readdirSync(dir)
+    } catch {
+      continue
+    }
+    for (const file of names) {
+      // Multimodal projectors are not models one can chat with.
+      if (!file.toLowerCase().endsWith('.gguf') || file.toLowerCase().startsWith('mmproj')) continue
+      const full = path.join(dir, file)
+      try {
+        const st = statSync(full)
+        if (st.isFile()) out.push({ name: file.slice(0, -'.gguf'.length), path: full, sizeBytes: st.size })
+      } catch {}
+    }
+  }
+  return out
+}
+
+/**
+ * The build to run: the first backend in `order` that has one, the newest build of it. A GPU
+ * build that found no device ranks after `cpu` (Metal builds list none, so they keep their rank).
+ */
+export function selectLlamacppBuild (builds: readonly LlamacppBuild[], order: readonly LlamacppBackend[] = LLAMA_SERVER_DEFAULTS.backendOrder): LlamacppBuild | undefined {
+  const usable = (b: LlamacppBuild): boolean => b.backend === 'cpu' || b.backend === 'metal' || b.devices.length > 0
+  const rank = (b: LlamacppBuild): number => {
+    const i = order.indexOf(b.backend)
+    if (i < 0) return Infinity
+    return usable(b) ? i : order.length + i
+  }
+  return [...builds]
+    .filter(b => rank(b) !== Infinity)
+    .sort((a, b) => rank(a) - rank(b) || (b.build ?? -1) - (a.build ?? -1))[0]
+}
+
+const FINISH_REASONS = new Set<FinishReason>(['stop', 'length', 'tool_calls', 'content_filter', 'function_call'])
+
+function finishReason (value: unknown): FinishReason {
+  return FINISH_REASONS.has(value as FinishReason) ? value as FinishReason : 'stop'
+}
+
+function int (value: unknown): number {
+  return typeof value === 'number' && Number.isFinite(value) ? Math.max(0, Math.round(value)) : 0
+}
+
+function usageOf (value: unknown): CompletionUsage {
+  const u = value as { prompt_tokens?: unknown, completion_tokens?: unknown } | null | undefined
+  return usage(int(u?.prompt_tokens), int(u?.completion_tokens))
+}
+
+/** The identity of a response, its model replaced by ours. */
+function headerOf (raw: Record<string, unknown>, prefix: 'chatcmpl' | 'cmpl', model: string): ResponseHeader {
+  let id = typeof raw.id === 'string' && raw.id !== '' ? raw.id : newResponseId(prefix)
+  // llama-server names text completions `chatcmpl-` too; OpenAI's are `cmpl-`.
+  if (prefix === 'cmpl' && id.startsWith('chatcmpl-')) id = id.slice('chat'.length)
+  return {
+    id,
+    created: typeof raw.created === 'number' ? raw.created : unixNow(),
+    model
+  }
+}
+
+function asRecord (value: unknown): Record<string, unknown> {
+  if (value === null || typeof value !== 'object') {
+    throw new ShepherdError('llama-server sent something that is not a JSON object', { code: 'upstream_invalid_response', status: 502 })
+  }
+  return value as Record<string, unknown>
+}
+
+function firstChoice (raw: Record<string, unknown>): Record<string, unknown> | undefined {
+  const choices = raw.choices
+  return Array.isArray(choices) && choices.length > 0 ? asRecord(choices[0]) : undefined
+}
+
+/** A llama-server chat completion as an exact OpenAI one. */
+export function toChatCompletion (value: unknown, model: string): ChatCompletion {
+  const raw = asRecord(value)
+  const header = headerOf(raw, 'chatcmpl', model)
+  const choice = firstChoice(raw) ?? {}
+  const message = (choice.message ?? {}) as { content?: unknown, reasoning_content?: unknown }
+  const reasoning = typeof message.reasoning_content === 'string' ? message.reasoning_content : ''
+  return {
+    id: header.id,
+    object: 'chat.completion',
+    created: header.created,
+    model,
+    choices: [{
+      index: 0,
+      message: {
+        role: 'assistant',
+        content: typeof message.content === 'string' ? message.content : '',
+        refusal: null,
+        ...(reasoning !== '' ? { reasoning_content: reasoning } : {})
+      },
+      logprobs: null,
+      finish_reason: finishReason(choice.finish_reason)
+    }],
+    usage: usageOf(raw.usage)
+  }
+}
+
+/**
+ * A llama-server chat chunk as OpenAI ones: zero, one, or (a choice chunk carrying usage) two.
+ * `includeUsage` is whether the client asked for usage: then every chunk has `usage: null` but
+ * the last, which has no choices and the totals.
+ */
+export function toChatChunks (value: unknown, model: string, includeUsage: boolean): ChatCompletionChunk[] {
+  const raw = asRecord(value)
+  const header = headerOf(raw, 'chatcmpl', model)
+  const out: ChatCompletionChunk[] = []
+  const base = { id: header.id, object: 'chat.completion.chunk' as const, created: header.created, model }
+  const choice = firstChoice(raw)
+  if (choice !== undefined) {
+    const d = (choice.delta ?? {}) as { role?: unknown, content?: unknown, reasoning_content?: unknown }
+    const delta: ChatCompletionChunkDelta = {}
+    if (d.role === 'assistant') delta.role = 'assistant'
+    if (typeof d.content === 'string') delta.content = d.content
+    else if (delta.role !== undefined) delta.content = ''
+    if (typeof d.reasoning_content === 'string') delta.reasoning_content = d.reasoning_content
+    const finish = choice.finish_reason == null ? null : finishReason(choice.finish_reason)
+    out.push({ ...base, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }], ...(includeUsage ? { usage: null } : {}) })
+  }
+  if (includeUsage && raw.usage != null) out.push({ ...base, choices: [], usage: usageOf(raw.usage) })
+  return out
+}
+
+/** A llama-server text completion as an exact OpenAI one; `echo` is the prompt to put first. */
+export function toTextCompletion (value: unknown, model: string, echo = ''): TextCompletion {
+  const raw = asRecord(value)
+  const header = headerOf(raw, 'cmpl', model)
+  const choice = firstChoice(raw) ?? {}
+  return {
+    id: header.id,
+    object: 'text_completion',
+    created: header.created,
+    model,
+    choices: [{ text: echo + (typeof choice.text === 'string' ? choice.text : ''), index: 0, logprobs: null, finish_reason: finishReason(choice.finish_reason) }],
+    usage: usageOf(raw.usage)
+  }
+}
+
+/** A llama-server completion chunk as OpenAI ones (see `toChatChunks`). */
+export function toTextChunks (value: unknown, model: string, includeUsage: boolean): TextCompletionChunk[] {
+  const raw = asRecord(value)
+  const header = headerOf(raw, 'cmpl', model)
+  const out: TextCompletionChunk[] = []
+  const base = { id: header.id, object: 'text_completion' as const, created: header.created, model }
+  const choice = firstChoice(raw)
+  if (choice !== undefined) {
+    const finish = choice.finish_reason == null ? null : finishReason(choice.finish_reason)
+    const text = typeof choice.text === 'string' ? choice.text : ''
+    out.push({ ...base, choices: [{ text, index: 0, logprobs: null, finish_reason: finish }], ...(includeUsage ? { usage: null } : {}) })
+  }
+  if (includeUsage && raw.usage != null) out.push({ ...base, choices: [], usage: usageOf(raw.usage) })
+  return out
+}
+
+/** Fields this engine handles itself, never sent to the child. */
+function forwardable (body: object, model: string, extra: Record<string, unknown>): Record<string, unknown> {
+  const { keep_alive: _keepAlive, echo: _echo, suffix: _suffix, best_of: _bestOf, ...rest } = body as Record<string, unknown>
+  return { ...rest, ...extra, model }
+}
+
+/**
+ * An `Engine` running each model in a managed `llama-server` child.
+ *
+ * @example
+ * ```ts
+ * const builds = await findLlamacppBuilds(['/opt/llama.cpp'])
+ * const engine = new LlamaServerEngine({ builds, modelsDirs: ['/models'] })
+ * const res = await engine.chat({ model: 'qwen2.5-0.5b', messages: [{ role: 'user', content: 'hi' }] })
+ * await engine.close()
+ * ```
+ */
+export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Engine {
+  readonly id: string
+  readonly kind = 'llama-server' as const
+  /** The build children run from; undefined when the node has none. */
+  readonly build: LlamacppBuild | undefined
+
+  private readonly opts: {
+    threads: number
+    contextSize: number
+    parallel: number
+    maxQueue: number
+    keepAliveMs: number
+    host: string
+    loadTimeoutMs: number
+    requestTimeoutMs: number
+    logLines: number
+    maxRestarts: number
+    restartBackoffMs: number
+    stopGraceMs: number
+    gpuLayers: number | 'auto' | 'all' | undefined
+    extraArgs: string[]
+    env: Record<string, string>
+  }
+
+  private readonly listModelFiles: () => ModelEntry[]
+  private readonly resolveModel: ((name: string) => string | undefined) | undefined
+  private readonly pickPort: (host: string) => Promise<number>
+  private readonly instances = new Map<string, Instance>()
+  private readonly logRings = new Map<string, LineRing>()
+  private readonly states = new Map<string, EngineModelState>()
+  private closed = false
+
+  constructor (options: LlamaServerEngineOptions) {
+    super()
+    const d = LLAMA_SERVER_DEFAULTS
+    this.id = options.id ?? d.id
+    this.build = selectLlamacppBuild(options.builds, options.backendOrder ?? d.backendOrder)
+    this.opts = {
+      threads: options.threads ?? defaultThreads(),
+      contextSize: options.contextSize ?? d.contextSize,
+      parallel: options.parallel ?? d.parallel,
+      maxQueue: options.maxQueue ?? d.maxQueue,
+      keepAliveMs: options.keepAliveMs ?? d.keepAliveMs,
+      host: options.host ?? d.host,
+      loadTimeoutMs: options.loadTimeoutMs ?? d.loadTimeoutMs,
+      requestTimeoutMs: options.requestTimeoutMs ?? d.requestTimeoutMs,
+      logLines: options.logLines ?? d.logLines,
+      maxRestarts: options.maxRestarts ?? d.maxRestarts,
+      restartBackoffMs: options.restartBackoffMs ?? d.restartBackoffMs,
+      stopGraceMs: options.stopGraceMs ?? d.stopGraceMs,
+      gpuLayers: options.gpuLayers,
+      extraArgs: options.extraArgs ?? [],
+      env: options.env ?? {}
+    }
+    for (const key of ['threads', 'contextSize', 'parallel', 'logLines'] as const) {
+      if (!Number.isInteger(this.opts[key]) || this.opts[key] < 1) throw new RangeError(`${key} must be a positive integer`)
+    }
+    const dirs = options.modelsDirs ?? []
+    this.listModelFiles = options.listModelFiles ?? (() => scanModelsDirs(dirs))
+    this.resolveModel = options.resolveModel
+    this.pickPort = options.pickPort ?? freePort
+  }
+
+  // ---- models -------------------------------------------------------------------------
+
+  listModels (): EngineModel[] {
+    const out = new Map<string, EngineModel>()
+    for (const entry of this.listModelFiles()) out.set(entry.name, this.describe(entry.name, entry))
+    // Running models stay listed even if their file was since removed from the listing.
+    for (const inst of this.instances.values()) {
+      if (!out.has(inst.name)) out.set(inst.name, this.describe(inst.name, inst.entry))
+    }
+    return [...out.values()]
+  }
+
+  private describe (name: string, entry: ModelEntry): EngineModel {
+    const model: EngineModel = { id: name, state: this.stateOf(name) }
+    if (entry.fingerprint !== undefined) model.fingerprint = entry.fingerprint
+    if (entry.sizeBytes !== undefined) model.sizeBytes = entry.sizeBytes
+    if (entry.contextLength != null) model.contextLength = entry.contextLength
+    const inst = this.instances.get(this.key(name, 'generate')) ?? this.instances.get(this.key(name, 'embed'))
+    if (inst !== undefined && model.state === 'loaded') {
+      if (inst.contextSize !== undefined) model.contextLength = inst.contextSize
+      model.activeRequests = 0
+      model.queuedRequests = 0
+      for (const role of ['generate', 'embed'] as const) {
+        const i = this.instances.get(this.key(name, role))
+        if (i === undefined) continue
+        model.activeRequests += i.pool.busy
+        model.queuedRequests += i.pool.waiting
+      }
+    }
+    return model
+  }
+
+  /** Raw pass-through (audio, images) has nothing to reach: llama-server serves none of those endpoints. */
+  supportsPassthrough (_path: string): boolean {
+    return false
+  }
+
+  /** The last lines the model's children printed (both, when it runs an embedding child too). */
+  logs (model: string): string[] {
+    return this.logRings.get(model)?.lines() ?? []
+  }
+
+  /** The pid of the model's running child, for the role asked; undefined when none runs. */
+  pid (model: string, role: Role = 'generate'): number | undefined {
+    const inst = this.instances.get(this.key(model, role))
+    return inst?.proc?.exit === undefined ? inst?.proc?.pid : undefined
+  }
+
+  async load (model: string, options: EngineLoadOptions = {}): Promise<EngineModel> {
+    const lease = await this.use(model, 'generate', options.signal)
+    lease.release(options.keepAliveMs)
+    return this.describe(model, lease.inst.entry)
+  }
+
+  async unload (model: string): Promise<boolean> {
+    const found = (['generate', 'embed'] as const)
+      .map(role => this.instances.get(this.key(model, role)))
+      .filter((i): i is Instance => i !== undefined)
+    if (found.length === 0) return false
+    await Promise.all(found.map(async inst => { await this.stop(inst) }))
+    return true
+  }
+
+  async health (): Promise<EngineHealth> {
+    let loadedModels = 0
+    let activeRequests = 0
+    let queuedRequests = 0
+    const names = new Set<string>()
+    for (const inst of this.instances.values()) {
+      if (inst.phase === 'ready') names.add(inst.name)
+      activeRequests += inst.pool.busy
+      queuedRequests += inst.pool.waiting
+    }
+    loadedModels = names.size
+    const health: EngineHealth = { status: 'ok', loadedModels, activeRequests, queuedRequests }
+    const restarting = [...this.instances.values()].filter(i => i.phase === 'restarting').map(i => i.name)
+    if (this.closed) {
+      health.status = 'down'
+      health.detail = 'engine closed'
+    } else if (this.build === undefined) {
+      health.status = 'down'
+      health.detail = 'no llama.cpp build (llama-server) was found'
+    } else if (restarting.length > 0) {
+      health.status = 'degraded'
+      health.detail = `restarting after a crash: ${[...new Set(restarting)].join(', ')}`
+    }
+    return health
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await Promise.allSettled([...this.instances.values()].map(async inst => { await this.stop(inst) }))
+  }
+
+  // ---- OpenAI calls -------------------------------------------------------------------
+
+  async chat (body: ChatCompletionRequest, options: EngineCallOptions = {}): Promise<ChatCompletion> {
+    const req = parseChatRequest(body)
+    return await this.withSlot(req.model, 'generate', req.keepAliveMs, options.signal, async (lease) => {
+      const raw = await lease.client.postJson('/v1/chat/completions', forwardable(body, req.model, { stream: false, stream_options: undefined }), { signal: lease.signal, model: req.model })
+      return toChatCompletion(raw, req.model)
+    })
+  }
+
+  async * chatStream (body: ChatCompletionRequest, options: EngineCallOptions = {}): AsyncGenerator<ChatCompletionChunk> {
+    const req = parseChatRequest(body)
+    const forward = forwardable(body, req.model, { stream: true, stream_options: { include_usage: req.includeUsage } })
+    yield * this.streamFrom(req.model, req.keepAliveMs, options.signal, '/v1/chat/completions', forward, async function * (raw) {
+      yield * toChatChunks(raw, req.model, req.includeUsage)
+    })
+  }
+
+  async completion (body: CompletionRequest, options: EngineCallOptions = {}): Promise<TextCompletion> {
+    const req = parseCompletionRequest(body)
+    return await this.withSlot(req.model, 'generate', req.keepAliveMs, options.signal, async (lease) => {
+      const echo = req.echo ? await this.promptText(lease, req.prompt) : ''
+      const forward = forwardable(body, req.model, { prompt: req.prompt, max_tokens: req.sampling.maxTokens, stream: false, stream_options: undefined })
+      return toTextCompletion(await lease.client.postJson('/v1/completions', forward, { signal: lease.signal, model: req.model }), req.model, echo)
+    })
+  }
+
+  async * completionStream (body: CompletionRequest, options: EngineCallOptions = {}): AsyncGenerator<TextCompletionChunk> {
+    const req = parseCompletionRequest(body)
+    const forward = forwardable(body, req.model, { prompt: req.prompt, max_tokens: req.sampling.maxTokens, stream: true, stream_options: { include_usage: req.includeUsage } })
+    let echo: string | undefined = req.echo ? '' : undefined
+    const self = this
+    yield * this.streamFrom(req.model, req.keepAliveMs, options.signal, '/v1/completions', forward, async function * (raw, lease) {
+      const chunks = toTextChunks(raw, req.model, req.includeUsage)
+      // The echoed prompt leads the first piece of text, as the embedded engine sends it.
+      if (echo === '' && chunks[0]?.choices.length === 1) {
+        echo = await self.promptText(lease, req.prompt)
+        chunks[0].choices[0].text = echo + chunks[0].choices[0].text
+      }
+      yield * chunks
+    })
+  }
+
+  async embeddings (body: EmbeddingRequest, options: EngineCallOptions = {}): Promise<EmbeddingResponse> {
+    const req = parseEmbeddingRequest(body)
+    return await this.withSlot(req.model, 'embed', req.keepAliveMs, options.signal, async (lease) => {
+      const raw = asRecord(await lease.client.postJson('/v1/embeddings', { model: req.model, input: req.inputs, encoding_format: 'float' }, { signal: lease.signal, model: req.model }))
+      const items = Array.isArray(raw.data) ? raw.data.map(asRecord) : []
+      if (items.length !== req.inputs.length || items.some(i => !Array.isArray(i.embedding))) {
+        throw new ShepherdError(`llama-server answered ${req.inputs.length} inputs with ${items.length} embeddings`, { code: 'upstream_invalid_response', status: 502 })
+      }
+      items.sort((a, b) => int(a.index) - int(b.index))
+      const dims = (items[0].embedding as number[]).length
+      if (req.dimensions !== undefined && req.dimensions !== dims) {
+        throw new BadRequestError(`Model '${req.model}' makes ${dims}-dimensional embeddings; dimensions=${req.dimensions} is not supported`, 'dimensions', 'unsupported_parameter')
+      }
+      const data = items.map((item, index) => embeddingObject(index, normalizeVector(item.embedding as number[]), req.encoding))
+      const promptTokens = int((raw.usage as { prompt_tokens?: unknown } | undefined)?.prompt_tokens)
+      return { object: 'list', data, model: req.model, usage: { prompt_tokens: promptTokens, total_tokens: promptTokens } }
+    })
+  }
+
+  /** The text of a prompt to echo: itself, or its tokens detokenized by the child. */
+  private async promptText (lease: Lease, prompt: string | number[]): Promise<string> {
+    if (typeof prompt === 'string') return prompt
+    const res = asRecord(await lease.client.postJson('/detokenize', { tokens: prompt }, { signal: lease.signal }))
+    return typeof res.content === 'string' ? res.content : ''
+  }
+
+  /** Runs `fn` holding one of the model's request slots. */
+  private async withSlot<T> (model: string, role: Role, keepAliveMs: number | undefined, signal: AbortSignal | undefined, fn: (lease: Lease) => Promise<T>): Promise<T> {
+    const lease = await this.use(model, role, signal)
+    try {
+      const slot = await lease.inst.pool.acquire(lease.signal)
+      try {
+        // The child may have been restarted while this request waited for a slot.
+        return await fn({ ...lease, client: lease.inst.proc?.client ?? lease.client })
+      } finally {
+        lease.inst.pool.release(slot)
+      }
+    } finally {
+      lease.release(keepAliveMs)
+    }
+  }
+
+  /**
+   * The streaming skeleton: everything that can fail before the first chunk (load, queue
+   * full, the child refusing the request) fails on the first `next()`.
+   */
+  private async * streamFrom<Chunk> (
+    model: string,
+    keepAliveMs: number | undefined,
+    signal: AbortSignal | undefined,
+    path: string,
+    body: Record<string, unknown>,
+    map: (raw: unknown, lease: Lease) => AsyncGenerator<Chunk>
+  ): AsyncGenerator<Chunk> {
+    const lease = await this.use(model, 'generate', signal)
+    try {
+      const slot = await lease.inst.pool.acquire(lease.signal)
+      try {
+        const current = { ...lease, client: lease.inst.proc?.client ?? lease.client }
+        for await (const raw of current.client.postStream(path, body, { signal: lease.signal, model })) {
+          yield * map(raw, current)
+        }
+      } finally {
+        lease.inst.pool.release(slot)
+      }
+    } finally {
+      lease.release(keepAliveMs)
+    }
+  }
+
+  // ---- lifecycle ----------------------------------------------------------------------
+
+  private key (name: string, role: Role): string {
+    return `${role}\u0000${name}`
+  }
+
+  private stateOf (name: string): EngineModelState {
+    let state: EngineModelState = 'on_disk'
+    for (const role of ['generate', 'embed'] as const) {
+      const phase = this.instances.get(this.key(name, role))?.phase
+      if (phase === 'ready') return 'loaded'
+      if (phase === 'starting' || phase === 'restarting') state = 'loading'
+    }
+    return state
+  }
+
+  /** Emits `change` when the model's state differs from the last one emitted. */
+  private syncState (name: string): void {
+    const state = this.stateOf(name)
+    if ((this.states.get(name) ?? 'on_disk') === state) return
+    if (state === 'on_disk') this.states.delete(name)
+    else this.states.set(name, state)
+    this.emit('change', { model: name, state })
+  }
+
+  private findEntry (name: string): ModelEntry {
+    const listed = this.listModelFiles().find(e => e.name === name)
+    if (listed !== undefined) return listed
+    const resolved = this.resolveModel?.(name)
+    if (resolved !== undefined) return { name, path: resolved }
+    throw new ModelNotFoundError(name)
+  }
+
+  private ring (name: string): LineRing {
+    let ring = this.logRings.get(name)
+    if (ring === undefined) {
+      ring = new LineRing(this.opts.logLines)
+      this.logRings.set(name, ring)
+    }
+    return ring
+  }
+
+  /** A hold on a running child; loops because a child can be stopping or restarting when asked for. */
+  private async use (name: string, role: Role, signal?: AbortSignal): Promise<Lease> {
+    while (true) {
+      if (this.closed) throw new ShepherdError('The engine is closed', { code: 'engine_closed', status: 503 })
+      signal?.throwIfAborted()
+      const inst = this.instances.get(this.key(name, role))
+      if (inst?.phase === 'ready' && inst.proc !== undefined) return this.lease(inst, inst.proc, signal)
+      if (inst?.phase === 'stopping') {
+        await raceSignal(inst.stopped?.catch(() => {}) ?? Promise.resolve(), signal)
+        continue
+      }
+      await raceSignal(inst !== undefined ? inst.ready : this.start(name, role), signal)
+    }
+  }
+
+  private lease (inst: Instance, proc: RunningProcess, signal: AbortSignal | undefined): Lease {
+    const controller = new AbortController()
+    inst.requests.add(controller)
+    clearTimeout(inst.idleTimer)
+    let released = false
+    return {
+      inst,
+      client: proc.client,
+      signal: signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal]),
+      release: keepAliveMs => {
+        if (released) return
+        released = true
+        inst.requests.delete(controller)
+        if (inst.requests.size > 0) return
+        for (const resolve of inst.onDrained.splice(0)) resolve()
+        this.scheduleIdleStop(inst, keepAliveMs ?? this.opts.keepAliveMs)
+      }
+    }
+  }
+
+  private scheduleIdleStop (inst: Instance, keepAliveMs: number): void {
+    clearTimeout(inst.idleTimer)
+    inst.idleTimer = undefined
+    if (keepAliveMs === Infinity) return
+    inst.idleTimer = setTimeout(() => {
+      if (inst.requests.size > 0 || inst.phase !== 'ready' || this.instances.get(inst.key) !== inst) return
+      log.debug('idle model stopped', { model: inst.name, role: inst.role, keepAliveMs })
+      this.stop(inst).catch(err => { log.warn('stopping an idle model failed', { model: inst.name, err }) })
+    }, Math.min(keepAliveMs, 2 ** 31 - 1))
+    inst.idleTimer.unref()
+  }
+
+  private start (name: string, role: Role): Promise<void> {
+    const entry = this.findEntry(name)
+    if (this.build === undefined) {
+      return Promise.reject(new ShepherdError('No llama.cpp build (llama-server) was found on this node', { code: 'engine_unavailable', status: 503 }))
+    }
+    const inst: Instance = {
+      key: this.key(name, role),
+      name,
+      role,
+      entry,
+      phase: 'starting',
+      ready: Promise.resolve(),
+      stopSignal: new AbortController(),
+      pool: new SlotPool(Array.from({ length: this.opts.parallel }, (_, i) => i), this.opts.maxQueue),
+      requests: new Set(),
+      onDrained: [],
+      crashes: []
+    }
+    inst.ready = (async () => {
+      const started = performance.now()
+      try {
+        inst.proc = await this.launch(inst)
+      } catch (err) {
+        if (this.instances.get(inst.key) === inst && inst.phase !== 'stopping') {
+          this.instances.delete(inst.key)
+          inst.pool.close(err)
+          this.syncState(name)
+        }
+        if (err instanceof ShepherdError) throw err
+        throw new ShepherdError(`Failed to start llama-server for '${name}': ${(err as Error).message}`, { code: 'model_load_failed', status: 500, cause: err })
+      }
+      inst.phase = 'ready'
+      this.syncState(name)
+      log.info('model loaded', { model: name, role, pid: inst.proc.pid, port: inst.proc.port, ms: Math.round(performance.now() - started), contextSize: inst.contextSize })
+    })()
+    // Set before the launch's first await resumes, so every later request joins this start.
+    this.instances.set(inst.key, inst)
+    this.syncState(name)
+    return inst.ready
+  }
+
+  /** The command line of a child. */
+  private async argsFor (inst: Instance, port: number): Promise<string[]> {
+    let trained = inst.entry.contextLength ?? null
+    let pooling: unknown
+    try {
+      const header = await readGgufHeader(inst.entry.path)
+      trained ??= header.contextLength
+      pooling = header.metadata.get(`${header.architecture ?? ''}.pooling_type`)
+    } catch (err) {
+      // llama-server reads the file itself and says what is wrong with it.
+      log.debug('could not read the GGUF header', { model: inst.name, err })
+    }
+    const perSlot = trained !== null && trained > 0 ? Math.min(this.opts.contextSize, trained) : this.opts.contextSize
+    const args = [
+      '--model', inst.entry.path,
+      '--alias', inst.name,
+      '--host', this.opts.host,
+      '--port', String(port),
+      '--threads', String(this.opts.threads),
+      // Slots split the context evenly: each gets `perSlot` tokens.
+      '--ctx-size', String(perSlot * this.opts.parallel),
+      '--parallel', String(this.opts.parallel)
+    ]
+    const gpuLayers = this.opts.gpuLayers ?? (this.build?.backend === 'cpu' ? undefined : 'all')
+    if (gpuLayers !== undefined) args.push('--n-gpu-layers', String(gpuLayers === 'all' ? 999 : gpuLayers))
+    if (inst.role === 'embed') {
+      args.push('--embeddings')
+      // A generative model declares no pooling; its last token embeds the input, as the embedded engine does it.
+      if (typeof pooling !== 'number' || pooling <= 0) args.push('--pooling', 'last')
+    }
+    return [...args, ...this.opts.extraArgs]
+  }
+
+  /** Starts a child and waits until it serves; a port taken meanwhile means another try. */
+  private async launch (inst: Instance): Promise<RunningProcess> {
+    const attempts = LLAMA_SERVER_DEFAULTS.portAttempts
+    for (let attempt = 1; ; attempt++) {
+      const port = await this.pickPort(this.opts.host)
+      const ring = this.ring(inst.name)
+      const mark = ring.total
+      const proc = this.spawnChild(inst, port, await this.argsFor(inst, port))
+      try {
+        await this.waitReady(inst, proc)
+        return proc
+      } catch (err) {
+        await this.kill(proc)
+        const lostPort = proc.exit !== undefined && (isAddressInUse(ring.since(mark).join('\n')) || await portInUse(port, this.opts.host))
+        if (attempt < attempts && lostPort && !inst.stopSignal.signal.aborted) {
+          log.debug('port taken before llama-server bound it; retrying', { model: inst.name, port })
+          continue
+        }
+        if (err instanceof ShepherdError || inst.stopSignal.signal.aborted) throw err
+        const tail = ring.since(mark).slice(-15).join('\n')
+        throw new ShepherdError(`llama-server for '${inst.name}' failed to start: ${(err as Error).message}\n${tail}`, { code: 'model_load_failed', status: 500, cause: err })
+      }
+    }
+  }
+
+  private spawnChild (inst: Instance, port: number, args: string[]): RunningProcess {
+    const build = this.build as LlamacppBuild
+    const ring = this.ring(inst.name)
+    const prefix = inst.role === 'embed' ? '[embeddings] ' : ''
+    ring.push(`${prefix}[shepherd] starting ${build.path} ${args.join(' ')}`)
+    // A key per child keeps other local processes (and web pages, llama-server allowing any
+    // CORS origin) from using it; in the environment, not on the command line, which anyone sees.
+    const apiKey = randomBytes(24).toString('hex')
+    const child = spawn(build.path, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.opts.env, LLAMA_API_KEY: apiKey } })
+    installExitHook()
+    liveChildren.add(child)
+    for (const stream of [child.stdout, child.stderr]) {
+      if (stream === null) continue
+      createInterface({ input: stream, crlfDelay: Infinity }).on('line', line => { ring.push(prefix + line) })
+    }
+    const proc: RunningProcess = {
+      child,
+      pid: child.pid ?? -1,
+      port,
+      client: new OpenAIHttpClient({
+        baseUrl: `http://${this.opts.host.includes(':') ? `[${this.opts.host}]` : this.opts.host}:${port}`,
+        apiKey,
+        timeoutMs: this.opts.requestTimeoutMs,
+        name: `llama-server for '${inst.name}'`
+      }),
+      exited: new Promise<ExitInfo>(resolve => {
+        const done = (info: ExitInfo): void => {
+          if (proc.exit !== undefined) return
+          proc.exit = info
+          liveChildren.delete(child)
+          ring.push(`${prefix}[shepherd] exited (${info.signal ?? `code ${String(info.code)}`})`)
+          resolve(info)
+        }
+        // `close`, not `exit`: by then its output is read to the end, last words included.
+        child.once('close', (code: number | null, signal: NodeJS.Signals | null) => { done({ code, signal }) })
+        // A binary that cannot be run at all emits `error` and never `exit`.
+        child.once('error', err => {
+          ring.push(`${prefix}[shepherd] ${err.message}`)
+          done({ code: null, signal: null })
+        })
+      })
+    }
+    void proc.exited.then(info => { this.onExit(inst, proc, info) })
+    return proc
+  }
+
+  /** Polls `/health` until 200, the child exits, the load times out or the start is cancelled. */
+  private async waitReady (inst: Instance, proc: RunningProcess): Promise<void> {
+    const deadline = Date.now() + this.opts.loadTimeoutMs
+    const stop = inst.stopSignal.signal
+    const exited = proc.exited.then(info => { throw new Error(`llama-server exited (${info.signal ?? `code ${String(info.code)}`}) before it was ready`) })
+    exited.catch(() => {})
+    while (true) {
+      stop.throwIfAborted()
+      if (proc.exit !== undefined) await exited
+      if (Date.now() > deadline) throw new TimeoutError(`llama-server for '${inst.name}' was not ready within ${this.opts.loadTimeoutMs} ms`)
+      const ok = await fetch(`${proc.client.baseUrl}/health`, { signal: AbortSignal.any([stop, AbortSignal.timeout(1000)]) })
+        .then(async res => { await res.body?.cancel(); return res.status === 200 })
+        .catch(() => false)
+      if (ok) break
+      await Promise.race([sleep(LLAMA_SERVER_DEFAULTS.healthPollMs, stop), exited])
+    }
+    try {
+      const props = asRecord(await proc.client.getJson('/props', { signal: stop, timeoutMs: 5000 }))
+      const n = (props.default_generation_settings as { n_ctx?: unknown } | undefined)?.n_ctx
+      if (typeof n === 'number' && n > 0) inst.contextSize = n
+    } catch (err) {
+      if (stop.aborted) throw err
+    }
+    // Dying after /health said yes is dying before ready: nothing would notice it otherwise.
+    if (proc.exit !== undefined) await exited
+  }
+
+  /** A child ended: expected when stopping; a crash when it was serving. */
+  private onExit (inst: Instance, proc: RunningProcess, info: ExitInfo): void {
+    if (inst.proc !== proc || inst.phase !== 'ready' || this.instances.get(inst.key) !== inst) return
+    const now = Date.now()
+    inst.crashes = inst.crashes.filter(t => now - t < LLAMA_SERVER_DEFAULTS.restartWindowMs)
+    inst.crashes.push(now)
+    const tail = this.ring(inst.name).lines().slice(-10)
+    if (inst.crashes.length > this.opts.maxRestarts) {
+      log.error('llama-server keeps crashing; giving up', { model: inst.name, role: inst.role, crashes: inst.crashes.length, code: info.code, signal: info.signal, tail })
+      this.giveUp(inst, new ShepherdError(`llama-server for '${inst.name}' crashed ${inst.crashes.length} times and was stopped`, { code: 'engine_crashed', status: 503 }))
+      return
+    }
+    const delay = this.opts.restartBackoffMs * 2 ** (inst.crashes.length - 1)
+    log.warn('llama-server crashed; restarting', { model: inst.name, role: inst.role, code: info.code, signal: info.signal, delayMs: delay, tail })
+    inst.phase = 'restarting'
+    this.syncState(inst.name)
+    inst.ready = (async () => {
+      try {
+        await sleep(delay, inst.stopSignal.signal)
+        inst.proc = await this.launch(inst)
+      } catch (err) {
+        if (inst.phase === 'stopping') throw err
+        log.error('restarting llama-server failed', { model: inst.name, err })
+        const failed = new ShepherdError(`llama-server for '${inst.name}' crashed and could not be restarted: ${(err as Error).message}`, { code: 'engine_crashed', status: 503, cause: err })
+        this.giveUp(inst, failed)
+        throw failed
+      }
+      inst.phase = 'ready'
+      this.syncState(inst.name)
+      if (inst.requests.size === 0) this.scheduleIdleStop(inst, this.opts.keepAliveMs)
+    })()
+    inst.ready.catch(() => {})
+  }
+
+  private giveUp (inst: Instance, reason: ShepherdError): void {
+    if (this.instances.get(inst.key) !== inst) return
+    this.instances.delete(inst.key)
+    clearTimeout(inst.idleTimer)
+    inst.pool.close(reason)
+    for (const controller of inst.requests) controller.abort(reason)
+    this.syncState(inst.name)
+  }
+
+  /** Stops a model's child: requests on it are aborted, a start under way is cancelled. */
+  private async stop (inst: Instance): Promise<void> {
+    if (inst.phase === 'stopping') {
+      await inst.stopped
+      return
+    }
+    inst.phase = 'stopping'
+    clearTimeout(inst.idleTimer)
+    const reason = new ShepherdError(`The model '${inst.name}' was unloaded`, { code: 'model_unloaded', status: 503 })
+    inst.stopSignal.abort(reason)
+    inst.pool.close(reason)
+    for (const controller of inst.requests) controller.abort(reason)
+    this.syncState(inst.name)
+    inst.stopped = (async () => {
+      // A start under way kills its own child once cancelled.
+      await inst.ready.catch(() => {})
+      if (inst.requests.size > 0) await new Promise<void>(resolve => { inst.onDrained.push(resolve) })
+      if (inst.proc !== undefined) await this.kill(inst.proc)
+    })()
+    try {
+      await inst.stopped
+    } finally {
+      if (this.instances.get(inst.key) === inst) this.instances.delete(inst.key)
+      this.syncState(inst.name)
+    }
+  }
+
+  /** SIGTERM, then SIGKILL after the grace period; resolves once the child is gone. */
+  private async kill (proc: RunningProcess): Promise<void> {
+    if (proc.exit !== undefined) return
+    proc.child.kill('SIGTERM')
+    const timer = setTimeout(() => { if (proc.exit === undefined) proc.child.kill('SIGKILL') }, this.opts.stopGraceMs)
+    try {
+      await proc.exited
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+}

@@ -18,6 +18,7 @@ export const peerSchema = {
     snapshotAt: { type: ['string', 'null'] },
     load: { type: ['object', 'null'], properties: { active: { type: 'integer' }, queued: { type: 'integer' } } },
     labels: { type: 'object', additionalProperties: { type: 'string' } },
+    trust: { type: 'string', enum: ['open', 'allowed', 'denied'] },
     resources: {
       type: ['object', 'null'],
       additionalProperties: true,

@@ -116,6 +116,10 @@ export function validateOptions (opts: NodeOptions): NodeOptions {
   opts.dataDir = path.resolve(expandHome(opts.dataDir))
   opts.modelsDirs = opts.modelsDirs.map(d => path.resolve(expandHome(d)))
   opts.llamacppPaths = opts.llamacppPaths.map(d => path.resolve(expandHome(d)))
+  if (opts.swarmKeyFile !== '') opts.swarmKeyFile = path.resolve(expandHome(opts.swarmKeyFile))
+  for (const id of [...opts.trustAllow, ...opts.trustDeny]) {
+    if (!/^[A-Za-z0-9]{32,128}$/.test(id)) throw new ConfigError(`'${id}' is not a peer id`, 'trust')
+  }
   if (opts.apiPort > 65535) throw new ConfigError(`api port ${opts.apiPort} is out of range`, 'api.port')
   if (!LOG_LEVELS.has(opts.logLevel)) throw new ConfigError(`log level '${opts.logLevel}' is not one of ${[...LOG_LEVELS].join(', ')}`, 'log_level')
   if (opts.groups.length === 0) opts.groups = ['default']

@@ -73,6 +73,16 @@ export interface NodeOptions {
   electionBackoffMs: number
   /** Wait after start before this node may claim leadership. */
   electionGraceMs: number
+  /** Swarm key file: only nodes with the same key form a mesh (private swarm). */
+  swarmKeyFile: string
+  /** Peer ids that may connect (empty: any, unless denied). */
+  trustAllow: string[]
+  /** Peer ids that may never connect. */
+  trustDeny: string[]
+  /** Requests per minute per API key (or per client address without keys); 0 turns it off. */
+  rateLimitPerMin: number
+  /** Origins allowed to call the API from a browser (CORS); none by default. */
+  corsOrigins: string[]
   /** API keys accepted as `Authorization: Bearer KEY`; none means no key is required. */
   apiKeys: string[]
 }
@@ -129,6 +139,11 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'electionSettleMs', type: 'int', yaml: 'groups.election_settle_ms', env: 'SHEPHERD_ELECTION_SETTLE_MS', flag: 'election-settle-ms', help: 'stable membership before a leader claim' },
   { key: 'electionBackoffMs', type: 'int', yaml: 'groups.election_backoff_ms', env: 'SHEPHERD_ELECTION_BACKOFF_MS', flag: 'election-backoff-ms', help: 'extra wait per candidate rank' },
   { key: 'electionGraceMs', type: 'int', yaml: 'groups.election_grace_ms', env: 'SHEPHERD_ELECTION_GRACE_MS', flag: 'election-grace-ms', help: 'no claim this soon after start' },
+  { key: 'swarmKeyFile', type: 'string', yaml: 'p2p.swarm_key', env: 'SHEPHERD_SWARM_KEY', flag: 'swarm-key', help: 'swarm key file (private mesh; see keygen)' },
+  { key: 'trustAllow', type: 'list', yaml: 'trust.allow', env: 'SHEPHERD_TRUST_ALLOW', flag: 'allow-peer', help: 'peer id allowed to connect (repeatable)' },
+  { key: 'trustDeny', type: 'list', yaml: 'trust.deny', env: 'SHEPHERD_TRUST_DENY', flag: 'deny-peer', help: 'peer id refused (repeatable)' },
+  { key: 'rateLimitPerMin', type: 'int', yaml: 'api.rate_limit_per_min', env: 'SHEPHERD_RATE_LIMIT_PER_MIN', flag: 'rate-limit', help: 'requests per minute per key (0 = off)' },
+  { key: 'corsOrigins', type: 'list', yaml: 'api.cors_origins', env: 'SHEPHERD_CORS_ORIGINS', flag: 'cors-origin', help: 'browser origin allowed (repeatable)' },
   { key: 'apiKeys', type: 'list', yaml: 'api.keys', env: 'SHEPHERD_API_KEYS', flag: 'api-key', help: 'API key clients must send (repeatable)' }
 ]
 
@@ -170,6 +185,11 @@ export function defaultOptions (): NodeOptions {
     breakerFailures: 3,
     breakerCooldownMs: 10_000,
     labels: [],
+    swarmKeyFile: '',
+    trustAllow: [],
+    trustDeny: [],
+    rateLimitPerMin: 0,
+    corsOrigins: [],
     electionSettleMs: 500,
     electionBackoffMs: 300,
     electionGraceMs: 1500,

@@ -30,13 +30,19 @@ export interface EngineHubEvents {
 export class EngineHub extends EventEmitter<EngineHubEvents> {
   readonly admission: Admission
   private readonly log = createLogger('node:engines')
-  readonly engines: Engine[]
+  readonly engines: Engine[] = []
 
   constructor (opts: EngineHubOptions) {
     super()
-    this.engines = opts.engines
     this.admission = new Admission(opts.maxConcurrency, opts.maxQueue)
-    for (const e of this.engines) e.on('change', () => { this.emit('change') })
+    for (const e of opts.engines) this.add(e)
+  }
+
+  /** Adds an engine (engines that need the resource scan, such as llama-server, come later). */
+  add (engine: Engine): void {
+    this.engines.push(engine)
+    engine.on('change', () => { this.emit('change') })
+    this.emit('change')
   }
 
   /** Every model served here; when two engines offer one name, the first engine wins. */
@@ -107,8 +113,8 @@ export class EngineHub extends EventEmitter<EngineHubEvents> {
       case 'embeddings':
         return { kind: 'result', data: await engine.embeddings(body, { signal }) as unknown as Record<string, unknown> }
       case 'passthrough': {
-        const pass = (engine as Partial<PassthroughCapable>).passthrough
-        if (req.pass == null || pass == null || (engine as Partial<PassthroughCapable>).supportsPassthrough?.(req.pass.path) === false) {
+        const pass = engine.passthrough
+        if (req.pass == null || pass == null || engine.supportsPassthrough?.(req.pass.path) !== true) {
           throw new ShepherdError(`The host of '${req.model}' does not serve ${req.pass?.path ?? 'this endpoint'}`, { code: 'unsupported_endpoint', status: 404 })
         }
         const res = await pass.call(engine, {
@@ -128,12 +134,6 @@ export class EngineHub extends EventEmitter<EngineHubEvents> {
   async close (): Promise<void> {
     await Promise.allSettled(this.engines.map(async e => { await e.close() }))
   }
-}
-
-/** The optional passthrough of engines that front an HTTP server (upstream). */
-export interface PassthroughCapable {
-  passthrough: (req: { method: string, path: string, headers: Record<string, string>, body: Uint8Array | null, signal?: AbortSignal }) => Promise<{ status: number, headers: Record<string, string>, body: AsyncIterable<Uint8Array> }>
-  supportsPassthrough: (path: string) => boolean
 }
 
 /**

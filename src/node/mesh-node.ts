@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { INFERENCE_PROTOCOL, Mesh, type PeerRecord, type PeerStatus, type MeshStats } from '../p2p/index.js'
+import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, readSwarmKey, type PeerRecord, type PeerStatus, type MeshStats, type TrustState } from '../p2p/index.js'
 import type { NodeOptions } from '../config/index.js'
 import { createLogger } from '../logger.js'
 import { VERSION } from '../version.js'
@@ -15,6 +15,7 @@ import { GroupManager } from './groups/index.js'
 import { DeploymentStore } from './deployments.js'
 import { ControlPlane } from './control-plane.js'
 import path from 'node:path'
+import fs from 'node:fs/promises'
 
 /** One peer (or this node) as the API shows it. */
 export interface PeerView {
@@ -35,6 +36,8 @@ export interface PeerView {
   /** Requests running and waiting on the peer (its last heartbeat). */
   load: { active: number, queued: number } | null
   labels: Record<string, string>
+  /** `open`: no allow list and not denied; `allowed`: on the allow list; `denied`. */
+  trust: TrustState
 }
 
 export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot' | 'group:leader'
@@ -76,6 +79,10 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   readonly labels: Record<string, string>
   /** Signed commands: the executor, sending, the command audit log. */
   control!: ControlPlane
+  /** Allow and deny lists (config plus changes made through the API, persisted). */
+  trust!: TrustPolicy
+  /** Whether the mesh is private (a swarm key is set). */
+  private = false
   private modelFiles: ModelFile[] = []
   /** Grows whenever the gossiped snapshot content changes. */
   snapshotVersion = 1
@@ -131,6 +138,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       const knownPeers = (await store.knownPeers()).map(p => ({ id: p.id, addresses: p.addresses }))
       // Models pulled from peers land in the first models dir (or <data-dir>/models), always scanned.
       const pullDir = options.modelsDirs[0] ?? path.join(options.dataDir, 'models')
+      await fs.mkdir(pullDir, { recursive: true }).catch(() => {})
       const monitor = new ResourceMonitor({
         dataDir: options.dataDir,
         modelsDirs: [...new Set([...options.modelsDirs, pullDir])],
@@ -139,11 +147,11 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         gpuIntervalMs: options.gpuIntervalMs
       })
       let node: MeshNode | undefined
-      const hub = new EngineHub({
-        engines: await createEngines(options, { modelFiles: () => node?.modelFiles ?? [] }),
-        maxConcurrency: options.maxConcurrency,
-        maxQueue: options.maxQueue
-      })
+      // Engines are added at start, once the resource scan has found models and llama.cpp builds.
+      const hub = new EngineHub({ engines: [], maxConcurrency: options.maxConcurrency, maxQueue: options.maxQueue })
+      const swarmKey = options.swarmKeyFile !== '' ? await readSwarmKey(options.swarmKeyFile) : undefined
+      const savedTrust = await store.getMeta<{ allow: string[], deny: string[] }>('trust')
+      const trust = new TrustPolicy({ allow: [...options.trustAllow, ...(savedTrust?.allow ?? [])], deny: [...options.trustDeny, ...(savedTrust?.deny ?? [])] })
       const { manager: groups, groups: groupNames } = await GroupManager.create(store, options.groups, {
         settleMs: options.electionSettleMs,
         backoffPerRankMs: options.electionBackoffMs,
@@ -155,6 +163,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         groups: groupNames,
         leadership: () => groups.leadership(),
         privateKey: key,
+        swarmKey,
+        trust,
         knownPeers,
         snapshotVersion: () => node!.snapshotVersion,
         snapshotData: () => node!.currentSnapshot(),
@@ -164,6 +174,11 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       groups.attach(mesh)
       const deployments = await DeploymentStore.open(store, () => node!.id)
       node = new MeshNode(options, store, monitor, mesh, hub, groups, deployments)
+      node.trust = trust
+      node.private = swarmKey != null
+      trust.on('refused', (peer, protocol) => {
+        void store.appendAudit({ kind: 'untrusted_peer', peer, detail: `${protocol}: stream refused`, verdict: 'rejected' }).catch(() => {})
+      })
       node.control = new ControlPlane({
         key,
         selfId: () => node!.id,
@@ -191,9 +206,16 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     return this.options.name
   }
 
+  /** True when a swarm key makes this a private mesh. */
+  get isPrivate (): boolean {
+    return this.private
+  }
+
   async start (): Promise<void> {
     await this.monitor.start()
-    this.modelFiles = this.monitor.snapshot().models
+    const scanned = this.monitor.snapshot()
+    this.modelFiles = scanned.models
+    for (const engine of createEngines(this.options, { modelFiles: () => this.modelFiles, builds: scanned.resources.llamacpp })) this.hub.add(engine)
     await this.mesh.start()
     this.groups.start()
     await this.mesh.inference.serve(async (req, ctx) => {
@@ -218,6 +240,15 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     await this.hub.close()
     this.monitor.stop()
     await this.store.close()
+  }
+
+  /** Changes the trust lists (persisted); peers that lose access are disconnected at once. */
+  async updateTrust (change: { allow?: string[], deny?: string[], remove?: string[] }): Promise<{ allow: string[], deny: string[] }> {
+    this.trust.update(change, this.mesh.peers().map(p => p.id))
+    const lists = this.trust.lists()
+    await this.store.putMeta('trust', lists)
+    await this.store.appendAudit({ kind: 'trust_change', detail: JSON.stringify(change), verdict: 'accepted' })
+    return lists
   }
 
   /** The API tells the node where it listens, so peers can reach it (gossiped). */
@@ -279,18 +310,19 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       models: data.models,
       snapshotAt: new Date().toISOString(),
       load: this.hub.load(),
-      labels: this.labels
+      labels: this.labels,
+      trust: 'allowed'
     }
   }
 
   peers (): PeerView[] {
-    return this.mesh.peers().map(rec => toView(rec)).sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
+    return this.mesh.peers().map(rec => toView(rec, this.trust.state(rec.id))).sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
   }
 
   peer (id: string): PeerView | undefined {
     if (id === this.id) return this.self()
     const rec = this.mesh.table.get(id)
-    return rec != null && rec.lastSeen > 0 ? toView(rec) : undefined
+    return rec != null && rec.lastSeen > 0 ? toView(rec, this.trust.state(rec.id)) : undefined
   }
 
   metrics (): NodeMetrics {
@@ -311,7 +343,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   }
 }
 
-function toView (rec: PeerRecord<NodeSnapshot>): PeerView {
+function toView (rec: PeerRecord<NodeSnapshot>, trust: TrustState): PeerView {
   return {
     id: rec.id,
     name: rec.name,
@@ -326,6 +358,7 @@ function toView (rec: PeerRecord<NodeSnapshot>): PeerView {
     models: rec.snapshot?.models ?? [],
     snapshotAt: rec.snapshotAt != null ? new Date(rec.snapshotAt).toISOString() : null,
     load: rec.load != null ? { active: rec.load.active, queued: rec.load.queued } : null,
-    labels: rec.snapshot?.labels ?? {}
+    labels: rec.snapshot?.labels ?? {},
+    trust
   }
 }

@@ -7,7 +7,9 @@ import { mdns } from '@libp2p/mdns'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p, type Libp2p } from 'libp2p'
-import type { PrivateKey, PeerDiscovery } from '@libp2p/interface'
+import { preSharedKey } from '@libp2p/pnet'
+import type { PrivateKey, PeerDiscovery, PeerId } from '@libp2p/interface'
+import type { TrustPolicy } from './trust.js'
 import { MAX_GOSSIP_FRAME_BYTES, MDNS_SERVICE_TAG } from './constants.js'
 
 export interface HostOptions {
@@ -15,6 +17,10 @@ export interface HostOptions {
   listen: string[]
   mdns: boolean
   mdnsIntervalMs: number
+  /** A swarm key (`/key/swarm/psk/1.0.0/` file content): only nodes with the same key connect. */
+  swarmKey?: Uint8Array
+  /** Who may connect; checked once the remote's identity is proven (after noise). */
+  trust?: TrustPolicy
 }
 
 export type Host = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>, ping: ReturnType<ReturnType<typeof ping>>, pubsub: ReturnType<ReturnType<typeof gossipsub>> }>
@@ -26,7 +32,7 @@ export type Host = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>, p
 export async function createHost (opts: HostOptions): Promise<Host> {
   const peerDiscovery: Array<(components: any) => PeerDiscovery> = []
   if (opts.mdns) peerDiscovery.push(mdns({ interval: opts.mdnsIntervalMs, serviceTag: MDNS_SERVICE_TAG }))
-  return await createLibp2p({
+  const host = await createLibp2p({
     privateKey: opts.privateKey,
     addresses: { listen: opts.listen },
     transports: [tcp()],
@@ -34,6 +40,12 @@ export async function createHost (opts: HostOptions): Promise<Host> {
     streamMuxers: [yamux()],
     peerDiscovery,
     connectionManager: { maxConnections: 256 },
+    ...(opts.swarmKey != null ? { connectionProtector: preSharedKey({ psk: opts.swarmKey }) } : {}),
+    connectionGater: {
+      denyDialPeer: (peer: PeerId) => opts.trust != null && !opts.trust.allows(peer.toString()),
+      denyInboundEncryptedConnection: (peer: PeerId) => opts.trust != null && !opts.trust.allows(peer.toString()),
+      denyOutboundEncryptedConnection: (peer: PeerId) => opts.trust != null && !opts.trust.allows(peer.toString())
+    },
     services: {
       identify: identify(),
       ping: ping(),
@@ -49,4 +61,26 @@ export async function createHost (opts: HostOptions): Promise<Host> {
       })
     }
   }) as unknown as Host
+  if (opts.trust != null) guardHandlers(host, opts.trust)
+  return host
+}
+
+/**
+ * Every protocol handler registered on this host (ours: openai, cmd, blob) first checks the
+ * remote peer against the trust policy, so a peer denied after it connected gets no service
+ * even on a stream opened before its connection was closed.
+ */
+function guardHandlers (host: Host, trust: TrustPolicy): void {
+  const handle = host.handle.bind(host)
+  host.handle = async (protocols, handler, options) => {
+    const guarded: typeof handler = (stream, conn) => {
+      if (!trust.allows(conn.remotePeer.toString())) {
+        trust.emit('refused', conn.remotePeer.toString(), stream.protocol)
+        stream.abort(new Error('peer not trusted'))
+        return
+      }
+      return handler(stream, conn)
+    }
+    await handle(protocols, guarded, options)
+  }
 }

@@ -26,3 +26,5 @@ export {
 } from './blob-protocol.js'
 export { BLOB_PROTOCOL, isSafeModelName, isFingerprint } from './blob-messages.js'
 export { reachableAddresses } from './addresses.js'
+export { TrustPolicy, type TrustState } from './trust.js'
+export { generateSwarmKey, readSwarmKey, SwarmKeyError } from './swarm-key.js'

@@ -12,6 +12,7 @@ import { InferenceService } from './inference.js'
 import { CommandService } from './command-protocol.js'
 import { BlobService } from './blob-protocol.js'
 import { reachableAddresses } from './addresses.js'
+import type { TrustPolicy } from './trust.js'
 
 export interface MeshOptions<S> {
   privateKey: PrivateKey
@@ -28,6 +29,10 @@ export interface MeshOptions<S> {
   pingIntervalMs: number
   redialMinMs: number
   redialMaxMs: number
+  /** Private swarm key (v1 PSK file content); without it the mesh is open to the LAN. */
+  swarmKey?: Uint8Array
+  /** Who may talk to this node. */
+  trust?: TrustPolicy
   /** Peers remembered from an earlier run: dialed at start. */
   knownPeers?: Array<{ id: string, addresses: string[] }>
   /** Version of this node's snapshot; grows on every change (cheap: read every heartbeat). */
@@ -47,7 +52,7 @@ export interface MeshStats {
   gossipBytesReceived: number
   messagesSent: number
   messagesReceived: number
-  dropped: Record<DropReason | 'stale' | 'invalid_snapshot', number>
+  dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted', number>
 }
 
 export interface MeshEvents<S> extends PeerTableEvents<S> {
@@ -71,7 +76,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     gossipBytesReceived: 0,
     messagesSent: 0,
     messagesReceived: 0,
-    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, stale: 0, invalid_snapshot: 0 }
+    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, stale: 0, invalid_snapshot: 0, untrusted: 0 }
   }
 
   private host?: Host
@@ -147,7 +152,11 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
 
   async start (): Promise<void> {
     const o = this.opts
-    const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs })
+    const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs, swarmKey: o.swarmKey, trust: o.trust })
+    o.trust?.on('revoked', peer => {
+      void host.hangUp(peerIdFromString(peer)).catch(() => {})
+      this.table.delete(peer)
+    })
     const pubsub = host.services.pubsub
 
     pubsub.subscribe(MEMBERSHIP_TOPIC)
@@ -189,7 +198,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       isWanted: id => {
         const rec = this.table.get(id)
         // Every peer not connected is dialed (the LAN mesh is a full mesh) except one that said goodbye.
-        return rec == null || rec.status !== 'left'
+        return (rec == null || rec.status !== 'left') && (o.trust == null || o.trust.allows(id))
       }
     })
     for (const kp of o.knownPeers ?? []) {
@@ -285,6 +294,11 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     this.stats.gossipBytesReceived += data.byteLength
     this.stats.messagesReceived++
     if (from === this.host?.peerId.toString()) return
+    // Gossip is relayed: a denied peer's messages can arrive through a trusted one.
+    if (this.opts.trust != null && !this.opts.trust.allows(from)) {
+      this.stats.dropped.untrusted++
+      return
+    }
     const decoded = decodeMembership(data)
     if (!decoded.ok) {
       this.stats.dropped[decoded.reason]++

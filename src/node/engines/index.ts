@@ -44,3 +44,7 @@ export {
   type ResponseHeader
 } from './openai-response.js'
 export { SlotPool } from './slot-pool.js'
+export { UpstreamEngine, UPSTREAM_DEFAULTS, type UpstreamEngineOptions } from './upstream.js'
+export { LlamaServerEngine, LLAMA_SERVER_DEFAULTS, selectLlamacppBuild, toChatCompletion, toChatChunks, toTextCompletion, toTextChunks, type LlamaServerEngineOptions } from './llama-server.js'
+export { OpenAIHttpClient, errorFromResponse, parseSse, type OpenAIHttpClientOptions, type OpenAIRequestOptions, type PassthroughRequest, type PassthroughResponse, type SseEvent } from './openai-http.js'
+export { freePort, isAddressInUse, portInUse } from './ports.js'

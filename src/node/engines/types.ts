@@ -13,6 +13,7 @@ import type {
   TextCompletion,
   TextCompletionChunk
 } from './openai-types.js'
+import type { PassthroughRequest, PassthroughResponse } from './openai-http.js'
 
 export type EngineKind = 'embedded' | 'llama-server' | 'upstream'
 
@@ -93,6 +94,11 @@ export interface Engine {
   completion: (body: CompletionRequest, options?: EngineCallOptions) => Promise<TextCompletion>
   completionStream: (body: CompletionRequest, options?: EngineCallOptions) => AsyncIterable<TextCompletionChunk>
   embeddings: (body: EmbeddingRequest, options?: EngineCallOptions) => Promise<EmbeddingResponse>
+
+  /** Whether raw HTTP for `path` (e.g. `/audio/speech`) can be passed to this engine's server. */
+  supportsPassthrough?: (path: string) => boolean
+  /** Passes a raw HTTP request (audio, images) through to the engine's server, untouched. */
+  passthrough?: (req: PassthroughRequest) => Promise<PassthroughResponse>
 
   on (event: 'change', listener: (event: EngineChangeEvent) => void): unknown
   off (event: 'change', listener: (event: EngineChangeEvent) => void): unknown

@@ -23,6 +23,9 @@ interface CacheEntry {
 }
 
 /** Remembers parsed headers by path, invalidated when size or mtime change. */
+
+/** Unreadable dirs already reported (dir:errno). */
+const warnedDirs = new Set<string>()
 export class ModelScanCache {
   private readonly entries = new Map<string, CacheEntry>()
   /** Lookups answered from the cache, and headers that had to be read. */
@@ -75,7 +78,12 @@ async function walk (dir: string, depth: number, out: Found[], visited: Set<stri
     visited.add(real)
     names = await readdir(dir)
   } catch (err) {
-    log.warn('skipping unreadable models dir', { dir, err: err as Error })
+    // Rescans run every few seconds: say it once per dir and error, not every time.
+    const key = `${dir}:${(err as NodeJS.ErrnoException).code ?? ''}`
+    if (!warnedDirs.has(key)) {
+      warnedDirs.add(key)
+      log.warn('skipping unreadable models dir', { dir, err: err as Error })
+    }
     return
   }
   names.sort()

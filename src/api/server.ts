@@ -3,6 +3,9 @@ import type { MeshNode } from '../node/index.js'
 import { Scheduler } from '../scheduler/index.js'
 import { deploymentRoutes } from './deployments.js'
 import { commandRoutes } from './commands.js'
+import { trustRoutes } from './trust.js'
+import { installCors, installRateLimit } from './limits.js'
+import http from 'node:http'
 import { installApiKeys } from './auth.js'
 import { errorSchema, installErrorHandler } from './errors.js'
 import { inspectionRoutes } from './inspection.js'
@@ -24,6 +27,8 @@ export interface ApiOptions {
 export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: opts.logRequests === true,
+    // Bounded headers and a deadline to send them: a stalled or bloated client is cut off.
+    serverFactory: handler => http.createServer({ maxHeaderSize: 16 * 1024, headersTimeout: 15_000, requestTimeout: 120_000 }, handler),
     bodyLimit: opts.bodyLimitBytes ?? 8 * 1024 * 1024,
     // A client that stalls its request (slowloris) is cut off; streams are unaffected once started.
     requestTimeout: 120_000,
@@ -36,12 +41,15 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   app.addSchema(errorSchema)
   app.addSchema(peerSchema)
   installErrorHandler(app)
+  installCors(app, opts.node.options.corsOrigins)
   installApiKeys(app, opts.node.options.apiKeys)
+  installRateLimit(app, opts.node.options.rateLimitPerMin)
   const scheduler = opts.scheduler ?? new Scheduler(opts.node)
   await app.register(inspectionRoutes(opts.node))
   await app.register(groupRoutes(opts.node))
   await app.register(deploymentRoutes(opts.node, scheduler.router, scheduler.reconciler))
   await app.register(commandRoutes(opts.node))
+  await app.register(trustRoutes(opts.node))
   await app.register(openaiRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs }))
   return app
 }

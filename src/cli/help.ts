@@ -13,6 +13,8 @@ Commands:
   undeploy  remove a deployment
   command   send a signed command to a peer (load_model, unload_model, scan_models, ...)
   logs      show a peer's recent log lines
+  keygen    write a swarm key for a private mesh
+  doctor    check (and repair) this node's data dir
 
 Run 'shepherd-mesh <command> --help' for a command's options.
 `
@@ -108,4 +110,27 @@ Shows PEER's recent log lines (info and above), fetched with a collect_logs comm
 Options:
   --lines N    how many lines (default 200)
 ${CLIENT_OPTIONS}
+`
+
+export const KEYGEN_HELP = `Usage: shepherd-mesh keygen [FILE] [--force]
+
+Writes a new swarm key (default ./swarm.key, mode 0600). Nodes started with --swarm-key FILE form a
+private mesh: a node without the same key cannot connect, read or inject gossip, or send commands.
+
+Options:
+  --force      replace FILE if it exists
+  -h, --help   show this help
+`
+
+export const DOCTOR_HELP = `Usage: shepherd-mesh doctor [--data-dir DIR] [--repair] [--reset]
+
+Checks that the node's data dir and store can be opened. With --repair, runs LevelDB's repair on
+a damaged store; with --reset, moves an unrecoverable store aside (a new identity is created at
+the next start). Stop the node first.
+
+Options:
+  --data-dir DIR   the data dir (default ~/.shepherd-mesh)
+  --repair         try to repair a damaged store
+  --reset          move the store aside as store.broken-<time>
+  -h, --help       show this help
 `

@@ -5,8 +5,10 @@ import { UsageError } from './args.js'
 import { command, deploy, groups, logs, peers, status, undeploy } from './client.js'
 import { MAIN_HELP } from './help.js'
 import { start } from './start.js'
+import { keygen } from './keygen.js'
+import { doctor } from './doctor.js'
 
-const COMMANDS: Record<string, (args: string[], out: (line: string) => void) => Promise<void>> = { start, status, peers, groups, deploy, undeploy, command, logs }
+const COMMANDS: Record<string, (args: string[], out: (line: string) => void) => Promise<void>> = { start, status, peers, groups, deploy, undeploy, command, logs, keygen, doctor }
 
 /** Entry point of the `shepherd-mesh` command. Returns the exit code. */
 export async function main (argv: string[], out: (line: string) => void = line => { process.stdout.write(line + '\n') }): Promise<number> {

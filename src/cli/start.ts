@@ -46,6 +46,9 @@ export async function start (args: string[], out: (line: string) => void): Promi
   const address = api.server.address()
   const port = typeof address === 'object' && address != null ? address.port : options.apiPort
   node.setApiPort(port)
+  process.stderr.write(node.isPrivate
+    ? 'shepherd-mesh: private mesh: only nodes with the same swarm key can connect\n'
+    : 'shepherd-mesh: open LAN mesh: any shepherd-mesh node on this network can join (use keygen and --swarm-key for a private one)\n')
   if (!isLoopback(options.apiHost) && options.apiKeys.length === 0) {
     process.stderr.write(`shepherd-mesh: warning: the API listens on ${options.apiHost} without an API key: anyone who can reach it can use it (set --api-key)\n`)
   }

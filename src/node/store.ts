@@ -61,7 +61,7 @@ export class Store {
       if (err.cause?.code === 'LEVEL_LOCKED') {
         throw new StoreError(`data dir ${dataDir} is in use by another shepherd-mesh process (use --data-dir)`, 'data_dir_locked', err)
       }
-      throw new StoreError(`cannot open the store in ${dir}: ${err.cause?.message ?? err.message}`, 'store_corrupt', err)
+      throw new StoreError(`cannot open the store in ${dir}: ${err.cause?.message ?? err.message}; run 'shepherd-mesh doctor --data-dir ${dataDir} --repair'`, 'store_corrupt', err)
     }
     return new Store(db, dir)
   }

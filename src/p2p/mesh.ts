@@ -153,9 +153,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   async start (): Promise<void> {
     const o = this.opts
     const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs, swarmKey: o.swarmKey, trust: o.trust })
+    // A revoked peer is cut off at once; its record stays (shown as denied) and goes dead.
     o.trust?.on('revoked', peer => {
       void host.hangUp(peerIdFromString(peer)).catch(() => {})
-      this.table.delete(peer)
     })
     const pubsub = host.services.pubsub
 

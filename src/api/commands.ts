@@ -10,12 +10,14 @@ export function commandRoutes (node: MeshNode): FastifyPluginAsync {
   return async (app: FastifyInstance) => {
     app.get('/api/commands', {
       schema: {
-        querystring: { type: 'object', additionalProperties: false, properties: { limit: { type: 'integer', minimum: 1, maximum: 1000 }, before: { type: 'string', maxLength: 128 } } },
+        // Query values are strings (no type coercion anywhere in this API).
+        querystring: { type: 'object', additionalProperties: false, properties: { limit: { type: 'string', pattern: '^(?:[1-9][0-9]{0,2}|1000)$' }, before: { type: 'string', maxLength: 128 } } },
         response: { 200: { type: 'object', additionalProperties: true }, ...errorResponses }
       }
     }, async (req) => {
-      const q = req.query as { limit?: number, before?: string }
-      const [commands, wire] = await Promise.all([node.control.audit({ limit: q.limit ?? 100, before: q.before }), node.store.auditLog(q.limit ?? 100)])
+      const q = req.query as { limit?: string, before?: string }
+      const limit = q.limit != null ? Number(q.limit) : 100
+      const [commands, wire] = await Promise.all([node.control.audit({ limit, before: q.before }), node.store.auditLog(limit)])
       return { commands, wire }
     })
 

@@ -14,5 +14,5 @@ export {
   type GpuParseResult
 } from './nvidia.js'
 export { ROCM_SMI_ARGS, parseRocmSmiCsv, parseRocmSmiJson } from './rocm.js'
-export { LLAMA_SERVER_BINARY, findLlamacppBuilds, parseLlamacppVersion, type FindLlamacppOptions } from './llamacpp.js'
+export { LLAMA_SERVER_BINARY, findLlamacppBuilds, parseLlamacppVersion, parseLlamacppDeviceList, type FindLlamacppOptions } from './llamacpp.js'
 export { execRunner, type ExecOptions, type ExecResult, type ExecRunner } from './exec.js'

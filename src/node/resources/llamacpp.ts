@@ -153,7 +153,36 @@ export async function findLlamacppBuilds (paths: string[], opts: FindLlamacppOpt
       log.warn('llama.cpp binary did not report a version', { path: candidate, exitCode: r.exitCode, errorCode: r.errorCode })
       continue
     }
+    // Newer builds print no device lines on --version; --list-devices still names them.
+    if (build.devices.length === 0) {
+      const listed = await exec(candidate, ['--list-devices'], { timeoutMs })
+      const found = parseLlamacppDeviceList(`${listed.stdout}\n${listed.stderr}`)
+      if (found.devices.length > 0) {
+        build.devices = found.devices
+        if (build.backend === 'cpu' && found.backend != null) build.backend = found.backend
+      }
+    }
     builds.push(build)
   }
   return builds
+}
+
+const DEVICE_PREFIX: Array<[RegExp, LlamacppBuild['backend']]> = [[/^CUDA/i, 'cuda'], [/^ROCm|^HIP/i, 'rocm'], [/^Vulkan/i, 'vulkan'], [/^Metal|^MTL/i, 'metal'], [/^SYCL/i, 'sycl']]
+
+/**
+ * Parses `llama-server --list-devices`: lines such as
+ * `  CUDA0: NVIDIA H100 80GB HBM3 (81079 MiB, 80552 MiB free)`.
+ */
+export function parseLlamacppDeviceList (text: string): { backend: LlamacppBuild['backend'] | null, devices: LlamacppBuild['devices'] } {
+  const devices: LlamacppBuild['devices'] = []
+  let backend: LlamacppBuild['backend'] | null = null
+  for (const line of text.split(/\r?\n/)) {
+    const m = /^\s*([A-Za-z]+)(\d+):\s+(.+?)\s*\((\d+) MiB,\s*(\d+) MiB free\)\s*$/.exec(line)
+    if (m == null) continue
+    const kind = DEVICE_PREFIX.find(([re]) => re.test(m[1]))?.[1]
+    if (kind == null) continue
+    backend ??= kind
+    devices.push({ name: m[3], vramBytes: Number(m[4]) * 1024 * 1024 })
+  }
+  return { backend, devices }
 }

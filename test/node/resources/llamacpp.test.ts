@@ -135,7 +135,30 @@ describe('findLlamacppBuilds', () => {
     }
     const path = await fakeServer(join(dir, 'only'), null)
     const builds = await findLlamacppBuilds([path], { searchPath: false, timeoutMs: 1234, exec, envPath: join(dir, 'cuda') })
-    assert.deepEqual(calls, [[path, ['--version'], 1234]])
+    // No device lines on --version: the devices are asked for with --list-devices.
+    assert.deepEqual(calls, [[path, ['--version'], 1234], [path, ['--list-devices'], 1234]])
     assert.equal(builds[0].version, '0.3.0')
+  })
+
+  it('takes the backend and devices from --list-devices when --version names none', async () => {
+    const exec: ExecRunner = async (_file, args) => args[0] === '--version'
+      ? { stdout: '', stderr: gpuFixture('llama-cli-version-newformat-0.3.0.txt'), exitCode: 0 }
+      : { stdout: gpuFixture('llama-server-list-devices-cuda-1xH100.txt'), stderr: '', exitCode: 0 }
+    const path = await fakeServer(join(dir, 'listed'), null)
+    const [build] = await findLlamacppBuilds([path], { searchPath: false, exec })
+    assert.equal(build.backend, 'cuda')
+    assert.equal(build.devices[0].name, 'NVIDIA H100 80GB HBM3')
+  })
+})
+
+describe('parseLlamacppDeviceList', () => {
+  it('reads the CUDA device a recent build lists on the H100', async () => {
+    const { readFile } = await import('node:fs/promises')
+    const text = await readFile(new URL('../../fixtures/gpu/llama-server-list-devices-cuda-1xH100.txt', import.meta.url), 'utf8')
+    const { parseLlamacppDeviceList } = await import('../../../src/node/resources/index.js')
+    const res = parseLlamacppDeviceList(text)
+    assert.equal(res.backend, 'cuda')
+    assert.deepEqual(res.devices, [{ name: 'NVIDIA H100 80GB HBM3', vramBytes: 81079 * 1024 * 1024 }])
+    assert.deepEqual(parseLlamacppDeviceList('Available devices:\n'), { backend: null, devices: [] })
   })
 })

@@ -63,3 +63,14 @@ describe('configuration', () => {
     await assert.rejects(resolveOptions({ env: { SHEPHERD_MDNS: 'maybe' } }), /SHEPHERD_MDNS: expected true or false/)
   })
 })
+
+describe('README', () => {
+  it('its configuration example is a valid config file', async () => {
+    const readme = await fs.readFile(new URL('../../README.md', import.meta.url), 'utf8')
+    const yaml = readme.split('```yaml')[1].split('```')[0]
+    const file = await tmpFile(yaml)
+    const o = await resolveOptions({ configFile: file, env: {} })
+    assert.equal(o.apiPort, 9190)
+    assert.equal(o.engine, 'embedded')
+  })
+})

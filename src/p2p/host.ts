@@ -2,6 +2,7 @@ import '../polyfill.js'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub } from '@libp2p/gossipsub'
+import { createPeerScoreParams, createPeerScoreThresholds, createTopicScoreParams } from '@libp2p/gossipsub/score'
 import { identify } from '@libp2p/identify'
 import { mdns } from '@libp2p/mdns'
 import { ping } from '@libp2p/ping'
@@ -10,7 +11,7 @@ import { createLibp2p, type Libp2p } from 'libp2p'
 import { preSharedKey } from '@libp2p/pnet'
 import type { PrivateKey, PeerDiscovery, PeerId } from '@libp2p/interface'
 import type { TrustPolicy } from './trust.js'
-import { MAX_GOSSIP_FRAME_BYTES, MDNS_SERVICE_TAG } from './constants.js'
+import { MAX_GOSSIP_FRAME_BYTES, MDNS_SERVICE_TAG, MEMBERSHIP_TOPIC } from './constants.js'
 
 export interface HostOptions {
   privateKey: PrivateKey
@@ -57,7 +58,24 @@ export async function createHost (opts: HostOptions): Promise<Host> {
         // The mesh is small and local: gossip heartbeat faster than the 1 s default so a newcomer
         // is grafted quickly, and never forward a frame larger than a snapshot can be.
         heartbeatInterval: 700,
-        maxInboundDataLength: MAX_GOSSIP_FRAME_BYTES
+        maxInboundDataLength: MAX_GOSSIP_FRAME_BYTES,
+        // Peer scoring: a peer that delivers invalid membership messages (rejected by the topic
+        // validator) loses score fast and is graylisted, so its traffic is ignored. The delivery-rate
+        // terms stay off: in a small LAN mesh honest peers are quiet, not failing.
+        scoreParams: createPeerScoreParams({
+          topics: {
+            [MEMBERSHIP_TOPIC]: createTopicScoreParams({
+              topicWeight: 1,
+              timeInMeshWeight: 0.01,
+              firstMessageDeliveriesWeight: 0,
+              meshMessageDeliveriesWeight: 0,
+              meshFailurePenaltyWeight: 0,
+              invalidMessageDeliveriesWeight: -50,
+              invalidMessageDeliveriesDecay: 0.9
+            })
+          }
+        }),
+        scoreThresholds: createPeerScoreThresholds({ gossipThreshold: -10, publishThreshold: -50, graylistThreshold: -80, acceptPXThreshold: 10, opportunisticGraftThreshold: 20 })
       })
     }
   }) as unknown as Host

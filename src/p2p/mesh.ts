@@ -12,6 +12,8 @@ import { InferenceService } from './inference.js'
 import { CommandService } from './command-protocol.js'
 import { BlobService } from './blob-protocol.js'
 import { reachableAddresses } from './addresses.js'
+import { TokenBuckets } from './token-buckets.js'
+import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { TrustPolicy } from './trust.js'
 
 export interface MeshOptions<S> {
@@ -52,7 +54,7 @@ export interface MeshStats {
   gossipBytesReceived: number
   messagesSent: number
   messagesReceived: number
-  dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted', number>
+  dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted' | 'rate_limited', number>
 }
 
 export interface MeshEvents<S> extends PeerTableEvents<S> {
@@ -76,8 +78,13 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     gossipBytesReceived: 0,
     messagesSent: 0,
     messagesReceived: 0,
-    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, stale: 0, invalid_snapshot: 0, untrusted: 0 }
+    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, unsupported_version: 0, stale: 0, invalid_snapshot: 0, untrusted: 0, rate_limited: 0 }
   }
+
+  /** Decode results of validated messages, keyed by their payload, consumed by the handler. */
+  private readonly decoded = new WeakMap<Uint8Array, ReturnType<typeof decodeMembership>>()
+  /** Membership messages per origin: a heartbeat a second plus snapshots fits well inside. */
+  private readonly floodGuard = new TokenBuckets(20, 40)
 
   private host?: Host
   private readonly log: Logger
@@ -160,6 +167,25 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     const pubsub = host.services.pubsub
 
     pubsub.subscribe(MEMBERSHIP_TOPIC)
+    // Validation happens before gossipsub forwards a message: invalid ones are rejected (the
+    // delivering peer is penalised), a flooding origin is throttled (ignored, not forwarded).
+    pubsub.topicValidators.set(MEMBERSHIP_TOPIC, (_peer, msg) => {
+      if (msg.type !== 'signed') return TopicValidatorResult.Reject
+      const from = msg.from.toString()
+      if (this.opts.trust != null && !this.opts.trust.allows(from)) {
+        this.stats.dropped.untrusted++
+        return TopicValidatorResult.Reject
+      }
+      if (!this.floodGuard.take(from)) {
+        this.stats.dropped.rate_limited++
+        return TopicValidatorResult.Ignore
+      }
+      const decoded = decodeMembership(msg.data)
+      this.decoded.set(msg.data, decoded)
+      if (decoded.ok) return TopicValidatorResult.Accept
+      this.stats.dropped[decoded.reason]++
+      return decoded.reason === 'unsupported_version' ? TopicValidatorResult.Ignore : TopicValidatorResult.Reject
+    })
     pubsub.addEventListener('message', evt => {
       const msg = evt.detail
       if (msg.topic !== MEMBERSHIP_TOPIC || msg.type !== 'signed') return
@@ -299,9 +325,15 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       this.stats.dropped.untrusted++
       return
     }
-    const decoded = decodeMembership(data)
+    // Decoded once, by the topic validator (which also counted failures); decoded here only
+    // when a message arrives without going through it.
+    let decoded = this.decoded.get(data)
+    this.decoded.delete(data)
+    if (decoded == null) {
+      decoded = decodeMembership(data)
+      if (!decoded.ok) this.stats.dropped[decoded.reason]++
+    }
     if (!decoded.ok) {
-      this.stats.dropped[decoded.reason]++
       this.log.debug('dropped membership message', { from, reason: decoded.reason })
       return
     }

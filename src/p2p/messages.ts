@@ -95,7 +95,7 @@ function validate (): ValidateFunction<MembershipMessage> {
   return validator
 }
 
-export type DropReason = 'oversized' | 'malformed_json' | 'invalid_schema'
+export type DropReason = 'oversized' | 'malformed_json' | 'invalid_schema' | 'unsupported_version'
 
 export type DecodeResult = { ok: true, message: MembershipMessage } | { ok: false, reason: DropReason }
 
@@ -114,6 +114,10 @@ export function decodeMembership (bytes: Uint8Array): DecodeResult {
     parsed = JSON.parse(decoder.decode(bytes))
   } catch {
     return { ok: false, reason: 'malformed_json' }
+  }
+  // A newer protocol version is not an attack: ignored without penalty (see the topic validator).
+  if (typeof parsed === 'object' && parsed !== null && 'v' in parsed && (parsed as { v: unknown }).v !== MEMBERSHIP_VERSION && Number.isInteger((parsed as { v: unknown }).v)) {
+    return { ok: false, reason: 'unsupported_version' }
   }
   if (!validate()(parsed)) return { ok: false, reason: 'invalid_schema' }
   return { ok: true, message: parsed }

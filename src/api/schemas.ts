@@ -19,6 +19,7 @@ export const peerSchema = {
     load: { type: ['object', 'null'], properties: { active: { type: 'integer' }, queued: { type: 'integer' } } },
     labels: { type: 'object', additionalProperties: { type: 'string' } },
     trust: { type: 'string', enum: ['open', 'allowed', 'denied'] },
+    servesPeers: { type: 'boolean' },
     resources: {
       type: ['object', 'null'],
       additionalProperties: true,

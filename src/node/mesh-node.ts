@@ -38,6 +38,8 @@ export interface PeerView {
   labels: Record<string, string>
   /** `open`: no allow list and not denied; `allowed`: on the allow list; `denied`. */
   trust: TrustState
+  /** Whether the node serves peers' requests (false: its own clients only). */
+  servesPeers: boolean
 }
 
 export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot' | 'group:leader'
@@ -271,6 +273,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       models: this.servedModels(),
       api: this.apiPort != null ? { port: this.apiPort } : null,
       labels: this.labels,
+      servesPeers: this.options.allowRemote,
       deployments: this.deployments.gossip()
     }
   }
@@ -311,7 +314,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       snapshotAt: new Date().toISOString(),
       load: this.hub.load(),
       labels: this.labels,
-      trust: 'allowed'
+      trust: 'allowed',
+      servesPeers: this.options.allowRemote
     }
   }
 
@@ -359,6 +363,7 @@ function toView (rec: PeerRecord<NodeSnapshot>, trust: TrustState): PeerView {
     snapshotAt: rec.snapshotAt != null ? new Date(rec.snapshotAt).toISOString() : null,
     load: rec.load != null ? { active: rec.load.active, queued: rec.load.queued } : null,
     labels: rec.snapshot?.labels ?? {},
-    trust
+    trust,
+    servesPeers: rec.snapshot?.servesPeers !== false
   }
 }

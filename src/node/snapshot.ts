@@ -25,6 +25,8 @@ export interface NodeSnapshot {
   models: ModelSummary[]
   api: { port: number } | null
   labels?: Record<string, string>
+  /** False when the node serves its own clients only (allowRemote off): peers do not route to it. */
+  servesPeers?: boolean
   /** Every deployment this node knows (replicated by gossip, last writer wins). */
   deployments?: Deployment[]
 }
@@ -55,6 +57,7 @@ const schema = {
         llamacpp: { type: 'array', maxItems: 32, items: { type: 'object', required: ['path', 'backend'], properties: { path: str, backend: str, version: str } } }
       }
     },
+    servesPeers: { type: 'boolean' },
     labels: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 128 } },
     deployments: {
       type: 'array',

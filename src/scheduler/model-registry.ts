@@ -58,7 +58,8 @@ export function buildModelRegistry (self: PeerView, peers: PeerView[]): Map<stri
     }
   }
   add(self, true)
-  for (const p of peers) if (p.status === 'alive') add(p, false)
+  // A peer that serves its own clients only (allowRemote off) is not a host for us.
+  for (const p of peers) if (p.status === 'alive' && p.servesPeers) add(p, false)
 
   const out = new Map<string, MeshModel>()
   for (const [name, list] of byName) {

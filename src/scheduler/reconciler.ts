@@ -119,7 +119,7 @@ export class Reconciler {
     const current = [...new Set([...holding, ...pending.map(p => p.node)])]
 
     if (current.length < d.replicas) {
-      const candidates: PlacementCandidate[] = members.filter(m => m.resources != null).map(m => ({
+      const candidates: PlacementCandidate[] = members.filter(m => m.resources != null && m.servesPeers).map(m => ({
         id: m.id,
         name: m.name,
         resources: m.resources!,

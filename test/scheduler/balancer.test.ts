@@ -63,7 +63,7 @@ describe('CircuitBreaker', () => {
 
 function peer (id: string, models: Array<[string, string]>, fields: Partial<PeerView> = {}): PeerView {
   return {
-    id, name: id, status: 'alive', lastSeen: null, rttMs: 1, addresses: [], groups: [], connected: true, version: null, snapshotAt: null, load: null, labels: {},
+    id, name: id, status: 'alive', lastSeen: null, rttMs: 1, addresses: [], groups: [], connected: true, version: null, snapshotAt: null, load: null, labels: {}, trust: 'open', servesPeers: true,
     resources: null,
     models: models.map(([name, fingerprint]) => ({ name, fingerprint, sizeBytes: 1, architecture: 'llama', quantization: 'F16', parameterCount: 1, contextLength: 512, state: 'on_disk' as const })),
     ...fields
@@ -79,6 +79,11 @@ describe('buildModelRegistry', () => {
     assert.deepEqual(m.hosts.map(h => h.peerId).sort(), ['p3', 'self'])
     assert.deepEqual(m.conflicts.map(h => h.peerId).sort(), ['p1', 'p2'])
     assert.deepEqual(reg.get('n')!.hosts.map(h => h.peerId), ['p1'])
+  })
+
+  it('leaves out peers that serve their own clients only', () => {
+    const reg = buildModelRegistry(peer('self', []), [peer('p1', [['m', 'B']], { servesPeers: false }), peer('p2', [['m', 'B']])])
+    assert.deepEqual(reg.get('m')!.hosts.map(h => h.peerId), ['p2'])
   })
 
   it('without a local copy the majority fingerprint wins', () => {

@@ -87,20 +87,22 @@ export interface ClusterOptions {
   startTimeoutMs?: number
   /** Appended to every node's `start` flags (a later flag overrides an earlier one). */
   extraArgs?: string[]
+  /** Node index → flags for that node only (after `extraArgs`). */
+  nodeArgs?: Record<number, string[]>
 }
 
 const READY_LINE = /^shepherd-mesh (\S+) api=(\S+)$/
 
 export class MeshCluster {
   readonly nodes: MeshNode[] = []
-  private constructor (readonly lan: NetnsLan, private readonly root: string, private readonly startTimeoutMs: number, private readonly extraArgs: string[]) {}
+  private constructor (readonly lan: NetnsLan, private readonly root: string, private readonly startTimeoutMs: number, private readonly extraArgs: string[], private readonly nodeArgs: Record<number, string[]> = {}) {}
 
   /** Builds the LAN and starts every node in parallel; resolves when all printed their ready line. */
   static async start (opts: ClusterOptions): Promise<MeshCluster> {
     assertNodeBuilt()
     const lan = await NetnsLan.create({ nodes: opts.nodes })
     const root = await mkdtemp(join(tmpdir(), 'shepherd-lan-'))
-    const cluster = new MeshCluster(lan, root, opts.startTimeoutMs ?? 20_000, opts.extraArgs ?? [])
+    const cluster = new MeshCluster(lan, root, opts.startTimeoutMs ?? 20_000, opts.extraArgs ?? [], opts.nodeArgs ?? {})
     try {
       for (const lanNode of lan.nodes) {
         const dataDir = join(root, `node-${lanNode.index}`)
@@ -149,7 +151,7 @@ export class MeshCluster {
       '--mdns-interval-ms', '1000'
     ]
     if (node.modelsDir != null) args.push('--models-dir', node.modelsDir)
-    args.push(...this.extraArgs)
+    args.push(...this.extraArgs, ...(this.nodeArgs[i] ?? []))
     node.stderr = ''
     node.spawnedAt = performance.now()
     const proc = this.lan.spawn(i, process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: nodeEnv() })

@@ -158,6 +158,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         settleMs: options.electionSettleMs,
         backoffPerRankMs: options.electionBackoffMs,
         startupGraceMs: options.electionGraceMs,
+        quietStartMs: options.deadAfterMs,
+        expectPeers: knownPeers.length > 0 || options.bootstrap.length > 0,
         tickMs: 100
       }, () => node!.id, options.name)
       const mesh = new Mesh<NodeSnapshot>({
@@ -283,7 +285,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     const files = new Map(this.modelFiles.map(f => [f.name, f]))
     return this.hub.models().map(m => {
       const file = files.get(m.id)
-      if (file != null) return summarizeModel(file, m.state)
+      if (file != null) return summarizeModel(file, m.state, m.pinned === true)
       return {
         name: m.id,
         sizeBytes: m.sizeBytes ?? 0,
@@ -292,7 +294,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         parameterCount: null,
         contextLength: m.contextLength ?? null,
         fingerprint: m.fingerprint ?? `${m.engineKind}:${m.engine}:${m.id}`,
-        state: m.state
+        state: m.state,
+        ...(m.pinned === true ? { pinned: true } : {})
       }
     })
   }

@@ -13,6 +13,8 @@ export interface ModelSummary {
   fingerprint: string
   /** `loaded` when an engine holds it in memory, else `on_disk`. */
   state: 'loaded' | 'on_disk' | 'loading'
+  /** Loaded for a deployment (a replica), not on demand. */
+  pinned?: boolean
 }
 
 /**
@@ -91,7 +93,8 @@ const schema = {
           parameterCount: nullableNum,
           contextLength: nullableNum,
           fingerprint: str,
-          state: { enum: ['loaded', 'on_disk', 'loading'] }
+          state: { enum: ['loaded', 'on_disk', 'loading'] },
+          pinned: { type: 'boolean' }
         }
       }
     }
@@ -106,8 +109,9 @@ export function isNodeSnapshot (data: unknown): data is NodeSnapshot {
   return validator(data)
 }
 
-export function summarizeModel (m: ModelFile, state: ModelSummary['state'] = 'on_disk'): ModelSummary {
+export function summarizeModel (m: ModelFile, state: ModelSummary['state'] = 'on_disk', pinned = false): ModelSummary {
   return {
+    ...(pinned ? { pinned } : {}),
     name: m.name,
     sizeBytes: m.sizeBytes,
     architecture: m.architecture,

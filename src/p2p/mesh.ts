@@ -105,6 +105,11 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
         this.emit(ev, rec)
       })
     }
+    // A peer declared dead by silence may still have a half-open connection (link gone): close it,
+    // so streams to it (inference relays, commands) fail now instead of waiting for TCP timeouts.
+    this.table.on('peer:dead', rec => {
+      if (this.host != null && !this.stopping) void this.host.hangUp(peerIdFromString(rec.id)).catch(() => {})
+    })
   }
 
   private inferenceService?: InferenceService

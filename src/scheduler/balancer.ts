@@ -3,7 +3,7 @@ import type { ModelHost } from './model-registry.js'
 export type BalanceStrategy = 'least-loaded' | 'round-robin' | 'random' | 'weighted' | 'lowest-latency'
 
 /** Loaded replicas come before ones that would have to load the model first. */
-function stateRank (h: ModelHost): number {
+export function stateRank (h: Pick<ModelHost, 'state'>): number {
   return h.state === 'loaded' ? 0 : h.state === 'loading' ? 1 : 2
 }
 

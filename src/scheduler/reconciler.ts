@@ -27,6 +27,12 @@ export interface DeploymentStatus {
 interface Pending { node: string, until: number }
 
 /**
+ * Retiring a replica unpins it with a zero keep-alive: the node unloads it as soon as its running
+ * requests end, so no request is cut (an `unload_model` would abort them).
+ */
+const RETIRE = (model: string): Record<string, unknown> => ({ model, keepAliveMs: 0 })
+
+/**
  * The leader's control loop: for every deployment of a group this node leads, compare desired
  * replicas with the replicas the members' snapshots show, place the missing ones (placement
  * strategy) with `load_model` commands and remove extras with `unload_model`.
@@ -66,16 +72,26 @@ export class Reconciler {
     this.soon.unref()
   }
 
-  private members (group: string): PeerView[] {
+  /**
+   * Members of a group. Replicas are counted on `alive` and `suspect` members (a late heartbeat
+   * on a loaded machine must not trigger a second copy); new ones go to `alive` members only.
+   */
+  private members (group: string, statuses: ReadonlyArray<PeerView['status']> = ['alive']): PeerView[] {
     const self = this.node.self()
-    const peers = this.node.peers().filter(p => p.status === 'alive' && p.groups.includes(group))
+    const peers = this.node.peers().filter(p => statuses.includes(p.status) && p.groups.includes(group))
     return this.node.groups.get(group)?.joined === true ? [self, ...peers] : peers
   }
 
+  /** A replica is a pinned copy (loaded for a deployment); on-demand copies come and go. */
+  private replicasOn (members: PeerView[], model: string, fingerprint: string | undefined): Array<{ member: PeerView, state: string }> {
+    return members.flatMap(m => m.models
+      .filter(x => x.name === model && (fingerprint == null || x.fingerprint === fingerprint) && x.pinned === true && x.state !== 'on_disk')
+      .map(x => ({ member: m, state: x.state })))
+  }
+
   status (d: Deployment): DeploymentStatus {
-    const members = this.members(d.group)
     const fp = this.router.models().get(d.model)?.fingerprint
-    const actual = members.flatMap(m => m.models.filter(x => x.name === d.model && (fp == null || x.fingerprint === fp) && x.state !== 'on_disk').map(x => ({ nodeId: m.id, name: m.name, state: x.state })))
+    const actual = this.replicasOn(this.members(d.group, ['alive', 'suspect']), d.model, fp).map(r => ({ nodeId: r.member.id, name: r.member.name, state: r.state }))
     return {
       desired: d.replicas,
       actual,
@@ -107,13 +123,14 @@ export class Reconciler {
 
   private async reconcile (d: Deployment, term: number, now: number): Promise<void> {
     const members = this.members(d.group)
+    const counted = this.members(d.group, ['alive', 'suspect'])
     const alive = new Set(members.map(m => m.id))
     const entry = this.router.models().get(d.model)
     if (entry == null) {
       this.lastError.set(d.model, `no node of the mesh has the model file '${d.model}'`)
       return
     }
-    const holding = members.filter(m => m.models.some(x => x.name === d.model && x.fingerprint === entry.fingerprint && x.state !== 'on_disk')).map(m => m.id)
+    const holding = this.replicasOn(counted, d.model, entry.fingerprint).map(r => r.member.id)
     const pending = (this.pending.get(d.model) ?? []).filter(p => p.until > now && alive.has(p.node) && !holding.includes(p.node))
     this.pending.set(d.model, pending)
     const current = [...new Set([...holding, ...pending.map(p => p.node)])]
@@ -148,12 +165,12 @@ export class Reconciler {
         void this.command(d, p.nodeId, 'load_model', { model: d.model, fingerprint: entry.fingerprint, sources: sources.filter(s => s !== p.nodeId).slice(0, 8), keepAliveMs: -1 }, term)
       }
     } else if (holding.length > d.replicas) {
-      const extras = members.filter(m => holding.includes(m.id))
+      const extras = counted.filter(m => holding.includes(m.id))
         .sort((a, b) => (b.load?.active ?? 0) - (a.load?.active ?? 0) || b.id.localeCompare(a.id))
         .slice(0, holding.length - d.replicas)
       for (const m of extras) {
         this.stats.unloaded++
-        void this.command(d, m.id, 'unload_model', { model: d.model }, term)
+        void this.command(d, m.id, 'load_model', RETIRE(d.model), term)
       }
     }
   }
@@ -162,8 +179,8 @@ export class Reconciler {
     if (this.retired.get(d.model) === d.updatedAt) return
     this.retired.set(d.model, d.updatedAt)
     this.pending.delete(d.model)
-    for (const m of this.members(d.group)) {
-      if (m.models.some(x => x.name === d.model && x.state !== 'on_disk')) void this.command(d, m.id, 'unload_model', { model: d.model }, term)
+    for (const { member } of this.replicasOn(this.members(d.group, ['alive', 'suspect']), d.model, undefined)) {
+      void this.command(d, member.id, 'load_model', RETIRE(d.model), term)
     }
   }
 

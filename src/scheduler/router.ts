@@ -2,7 +2,7 @@ import { ModelNotFoundError, NoHealthyHostError, ShepherdError } from '../errors
 import { createLogger } from '../logger.js'
 import type { InferenceReply, InferenceRequestFrame } from '../p2p/index.js'
 import type { MeshNode } from '../node/index.js'
-import { orderHosts, type BalanceStrategy } from './balancer.js'
+import { orderHosts, stateRank, type BalanceStrategy } from './balancer.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { buildModelRegistry, type MeshModel, type ModelHost } from './model-registry.js'
 
@@ -66,9 +66,11 @@ export class Router {
     const remote = entry.hosts.filter(h => !h.local && !this.breaker.isOpen(h.peerId))
     const strategy = typeof this.opts.strategy === 'function' ? this.opts.strategy() : this.opts.strategy
     const ordered = orderHosts(remote, strategy, { inflight: id => this.inflight.get(id) ?? 0, counter: this.counter++ })
-    // Local first while it has room; when saturated it is the last resort (its queue).
+    // Local first while it has room and its copy is as ready as the best replica's: a local file
+    // on disk must not be loaded while a loaded replica is one hop away (that would add a copy).
     if (local == null) return ordered
-    return admission.active < admission.maxConcurrent ? [local, ...ordered] : [...ordered, local]
+    const readier = ordered.length > 0 && stateRank(ordered[0]) < stateRank(local)
+    return admission.active < admission.maxConcurrent && !readier ? [local, ...ordered] : [...ordered, local]
   }
 
   async route (req: InferenceRequestFrame, signal: AbortSignal): Promise<RouteResult> {

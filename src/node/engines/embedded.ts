@@ -302,6 +302,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       model.contextLength = lm.context.contextSize
       model.activeRequests = lm.pool.busy
       model.queuedRequests = lm.pool.waiting
+      if (lm.pinned === true) model.pinned = true
     } else {
       if (entry.sizeBytes !== undefined) model.sizeBytes = entry.sizeBytes
       if (entry.contextLength != null) model.contextLength = entry.contextLength
@@ -321,8 +322,14 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     const lease = await this.use(model, options.signal)
     // A negative or infinite keep-alive pins the model (a deployment's replica): requests with
     // their own keep_alive no longer shorten its life; only unload() ends it.
-    if (options.keepAliveMs !== undefined && (options.keepAliveMs < 0 || options.keepAliveMs === Infinity)) lease.lm.pinned = true
-    lease.release(lease.lm.pinned === true ? Infinity : options.keepAliveMs)
+    // A non-negative keep-alive unpins it: it then unloads once idle for that long (0: as soon
+    // as its running requests end), which is how a replica is retired without cutting requests.
+    const before = lease.lm.pinned === true
+    if (options.keepAliveMs !== undefined) lease.lm.pinned = options.keepAliveMs < 0 || options.keepAliveMs === Infinity
+    const pinned = lease.lm.pinned === true
+    // Peers see pinning in the snapshot: it is what makes a loaded copy count as a replica.
+    if (pinned !== before) this.emitChange(model, 'loaded')
+    lease.release(pinned ? Infinity : options.keepAliveMs)
     return this.describe(model, lease.lm.entry)
   }
 

@@ -34,6 +34,8 @@ export interface EngineModel {
   activeRequests?: number
   /** Requests waiting for a free slot (loaded models only). */
   queuedRequests?: number
+  /** Kept loaded for a deployment (no idle unload) until unpinned or unloaded. */
+  pinned?: boolean
 }
 
 export interface EngineHealth {

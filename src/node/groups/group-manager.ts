@@ -23,6 +23,13 @@ export interface GroupView {
 export interface GroupManagerOptions extends ElectionTimings {
   /** No claim before this long after start, so a restarted node hears the current leader first. */
   startupGraceMs: number
+  /**
+   * A node that expects peers (it knows some, or has bootstrap addresses) waits until it has
+   * heard one, or this long, before it may claim: a restarted node must not outbid a live leader
+   * just because discovery was slow.
+   */
+  quietStartMs: number
+  expectPeers: boolean
   tickMs: number
 }
 
@@ -110,7 +117,9 @@ export class GroupManager extends EventEmitter<GroupEvents> {
   private async tick (): Promise<void> {
     const now = Date.now()
     for (const p of this.mesh.peers()) for (const g of p.groups) if (!this.states.has(g)) await this.ensure(g)
-    const canClaim = now - this.startedAt >= this.opts.startupGraceMs
+    const elapsed = now - this.startedAt
+    const heard = this.mesh.peers().length > 0
+    const canClaim = elapsed >= this.opts.startupGraceMs && (!this.opts.expectPeers || heard || elapsed >= this.opts.quietStartMs)
     for (const [group, s0] of this.states) {
       let s = onMembers(s0, this.members(group), now)
       if (canClaim) {

@@ -10,7 +10,10 @@ import type { BenchModule } from './table.js'
 
 const BENCHES: Record<string, () => Promise<BenchModule>> = {
   'lan-mesh': async () => await import('./lan-mesh.js'),
-  placement: async () => await import('./placement.js')
+  'lan-groups': async () => await import('./lan-groups.js'),
+  placement: async () => await import('./placement.js'),
+  routing: async () => await import('./routing.js'),
+  load: async () => await import('./load.js')
 }
 
 async function main (argv: string[]): Promise<number> {

@@ -1,56 +1,122 @@
-import { lpStream, type LengthPrefixedStream } from '@libp2p/utils'
+import { Uint8ArrayList } from 'uint8arraylist'
 import type { Stream } from '@libp2p/interface'
 import { WireError } from '../errors.js'
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder('utf-8', { fatal: true })
 
+
+function encodeVarint (n: number): Uint8Array {
+  const out: number[] = []
+  do {
+    let byte = n % 128
+    n = Math.floor(n / 128)
+    if (n > 0) byte |= 0x80
+    out.push(byte)
+  } while (n > 0)
+  return Uint8Array.from(out)
+}
+
 /**
- * JSON frames over a libp2p stream: a varint length prefix, then UTF-8 JSON. Every frame is
- * bounded (`maxFrameBytes`) before it is buffered, and decoded exactly once, here.
- * `write` waits for the stream to drain, which is the back-pressure of a relayed stream.
+ * Decodes the length prefix at the head of `buf`: `null` when more bytes are needed, else the
+ * frame length and where its body starts. A prefix that is too long or announces more than `max`
+ * bytes is refused at once, before any of the frame is buffered.
+ */
+function decodePrefix (buf: Uint8ArrayList, max: number): { length: number, offset: number } | null {
+  // A prefix longer than the one `max` itself needs can only announce too much (or pad).
+  const maxPrefixBytes = encodeVarint(max).byteLength
+  let length = 0
+  let scale = 1
+  for (let i = 0; i < Math.min(buf.byteLength, maxPrefixBytes); i++) {
+    const byte = buf.get(i)
+    length += (byte & 0x7f) * scale
+    scale *= 128
+    if (length > max) throw new WireError(`frame exceeds ${max} bytes`, 'frame_too_large')
+    if ((byte & 0x80) === 0) return { length, offset: i + 1 }
+  }
+  if (buf.byteLength >= maxPrefixBytes) throw new WireError(`frame exceeds ${max} bytes`, 'frame_too_large')
+  return null
+}
+
+/**
+ * JSON frames over a libp2p stream: an unsigned varint length, then UTF-8 JSON. Every frame is
+ * bounded (`limits.read` when reading, `limits.write` when writing) before it is buffered, and
+ * decoded exactly once, here. `write` waits for the stream to drain, which is the back-pressure
+ * of a relayed stream. A framer that is only written to never reads the stream.
  */
 export class FramedStream {
-  private readonly lp: LengthPrefixedStream<Stream>
   readonly maxFrameBytes: number
   readonly maxWriteBytes: number
+  private readonly buf = new Uint8ArrayList()
+  private source?: AsyncIterator<Uint8Array | Uint8ArrayList>
+  /** A pull from the stream that an aborted read left behind; the next read takes it over. */
+  private pending?: Promise<IteratorResult<Uint8Array | Uint8ArrayList>>
+  private ended = false
 
-  /**
-   * One per stream: the underlying reader buffers every byte that arrives, so a second framer
-   * on the same stream would fill up unread and reset it. `limits` may differ per direction.
-   */
   constructor (readonly stream: Stream, limits: number | { read: number, write: number }) {
     this.maxFrameBytes = typeof limits === 'number' ? limits : limits.read
     this.maxWriteBytes = typeof limits === 'number' ? limits : limits.write
-    this.lp = lpStream(stream, { maxDataLength: this.maxFrameBytes, maxBufferSize: this.maxFrameBytes + 16 })
   }
 
   async write (frame: unknown, signal?: AbortSignal): Promise<void> {
     const bytes = encoder.encode(JSON.stringify(frame))
     if (bytes.byteLength > this.maxWriteBytes) throw new WireError(`frame of ${bytes.byteLength} bytes exceeds ${this.maxWriteBytes}`, 'frame_too_large')
-    await this.lp.write(bytes, { signal })
+    const list = new Uint8ArrayList(encodeVarint(bytes.byteLength), bytes)
+    if (!this.stream.send(list)) await this.stream.onDrain({ signal })
   }
 
-  /** Reads one frame; `null` when the remote closed its side cleanly before a frame began. */
+  /**
+   * Reads one frame: `null` when the remote ended the stream cleanly between frames; a
+   * `WireError` (`frame_too_large`, `truncated_frame`, `invalid_frame`) for anything else.
+   */
   async read (signal?: AbortSignal): Promise<unknown> {
-    let list
-    try {
-      list = await this.lp.read({ signal })
-    } catch (err: any) {
-      if (err?.name === 'UnexpectedEOFError' && this.stream.readStatus !== 'readable') return null
-      if (err?.name === 'InvalidDataLengthError' || err?.name === 'InvalidDataLengthLengthError' || err?.name === 'StreamBufferError') throw new WireError(`frame exceeds ${this.maxFrameBytes} bytes`, 'frame_too_large')
-      throw err
+    for (;;) {
+      const prefix = decodePrefix(this.buf, this.maxFrameBytes)
+      if (prefix != null && this.buf.byteLength >= prefix.offset + prefix.length) {
+        const body = this.buf.subarray(prefix.offset, prefix.offset + prefix.length)
+        this.buf.consume(prefix.offset + prefix.length)
+        return parseFrame(body)
+      }
+      if (this.ended) {
+        if (this.buf.byteLength === 0) return null
+        throw new WireError('the stream ended in the middle of a frame', 'truncated_frame')
+      }
+      const next = await this.pull(signal)
+      if (next.done === true) this.ended = true
+      else this.buf.append(next.value)
     }
-    let text: string
-    try {
-      text = decoder.decode(list.subarray())
-    } catch {
-      throw new WireError('frame is not UTF-8', 'invalid_frame')
+  }
+
+  private async pull (signal?: AbortSignal): Promise<IteratorResult<Uint8Array | Uint8ArrayList>> {
+    this.source ??= this.stream[Symbol.asyncIterator]()
+    this.pending ??= this.source.next()
+    const pending = this.pending
+    let result: IteratorResult<Uint8Array | Uint8ArrayList>
+    if (signal == null) {
+      result = await pending
+    } else {
+      signal.throwIfAborted()
+      result = await new Promise((resolve, reject) => {
+        const onAbort = (): void => { reject(signal.reason) }
+        signal.addEventListener('abort', onAbort, { once: true })
+        pending.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
+      })
     }
-    try {
-      return JSON.parse(text)
-    } catch {
-      throw new WireError('frame is not JSON', 'invalid_frame')
-    }
+    this.pending = undefined
+    return result
+  }
+}
+
+function parseFrame (body: Uint8Array): unknown {
+  let text: string
+  try {
+    text = decoder.decode(body)
+  } catch {
+    throw new WireError('frame is not UTF-8', 'invalid_frame')
+  }
+  try {
+    return JSON.parse(text)
+  } catch {
+    throw new WireError('frame is not JSON', 'invalid_frame')
   }
 }

@@ -27,6 +27,18 @@ export class RemoteError extends ShepherdError {
   }
 }
 
+/**
+ * Closes a stream whose exchange is over. A graceful close waits for the remote's side; a peer
+ * that never closes it must not keep the stream (and a request) alive, so it is reset after 1 s.
+ */
+async function finish (stream: Stream): Promise<void> {
+  try {
+    await stream.close({ signal: AbortSignal.timeout(1000) })
+  } catch {
+    stream.abort(new ShepherdError('the stream did not close in time', { code: 'close_timeout', status: 504 }))
+  }
+}
+
 function errorFrame (err: unknown): InferenceResponseFrame {
   const e = err instanceof ShepherdError ? err : new ShepherdError('Internal error on the host node', { code: 'internal_error', status: 500 })
   return { t: 'error', status: e.status, error: { message: e.message, type: e.type, param: e.param, code: e.code } }
@@ -97,7 +109,7 @@ export class InferenceService {
           if (ac.signal.aborted) throw err
           await out.write(errorFrame(err))
           this.stats.failed++
-          await stream.close().catch(() => {})
+          await finish(stream)
           return
         }
         await out.write({ t: 'end' })
@@ -109,7 +121,7 @@ export class InferenceService {
         await out.write({ t: 'end' })
       }
       this.stats.served++
-      await stream.close().catch(() => {})
+      await finish(stream)
     } catch (err) {
       if (ac.signal.aborted && stream.status !== 'open') {
         this.log.debug('request aborted by the peer', { peer })
@@ -171,12 +183,12 @@ export class InferenceService {
     }
     if (first.t === 'error') {
       cleanup()
-      await stream.close().catch(() => {})
+      await finish(stream)
       throw new RemoteError(first.status, first.error)
     }
     if (first.t === 'result') {
       cleanup()
-      await stream.close().catch(() => {})
+      await finish(stream)
       return { kind: 'result', data: first.data }
     }
     const rest = async function * <T> (map: (f: InferenceResponseFrame) => T | undefined, firstValue: T | undefined): AsyncGenerator<T> {
@@ -196,7 +208,7 @@ export class InferenceService {
         throw new NoHealthyHostError(req.model).withMessage('the host went away mid-stream').withCause(err)
       } finally {
         cleanup()
-        if (done) await stream.close().catch(() => {})
+        if (done) await finish(stream)
         else stream.abort(new ShepherdError('stream abandoned', { code: 'client_closed', status: 499 }))
       }
     }
@@ -206,8 +218,16 @@ export class InferenceService {
     if (first.t === 'chunk') {
       return { kind: 'stream', chunks: rest(f => f.t === 'chunk' ? f.data : undefined, first.data) }
     }
-    // A stream that ends without a chunk is a stream with no chunks.
     cleanup()
-    return { kind: 'stream', chunks: (async function * () {})() }
+    if (first.t === 'end') {
+      // A stream that ends before its first chunk is a stream with no chunks.
+      await finish(stream)
+      return { kind: 'stream', chunks: (async function * () {})() }
+    }
+    // Raw bytes before any head: the host broke the protocol.
+    this.stats.violations++
+    this.onViolation?.(peer, `'${first.t}' frame before any head`)
+    stream.abort(new WireError('bytes before head'))
+    throw new WireError(`the host sent a '${first.t}' frame before any head`)
   }
 }

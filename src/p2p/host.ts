@@ -41,6 +41,10 @@ export async function createHost (opts: HostOptions): Promise<Host> {
     streamMuxers: [yamux()],
     peerDiscovery,
     connectionManager: { maxConnections: 256 },
+    // Membership already detects dead peers and measures RTT (its own ping probe). libp2p's monitor
+    // would ping on the same protocol and, when our probe holds the one ping stream, count that as a
+    // failure and abort a healthy connection with every inference stream on it.
+    connectionMonitor: { enabled: false },
     ...(opts.swarmKey != null ? { connectionProtector: preSharedKey({ psk: opts.swarmKey }) } : {}),
     connectionGater: {
       denyDialPeer: (peer: PeerId) => opts.trust != null && !opts.trust.allows(peer.toString()),

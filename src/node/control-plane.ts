@@ -1,6 +1,8 @@
 import fs from 'node:fs/promises'
 import type { PrivateKey } from '@libp2p/interface'
-import { ModelNotFoundError } from '../errors.js'
+import { randomUUID } from 'node:crypto'
+import { ModelNotFoundError, ShepherdError } from '../errors.js'
+import { LlamaServerEngine } from './engines/index.js'
 import { createLogger, recentLogLines, setLogLevel } from '../logger.js'
 import type { NodeOptions } from '../config/index.js'
 import { BLOB_PROTOCOL, COMMAND_PROTOCOL, createCommand, sendCommand, type CommandType, type Mesh, type SignedResult } from '../p2p/index.js'
@@ -32,6 +34,8 @@ export interface ControlPlaneDeps {
 export class ControlPlane {
   readonly commands: CommandStore
   readonly executor: CommandExecutor
+  /** llama-server processes started by run_llamacpp, by process id. */
+  private readonly processes = new Map<string, { engine: LlamaServerEngine, pid: number, model: string }>()
   private readonly log = createLogger('node:control')
 
   constructor (private readonly d: ControlPlaneDeps) {
@@ -60,6 +64,8 @@ export class ControlPlane {
 
   async stop (): Promise<void> {
     await this.executor.close()
+    await Promise.allSettled([...this.processes.values()].map(async p => { await p.engine.close() }))
+    this.processes.clear()
   }
 
   /**
@@ -113,6 +119,46 @@ export class ControlPlane {
         const lines = recentLogLines(p.lines ?? 200).filter(l => p.since == null || Date.parse(JSON.parse(l).t) >= p.since)
         for (const l of lines) ctx.output(l)
         return { lines: lines.length }
+      },
+      // A managed llama-server for one model, started on request (seed 000's run_llamacpp): its
+      // model joins what this node serves, and stop_process ends it.
+      run_llamacpp: async (p, ctx) => {
+        const builds = d.monitor.snapshot().resources.llamacpp
+        if (builds.length === 0) throw new ShepherdError('No llama.cpp build (llama-server) found on this node', { code: 'no_llamacpp_build', status: 409 })
+        const file = d.modelFiles().find(f => f.name === p.model)
+        if (file == null) throw new ModelNotFoundError(p.model)
+        const id = `run-${randomUUID().slice(0, 8)}`
+        const engine = new LlamaServerEngine({
+          id,
+          builds,
+          listModelFiles: () => [{ name: p.model, path: file.path, sizeBytes: file.sizeBytes, fingerprint: file.fingerprint, contextLength: file.contextLength }],
+          extraArgs: p.args ?? [],
+          // Started by an operator or leader: it runs until stop_process, never idles out.
+          keepAliveMs: Infinity,
+          ...(p.port != null ? { pickPort: async () => p.port! } : {}),
+          ...(d.options.threads > 0 ? { threads: d.options.threads } : {})
+        })
+        await engine.load(p.model, { keepAliveMs: Infinity, signal: ctx.signal })
+        const pid = engine.pid(p.model)
+        if (pid == null) {
+          await engine.close()
+          throw new ShepherdError('llama-server did not start', { code: 'process_failed', status: 500 })
+        }
+        this.processes.set(id, { engine, pid, model: p.model })
+        d.hub.add(engine)
+        ctx.output(`llama-server for ${p.model} running, pid ${pid} (${engine.build?.backend ?? 'cpu'} build)`)
+        return { processId: id, pid, model: p.model, backend: engine.build?.backend ?? null }
+      },
+      stop_process: async (p) => {
+        const entry = 'processId' in p
+          ? [...this.processes.entries()].find(([id]) => id === p.processId)
+          : [...this.processes.entries()].find(([, v]) => v.pid === p.pid)
+        // Only processes this node started through run_llamacpp: never an arbitrary pid.
+        if (entry == null) throw new ShepherdError('No process started by this node has that id', { code: 'process_not_found', status: 404 })
+        const [id, proc] = entry
+        this.processes.delete(id)
+        await d.hub.remove(proc.engine)
+        return { processId: id, pid: proc.pid, stopped: true }
       },
       update_config: async (p) => {
         switch (p.key) {

@@ -38,6 +38,15 @@ export class EngineHub extends EventEmitter<EngineHubEvents> {
     for (const e of opts.engines) this.add(e)
   }
 
+  /** Removes (and closes) an engine, e.g. a llama-server process started by a command. */
+  async remove (engine: Engine): Promise<void> {
+    const i = this.engines.indexOf(engine)
+    if (i < 0) return
+    this.engines.splice(i, 1)
+    await engine.close()
+    this.emit('change')
+  }
+
   /** Adds an engine (engines that need the resource scan, such as llama-server, come later). */
   add (engine: Engine): void {
     this.engines.push(engine)

@@ -762,7 +762,8 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   private scheduleIdleStop (inst: Instance, keepAliveMs: number): void {
     clearTimeout(inst.idleTimer)
     inst.idleTimer = undefined
-    if (keepAliveMs === Infinity) return
+    // Negative, as in the embedded engine and Ollama: keep it until told otherwise.
+    if (keepAliveMs === Infinity || keepAliveMs < 0) return
     inst.idleTimer = setTimeout(() => {
       if (inst.requests.size > 0 || inst.phase !== 'ready' || this.instances.get(inst.key) !== inst) return
       log.debug('idle model stopped', { model: inst.name, role: inst.role, keepAliveMs })

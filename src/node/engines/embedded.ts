@@ -46,6 +46,7 @@ function nlc (): NodeLlamaCpp {
 import { BadRequestError, ModelNotFoundError, ShepherdError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
+import { probeGpu, type GpuProbeResult } from './gpu-probe.js'
 import { EMBEDDED_DEFAULTS } from './constants.js'
 import {
   parseChatRequest,
@@ -116,6 +117,11 @@ export interface EmbeddedEngineOptions {
   listModelFiles?: () => ModelEntry[]
   /** Resolves a model name to a file path; falls back to the listing. */
   resolveModel?: (name: string) => string | undefined
+  /**
+   * Before a GPU backend serves, one test decode runs in a child process (see `probeGpu`); a
+   * crash there means the CPU is used instead. `false` skips it; a function replaces it (tests).
+   */
+  gpuProbe?: boolean | ((gpu: string) => Promise<GpuProbeResult>)
   /** Backend passed to node-llama-cpp's `getLlama`. Default `'auto'`. */
   gpu?: EmbeddedGpu
   /** CPU threads for evaluation. Default: one core left free, at most 4 (1 on a 2-core machine). */
@@ -254,6 +260,8 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   private llamaPromise: Promise<Llama> | undefined
   private llamaError: unknown
   private closed = false
+  /** The GPU self-test ran (once per engine). */
+  private probed = false
 
   constructor (options: EmbeddedEngineOptions = {}) {
     super()
@@ -264,7 +272,8 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       contextSize: options.contextSize ?? EMBEDDED_DEFAULTS.contextSize,
       maxSequences: options.maxSequences ?? EMBEDDED_DEFAULTS.maxSequences,
       maxQueue: options.maxQueue ?? EMBEDDED_DEFAULTS.maxQueue,
-      keepAliveMs: options.keepAliveMs ?? EMBEDDED_DEFAULTS.keepAliveMs
+      keepAliveMs: options.keepAliveMs ?? EMBEDDED_DEFAULTS.keepAliveMs,
+      gpuProbe: options.gpuProbe ?? true
     }
     for (const key of ['threads', 'contextSize', 'maxSequences'] as const) {
       if (!Number.isInteger(this.opts[key]) || this.opts[key] < 1) throw new RangeError(`${key} must be a positive integer`)
@@ -841,7 +850,19 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       this.llamaPromise = undefined
       throw new ShepherdError(`node-llama-cpp is unavailable: ${(err as Error).message}`, { code: 'engine_unavailable', status: 503, cause: err })
     })
-    const llama = await this.llamaPromise
+    let llama = await this.llamaPromise
+    if (llama.gpu !== false && this.ownsLlama && this.opts.gpuProbe !== false && !this.probed) {
+      this.probed = true
+      const probe = typeof this.opts.gpuProbe === 'function' ? this.opts.gpuProbe : probeGpu
+      const result = await probe(String(llama.gpu))
+      if (!result.ok) {
+        log.warn('the GPU build failed a test decode; serving on the CPU', { gpu: llama.gpu, detail: result.detail })
+        await llama.dispose().catch(() => {})
+        this.opts.gpu = 'off'
+        this.llamaPromise = undefined
+        llama = await this.llama()
+      }
+    }
     this.llamaError = undefined
     return llama
   }

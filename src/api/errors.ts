@@ -40,6 +40,8 @@ function fromFastify (err: FastifyError): ShepherdError {
     return new ShepherdError('Request body is not valid JSON', { code: 'invalid_json', status: 400 })
   }
   if (status < 500) return new ShepherdError(err.message, { code: String(err.code ?? 'bad_request').toLowerCase(), status })
+  // Deeply nested JSON parses (V8) but overflows the stack when re-serialized: the client's fault.
+  if (err instanceof RangeError && /call stack/i.test(err.message)) return new ShepherdError('The JSON body is nested too deeply', { code: 'invalid_request', status: 400 })
   return new ShepherdError('Internal server error', { code: 'internal_error', status: 500, cause: err })
 }
 

@@ -34,6 +34,16 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
     requestTimeout: 120_000,
     connectionTimeout: 0,
     keepAliveTimeout: 72_000,
+    // Requests the router or the HTTP parser refuses still get the OpenAI error shape.
+    frameworkErrors: (err, _req, reply: any) => {
+      void reply.status(400).send({ error: { message: `Bad request: ${err.message}`, type: 'invalid_request_error', param: null, code: 'bad_request' } })
+    },
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable) { socket.destroy(); return }
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400
+      const body = JSON.stringify({ error: { message: status === 431 ? 'Request headers too large' : 'Malformed HTTP request', type: 'invalid_request_error', param: null, code: status === 431 ? 'headers_too_large' : 'bad_request' } })
+      socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+    },
     onProtoPoisoning: 'remove',
     onConstructorPoisoning: 'remove',
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } }

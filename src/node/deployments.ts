@@ -27,6 +27,8 @@ export interface DeploymentEvents {
 
 /** Tombstones are gossiped this long so a deletion reaches every member, then dropped. */
 const TOMBSTONE_TTL_MS = 24 * 3600_000
+/** Deployments (tombstones included) a node keeps and gossips: the snapshot schema's limit. */
+export const MAX_DEPLOYMENTS = 1024
 
 function newer (a: Deployment, b: Deployment | undefined): boolean {
   return b == null || a.updatedAt > b.updatedAt || (a.updatedAt === b.updatedAt && a.origin > b.origin)
@@ -73,6 +75,7 @@ export class DeploymentStore extends EventEmitter<DeploymentEvents> {
   /** Creates or replaces a deployment; resolves once it is on disk (acknowledged = durable). */
   async put (input: { model: string, replicas: number, group: string, strategy?: string, constraints?: DeploymentConstraints }): Promise<Deployment> {
     if (!Number.isInteger(input.replicas) || input.replicas < 1) throw new BadRequestError('replicas must be a positive integer', 'replicas')
+    if (!this.records.has(input.model) && this.records.size >= MAX_DEPLOYMENTS) throw new BadRequestError(`at most ${MAX_DEPLOYMENTS} deployments`, 'model', 'too_many_deployments')
     const rec: Deployment = { ...input, updatedAt: this.stamp(input.model), origin: this.self(), deleted: false }
     await this.save(rec)
     return rec
@@ -90,6 +93,8 @@ export class DeploymentStore extends EventEmitter<DeploymentEvents> {
   async merge (incoming: Deployment[]): Promise<number> {
     let changed = 0
     for (const rec of incoming) {
+      // The set is gossiped whole in every snapshot: it must stay within what peers accept.
+      if (!this.records.has(rec.model) && this.records.size >= MAX_DEPLOYMENTS) continue
       if (newer(rec, this.records.get(rec.model))) {
         await this.save(rec)
         changed++

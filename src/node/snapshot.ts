@@ -48,7 +48,10 @@ const schema = {
       type: 'object',
       required: ['cpu', 'memory', 'disk', 'gpus', 'llamacpp'],
       properties: {
-        cpu: { type: 'object', required: ['cores'], properties: { model: str, cores: num, usagePercent: num } },
+        uptimeSec: num,
+        platform: str,
+        arch: str,
+        cpu: { type: 'object', required: ['cores'], properties: { model: str, cores: num, physicalCores: num, usagePercent: num, speedGHz: num, loadAvg: { type: 'array', maxItems: 3, items: num } } },
         memory: { type: 'object', required: ['totalBytes'], properties: { totalBytes: num, usedBytes: num, availableBytes: num } },
         disk: { type: 'object', properties: { totalBytes: num, availableBytes: num } },
         gpus: {

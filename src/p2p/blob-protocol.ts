@@ -167,7 +167,7 @@ const DEFAULTS = {
 }
 
 function errorFrame (err: unknown): BlobControlFrame {
-  if (err instanceof BlobTransferError && err.code in REMOTE_CODES) return { t: 'error', code: err.code, message: err.message.slice(0, 1024) }
+  if (err instanceof BlobTransferError && Object.hasOwn(REMOTE_CODES, err.code)) return { t: 'error', code: err.code, message: err.message.slice(0, 1024) }
   // fs errors carry local paths; a peer learns only that reading failed.
   return { t: 'error', code: 'internal_error', message: 'the file could not be read' }
 }
@@ -383,7 +383,7 @@ export async function openBlob (host: Host, peer: string, req: Omit<BlobRequestF
     reader.dispose()
   }
   const remoteError = (f: { code: string, message: string }): BlobTransferError =>
-    new BlobTransferError(f.message, f.code in REMOTE_CODES ? f.code : 'remote_error', REMOTE_CODES[f.code] ?? 502, peer)
+    new BlobTransferError(f.message, Object.hasOwn(REMOTE_CODES, f.code) ? f.code : 'remote_error', Object.hasOwn(REMOTE_CODES, f.code) ? REMOTE_CODES[f.code] : 502, peer)
   /** Maps whatever ended a read to the error the caller sees. */
   const failure = (err: any): Error => {
     if (isAborted(userSignal)) return aborted()

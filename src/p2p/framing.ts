@@ -48,14 +48,32 @@ export class FramedStream {
   readonly maxFrameBytes: number
   readonly maxWriteBytes: number
   private readonly buf = new Uint8ArrayList()
-  private source?: AsyncIterator<Uint8Array | Uint8ArrayList>
-  /** A pull from the stream that an aborted read left behind; the next read takes it over. */
-  private pending?: Promise<IteratorResult<Uint8Array | Uint8ArrayList>>
-  private ended = false
+  /** Wakes a read waiting for bytes, the end, or an error. */
+  private wake?: () => void
+  private failure?: unknown
 
   constructor (readonly stream: Stream, limits: number | { read: number, write: number }) {
     this.maxFrameBytes = typeof limits === 'number' ? limits : limits.read
     this.maxWriteBytes = typeof limits === 'number' ? limits : limits.write
+    // Listen from the start (as libp2p's own byte streams do): a close that comes before the
+    // first read must still be seen as the end.
+    stream.addEventListener('message', evt => {
+      this.buf.append(evt.data)
+      // At most one frame and its prefix may wait here; more is a peer ignoring the protocol.
+      if (this.failure === undefined && this.buf.byteLength > this.maxFrameBytes + 16) {
+        try {
+          const prefix = decodePrefix(this.buf, this.maxFrameBytes)
+          if (prefix == null || this.buf.byteLength > prefix.offset + prefix.length + this.maxFrameBytes + 16) {
+            this.failure = new WireError(`more than one frame of ${this.maxFrameBytes} bytes buffered`, 'frame_too_large')
+          }
+        } catch (err) {
+          this.failure = err
+        }
+      }
+      this.wake?.()
+    })
+    stream.addEventListener('remoteCloseWrite', () => { this.wake?.() })
+    stream.addEventListener('close', () => { this.wake?.() })
   }
 
   async write (frame: unknown, signal?: AbortSignal): Promise<void> {
@@ -77,33 +95,32 @@ export class FramedStream {
         this.buf.consume(prefix.offset + prefix.length)
         return parseFrame(body)
       }
-      if (this.ended) {
+      if (this.failure !== undefined) throw this.failure
+      if (this.ended()) {
         if (this.buf.byteLength === 0) return null
         throw new WireError('the stream ended in the middle of a frame', 'truncated_frame')
       }
-      const next = await this.pull(signal)
-      if (next.done === true) this.ended = true
-      else this.buf.append(next.value)
+      await this.waitForMore(signal)
     }
   }
 
-  private async pull (signal?: AbortSignal): Promise<IteratorResult<Uint8Array | Uint8ArrayList>> {
-    this.source ??= this.stream[Symbol.asyncIterator]()
-    this.pending ??= this.source.next()
-    const pending = this.pending
-    let result: IteratorResult<Uint8Array | Uint8ArrayList>
-    if (signal == null) {
-      result = await pending
-    } else {
-      signal.throwIfAborted()
-      result = await new Promise((resolve, reject) => {
-        const onAbort = (): void => { reject(signal.reason) }
-        signal.addEventListener('abort', onAbort, { once: true })
-        pending.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
-      })
-    }
-    this.pending = undefined
-    return result
+  /** The remote will send nothing more and nothing is left undelivered in the stream. */
+  private ended (): boolean {
+    const s = this.stream
+    return (s.remoteWriteStatus !== 'writable' || s.status !== 'open') && s.readBufferLength === 0
+  }
+
+  private async waitForMore (signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted()
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => { this.wake = undefined; reject(signal?.reason) }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      this.wake = () => {
+        this.wake = undefined
+        signal?.removeEventListener('abort', onAbort)
+        resolve()
+      }
+    })
   }
 }
 

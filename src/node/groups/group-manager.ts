@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type { Mesh } from '../../p2p/index.js'
 import { createLogger } from '../../logger.js'
+import { BadRequestError } from '../../errors.js'
 import type { Store } from '../store.js'
 import { decide, initialGroupState, onMembers, onView, type ElectionTimings, type GroupState } from './election.js'
 
@@ -39,6 +40,9 @@ export interface GroupEvents {
 }
 
 const TERM_KEY = (g: string): string => `term:${g}`
+/** Groups this node keeps election state for, its own included. */
+const MAX_TRACKED_GROUPS = 256
+const MAX_GROUPS = 32
 const MEMBERSHIP_KEY = 'groups'
 
 /**
@@ -88,9 +92,11 @@ export class GroupManager extends EventEmitter<GroupEvents> {
     clearInterval(this.timer)
   }
 
-  private async ensure (group: string): Promise<GroupState> {
+  private async ensure (group: string): Promise<GroupState | undefined> {
     let s = this.states.get(group)
     if (s == null) {
+      // Peers name groups freely; keep state for a bounded number (own groups always fit).
+      if (this.states.size >= MAX_TRACKED_GROUPS && !(this.mesh?.groups.includes(group) ?? true)) return undefined
       const term = (await this.store.getMeta<number>(TERM_KEY(group))) ?? 0
       s = this.states.get(group) ?? initialGroupState(group, term, Date.now())
       this.states.set(group, s)
@@ -100,6 +106,7 @@ export class GroupManager extends EventEmitter<GroupEvents> {
 
   private async view (group: string, term: number, leader: string): Promise<void> {
     const s = await this.ensure(group)
+    if (s == null) return
     const res = onView(s, { term, leader }, Date.now())
     if (!res.changed) return
     this.states.set(group, res.state)
@@ -160,8 +167,10 @@ export class GroupManager extends EventEmitter<GroupEvents> {
   }
 
   async join (group: string): Promise<void> {
-    await this.ensure(group)
     if (this.mesh.groups.includes(group)) return
+    // Heartbeats carry at most MAX_GROUPS groups; one more would make this node invalid on the wire.
+    if (this.mesh.groups.length >= MAX_GROUPS) throw new BadRequestError(`a node can be in at most ${MAX_GROUPS} groups`, 'name', 'too_many_groups')
+    await this.ensure(group)
     this.mesh.setGroups([...this.mesh.groups, group])
     await this.saveMembership(group, 'join')
   }

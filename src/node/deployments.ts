@@ -29,6 +29,9 @@ export interface DeploymentEvents {
 const TOMBSTONE_TTL_MS = 24 * 3600_000
 /** Deployments (tombstones included) a node keeps and gossips: the snapshot schema's limit. */
 export const MAX_DEPLOYMENTS = 1024
+/** One deployment as gossiped, and all of them together (the snapshot limit is 256 KiB). */
+const MAX_RECORD_BYTES = 4096
+const MAX_GOSSIP_BYTES = 128 * 1024
 
 function newer (a: Deployment, b: Deployment | undefined): boolean {
   return b == null || a.updatedAt > b.updatedAt || (a.updatedAt === b.updatedAt && a.origin > b.origin)
@@ -63,9 +66,22 @@ export class DeploymentStore extends EventEmitter<DeploymentEvents> {
     return d?.deleted === false ? d : undefined
   }
 
-  /** What a snapshot carries: every record, tombstones until they expire. */
+  /**
+   * What a snapshot carries: live records, then tombstones until they expire, newest first,
+   * within a byte budget so the snapshot always fits the membership message limit.
+   */
   gossip (now = Date.now()): Deployment[] {
-    return [...this.records.values()].filter(d => !d.deleted || now - d.updatedAt < TOMBSTONE_TTL_MS)
+    const out: Deployment[] = []
+    let bytes = 0
+    const all = [...this.records.values()]
+      .filter(d => !d.deleted || now - d.updatedAt < TOMBSTONE_TTL_MS)
+      .sort((a, b) => Number(a.deleted) - Number(b.deleted) || b.updatedAt - a.updatedAt)
+    for (const d of all) {
+      bytes += JSON.stringify(d).length
+      if (bytes > MAX_GOSSIP_BYTES) break
+      out.push(d)
+    }
+    return out
   }
 
   private stamp (model: string): number {
@@ -95,6 +111,7 @@ export class DeploymentStore extends EventEmitter<DeploymentEvents> {
     for (const rec of incoming) {
       // The set is gossiped whole in every snapshot: it must stay within what peers accept.
       if (!this.records.has(rec.model) && this.records.size >= MAX_DEPLOYMENTS) continue
+      if (JSON.stringify(rec).length > MAX_RECORD_BYTES) continue
       if (newer(rec, this.records.get(rec.model))) {
         await this.save(rec)
         changed++

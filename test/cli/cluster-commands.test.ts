@@ -2,20 +2,10 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
-import { spawn } from 'node:child_process'
 import { createTinyModel } from '../support/tiny-model.js'
-import { CLI, ROOT, getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
+import { runCli, getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
 
-async function cli (args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null, out: string, err: string }> {
-  return await new Promise(resolve => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, env: { ...process.env, ...env } })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', d => { out += String(d) })
-    child.stderr.on('data', d => { err += String(d) })
-    child.on('exit', code => { resolve({ code, out, err }) })
-  })
-}
+const cli = runCli
 
 describe('shepherd-mesh groups / deploy / undeploy / command / logs', () => {
   let n: NodeProcess

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { createTinyModel } from '../support/tiny-model.js'
-import { getJson, startNode, statusOf, stopNode, tempDir, waitFor, freePorts, type NodeProcess } from '../support/cluster.js'
+import { getJson, runCli, startNode, statusOf, stopNode, tempDir, waitFor, freePorts, type NodeProcess } from '../support/cluster.js'
 
 describe('mesh of three nodes on loopback', () => {
   const nodes: NodeProcess[] = []
@@ -147,18 +147,8 @@ describe('CLI against a running node', () => {
   before(async () => { n = await startNode({ name: 'cli-node' }) })
   after(async () => { await stopNode(n, 'SIGKILL') })
 
-  async function cli (args: string[]): Promise<{ code: number | null, out: string, err: string }> {
-    const { spawn } = await import('node:child_process')
-    const { CLI, ROOT } = await import('../support/cluster.js')
-    return await new Promise(resolve => {
-      const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT })
-      let out = ''
-      let err = ''
-      child.stdout.on('data', d => { out += String(d) })
-      child.stderr.on('data', d => { err += String(d) })
-      child.on('exit', code => { resolve({ code, out, err }) })
-    })
-  }
+  const cli = runCli
+
 
   it('status and peers print readable output and JSON', async () => {
     const status = await cli(['status', '--api', n.api])

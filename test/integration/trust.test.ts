@@ -3,19 +3,9 @@ import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { spawn } from 'node:child_process'
-import { CLI, ROOT, getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
+import { runCli, getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
 
-async function cli (args: string[]): Promise<{ code: number | null, out: string, err: string }> {
-  return await new Promise(resolve => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', d => { out += String(d) })
-    child.stderr.on('data', d => { err += String(d) })
-    child.on('exit', code => { resolve({ code, out, err }) })
-  })
-}
+const cli = runCli
 
 const peerIds = async (n: NodeProcess): Promise<string[]> => (await getJson(`${n.api}/api/peers`)).peers.map((p: any) => p.id)
 

@@ -106,3 +106,16 @@ export async function statusOf (api: string, id: string): Promise<string | undef
   const { peers } = await getJson<{ peers: Array<{ id: string, status: string }> }>(`${api}/api/peers`)
   return peers.find(p => p.id === id)?.status
 }
+
+/** Runs the CLI from source (`shepherd-mesh ARGS`) and collects its exit code and output. */
+export async function runCli (args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null, out: string, err: string }> {
+  const { spawn: spawnChild } = await import('node:child_process')
+  return await new Promise(resolve => {
+    const child = spawnChild(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, env: { ...process.env, ...env } })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', d => { out += String(d) })
+    child.stderr.on('data', d => { err += String(d) })
+    child.on('exit', code => { resolve({ code, out, err }) })
+  })
+}

@@ -1,3 +1,4 @@
+import os from 'node:os'
 /**
  * Defaults of the engines, in one place.
  */
@@ -33,3 +34,8 @@ export const EMBEDDED_DEFAULTS = {
   /** Idle time before a model is unloaded. */
   keepAliveMs: 5 * 60_000
 } as const
+
+/** Inference threads that fit the machine: leave a core for the node itself, at most 4. */
+export function defaultThreads (): number {
+  return Math.max(1, Math.min(4, os.availableParallelism() - 1))
+}

@@ -13,9 +13,7 @@
  */
 import { randomInt } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import { readdirSync, statSync } from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
+import { statSync } from 'node:fs'
 import type {
   ChatHistoryItem,
   ChatWrapper,
@@ -46,6 +44,9 @@ function nlc (): NodeLlamaCpp {
 import { BadRequestError, ModelNotFoundError, ShepherdError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
+import { scanModelsDirs } from './model-dirs.js'
+import { raceSignal } from './race-signal.js'
+import { defaultThreads } from './constants.js'
 import { probeGpu, type GpuProbeResult } from './gpu-probe.js'
 import { EMBEDDED_DEFAULTS } from './constants.js'
 import {
@@ -144,9 +145,6 @@ export interface EmbeddedEngineOptions {
 }
 
 /** A sensible evaluation thread count: leave a core free for the node, cap at 4. */
-export function defaultThreads (): number {
-  return Math.max(1, Math.min(4, os.availableParallelism() - 1))
-}
 
 interface LoadedModel {
   name: string
@@ -190,18 +188,6 @@ interface Lease {
 }
 
 /** Rejects with the signal's reason if it aborts before `promise` settles. */
-async function raceSignal<T> (promise: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (signal === undefined) return await promise
-  signal.throwIfAborted()
-  return await new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => { reject(signal.reason) }
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(
-      value => { signal.removeEventListener('abort', onAbort); resolve(value) },
-      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err) }
-    )
-  })
-}
 
 function finishReasonOf (stopReason: string): FinishReason {
   return stopReason === 'maxTokens' ? 'length' : 'stop'
@@ -215,27 +201,6 @@ function beginningToken (model: LlamaModel): Token | null {
   return model.tokens.shouldPrependBosToken ? model.tokens.bos : null
 }
 
-function scanModelsDirs (dirs: readonly string[]): ModelEntry[] {
-  const out: ModelEntry[] = []
-  for (const dir of dirs) {
-    let names: string[]
-    try {
-      names = readdirSync(dir)
-    } catch {
-      continue
-    }
-    for (const file of names) {
-      // Multimodal projectors are not models one can chat with.
-      if (!file.toLowerCase().endsWith('.gguf') || file.toLowerCase().startsWith('mmproj')) continue
-      const full = path.join(dir, file)
-      try {
-        const st = statSync(full)
-        if (st.isFile()) out.push({ name: file.slice(0, -'.gguf'.length), path: full, sizeBytes: st.size })
-      } catch {}
-    }
-  }
-  return out
-}
 
 /**
  * An `Engine` running GGUF models in-process with node-llama-cpp.

@@ -14,7 +14,8 @@ export type {
   EngineModelState
 } from './types.js'
 export type * from './openai-types.js'
-export { EmbeddedEngine, defaultThreads, type EmbeddedEngineOptions, type EmbeddedGpu, type ModelEntry } from './embedded.js'
+export { defaultThreads } from './constants.js'
+export { EmbeddedEngine, type EmbeddedEngineOptions, type EmbeddedGpu, type ModelEntry } from './embedded.js'
 export { EMBEDDED_DEFAULTS, REQUEST_LIMITS, SAMPLING_DEFAULTS } from './constants.js'
 export { parseKeepAlive } from './keep-alive.js'
 export {

@@ -17,9 +17,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import { readdirSync, statSync } from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { BadRequestError, ModelNotFoundError, ShepherdError, TimeoutError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
@@ -44,6 +41,9 @@ import type {
 } from './openai-types.js'
 import { freePort, isAddressInUse, portInUse } from './ports.js'
 import { SlotPool } from './slot-pool.js'
+import { scanModelsDirs } from './model-dirs.js'
+import { raceSignal } from './race-signal.js'
+import { defaultThreads } from './constants.js'
 import type { Engine, EngineCallOptions, EngineEvents, EngineHealth, EngineLoadOptions, EngineModel, EngineModelState } from './types.js'
 
 const log = createLogger('engine:llama-server')
@@ -217,44 +217,8 @@ const sleep = async (ms: number, signal?: AbortSignal): Promise<void> => {
 }
 
 /** Rejects with the signal's reason if it aborts before `promise` settles. */
-async function raceSignal<T> (promise: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (signal === undefined) return await promise
-  signal.throwIfAborted()
-  return await new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => { reject(signal.reason) }
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(
-      value => { signal.removeEventListener('abort', onAbort); resolve(value) },
-      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err) }
-    )
-  })
-}
 
-function defaultThreads (): number {
-  return Math.max(1, Math.min(4, os.availableParallelism() - 1))
-}
 
-function scanModelsDirs (dirs: readonly string[]): ModelEntry[] {
-  const out: ModelEntry[] = []
-  for (const dir of dirs) {
-    let names: string[]
-    try {
-      names = readdirSync(dir)
-    } catch {
-      continue
-    }
-    for (const file of names) {
-      // Multimodal projectors are not models one can chat with.
-      if (!file.toLowerCase().endsWith('.gguf') || file.toLowerCase().startsWith('mmproj')) continue
-      const full = path.join(dir, file)
-      try {
-        const st = statSync(full)
-        if (st.isFile()) out.push({ name: file.slice(0, -'.gguf'.length), path: full, sizeBytes: st.size })
-      } catch {}
-    }
-  }
-  return out
-}
 
 /**
  * The build to run: the first backend in `order` that has one, the newest build of it. A GPU

@@ -90,7 +90,6 @@ export class InferenceService {
       this.violation(peer, stream, 'invalid request frame')
       return
     }
-    const out = framed
     const ac = new AbortController()
     const onClose = (): void => { ac.abort(new ShepherdError('the requesting peer went away', { code: 'client_closed', status: 499 })) }
     stream.addEventListener('close', onClose)
@@ -98,27 +97,27 @@ export class InferenceService {
       if (this.handler == null) throw new NoHealthyHostError(req.model)
       const reply = await this.handler(req, { peer, signal: ac.signal })
       if (reply.kind === 'result') {
-        await out.write({ t: 'result', data: reply.data })
+        await framed.write({ t: 'result', data: reply.data })
       } else if (reply.kind === 'stream') {
         try {
           for await (const chunk of reply.chunks) {
             if (ac.signal.aborted) break
-            await out.write({ t: 'chunk', data: chunk })
+            await framed.write({ t: 'chunk', data: chunk })
           }
         } catch (err) {
           if (ac.signal.aborted) throw err
-          await out.write(errorFrame(err))
+          await framed.write(errorFrame(err))
           this.stats.failed++
           await finish(stream)
           return
         }
-        await out.write({ t: 'end' })
+        await framed.write({ t: 'end' })
       } else {
-        await out.write({ t: 'head', status: reply.status, headers: reply.headers })
+        await framed.write({ t: 'head', status: reply.status, headers: reply.headers })
         for await (const block of reply.body) {
-          await out.write({ t: 'bytes', b64: Buffer.from(block).toString('base64') })
+          await framed.write({ t: 'bytes', b64: Buffer.from(block).toString('base64') })
         }
-        await out.write({ t: 'end' })
+        await framed.write({ t: 'end' })
       }
       this.stats.served++
       await finish(stream)
@@ -129,7 +128,7 @@ export class InferenceService {
       }
       this.stats.failed++
       try {
-        await out.write(errorFrame(err))
+        await framed.write(errorFrame(err))
         await stream.close()
       } catch {
         stream.abort(err as Error)

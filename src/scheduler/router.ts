@@ -27,7 +27,9 @@ export interface RouteResult {
 /** Whether a failure before the first byte is worth a second replica. */
 function retriable (err: unknown): boolean {
   if (!(err instanceof ShepherdError)) return true
-  if (err.code === 'model_not_found' || err.code === 'client_closed') return err.code === 'model_not_found'
+  // A stale registry (the host no longer has it) is worth another replica; a client that left is not.
+  if (err.code === 'model_not_found') return true
+  if (err.code === 'client_closed') return false
   return err.status >= 500 || err.status === 429
 }
 

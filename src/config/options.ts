@@ -62,6 +62,8 @@ export interface NodeOptions {
   routing: 'least-loaded' | 'round-robin' | 'random' | 'weighted' | 'lowest-latency'
   /** Whole-request limit for inference through the API. */
   requestTimeoutMs: number
+  /** An idle relay stream to a peer is closed after this long (the host closes its side after twice as long). */
+  relayStreamIdleMs: number
   /** Consecutive failures that take a host out of rotation, and for how long. */
   breakerFailures: number
   breakerCooldownMs: number
@@ -133,6 +135,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'allowRemote', type: 'bool', yaml: 'serving.allow_remote', env: 'SHEPHERD_ALLOW_REMOTE', flag: 'allow-remote', help: 'serve peers\' requests (--no-allow-remote to refuse)' },
   { key: 'routing', type: 'string', yaml: 'serving.routing', env: 'SHEPHERD_ROUTING', flag: 'routing', help: 'least-loaded|round-robin|random|weighted|lowest-latency' },
   { key: 'requestTimeoutMs', type: 'int', yaml: 'serving.request_timeout_ms', env: 'SHEPHERD_REQUEST_TIMEOUT_MS', flag: 'request-timeout-ms', help: 'inference request limit' },
+  { key: 'relayStreamIdleMs', type: 'int', yaml: 'serving.relay_stream_idle_ms', env: 'SHEPHERD_RELAY_STREAM_IDLE_MS', flag: 'relay-stream-idle-ms', help: 'idle time before a pooled relay stream is closed' },
   { key: 'breakerFailures', type: 'int', yaml: 'serving.breaker_failures', env: 'SHEPHERD_BREAKER_FAILURES', flag: 'breaker-failures', help: 'failures before a host is taken out' },
   { key: 'breakerCooldownMs', type: 'int', yaml: 'serving.breaker_cooldown_ms', env: 'SHEPHERD_BREAKER_COOLDOWN_MS', flag: 'breaker-cooldown-ms', help: 'time a failing host stays out' },
   { key: 'labels', type: 'list', yaml: 'node.labels', env: 'SHEPHERD_LABELS', flag: 'label', help: 'node label key=value (repeatable)' },
@@ -182,6 +185,7 @@ export function defaultOptions (): NodeOptions {
     allowRemote: true,
     routing: 'least-loaded',
     requestTimeoutMs: 600_000,
+    relayStreamIdleMs: 30_000,
     breakerFailures: 3,
     breakerCooldownMs: 10_000,
     labels: [],

@@ -17,8 +17,19 @@ export const MAX_NAME_LENGTH = 64
 export const MAX_GROUPS = 32
 export const MAX_ADDRS = 16
 
-/** Inference requests relayed between nodes: OpenAI bodies in, results or chunks out. */
-export const INFERENCE_PROTOCOL = '/shepherd/openai/1.0.0'
+/**
+ * Inference requests relayed between nodes: OpenAI bodies in, results or chunks out. A stream
+ * carries one exchange after another, so a relayed request does not pay for opening a stream.
+ */
+export const INFERENCE_PROTOCOL = '/shepherd/openai/1.1.0'
+/** The first version, one exchange per stream: still served, for nodes not yet upgraded. */
+export const INFERENCE_PROTOCOL_SINGLE = '/shepherd/openai/1.0.0'
+/** Idle inference streams a node keeps to each peer. */
+export const INFERENCE_IDLE_STREAMS_PER_PEER = 16
+/** A requester closes an inference stream idle this long... */
+export const INFERENCE_REQUESTER_IDLE_MS = 30_000
+/** ...well before the host would close it, so a request never meets a stream the host is closing. */
+export const INFERENCE_HOST_IDLE_MS = 60_000
 export const INFERENCE_VERSION = 1
 /** Largest request frame (an OpenAI request body); matches the HTTP body limit. */
 export const MAX_INFERENCE_REQUEST_BYTES = 8 * 1024 * 1024

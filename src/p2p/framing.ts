@@ -1,6 +1,6 @@
 import { Uint8ArrayList } from 'uint8arraylist'
 import type { Stream } from '@libp2p/interface'
-import { WireError } from '../errors.js'
+import { TimeoutError, WireError } from '../errors.js'
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder('utf-8', { fatal: true })
@@ -76,6 +76,11 @@ export class FramedStream {
     stream.addEventListener('close', () => { this.wake?.() })
   }
 
+  /** Bytes received and not yet read as frames. */
+  get buffered (): number {
+    return this.buf.byteLength
+  }
+
   async write (frame: unknown, signal?: AbortSignal): Promise<void> {
     const bytes = encoder.encode(JSON.stringify(frame))
     if (bytes.byteLength > this.maxWriteBytes) throw new WireError(`frame of ${bytes.byteLength} bytes exceeds ${this.maxWriteBytes}`, 'frame_too_large')
@@ -85,23 +90,33 @@ export class FramedStream {
 
   /**
    * Reads one frame: `null` when the remote ended the stream cleanly between frames; a
-   * `WireError` (`frame_too_large`, `truncated_frame`, `invalid_frame`) for anything else.
+   * `WireError` (`frame_too_large`, `truncated_frame`, `invalid_frame`) for anything else; a
+   * `TimeoutError` when no whole frame came within `timeoutMs` (a cleared timer: unlike
+   * `AbortSignal.timeout`, nothing is left to fire later for a read that finished in time).
    */
-  async read (signal?: AbortSignal): Promise<unknown> {
+  async read (signal?: AbortSignal, timeoutMs?: number): Promise<unknown> {
+    const deadline = timeoutMs != null ? performance.now() + timeoutMs : undefined
     for (;;) {
-      const prefix = decodePrefix(this.buf, this.maxFrameBytes)
-      if (prefix != null && this.buf.byteLength >= prefix.offset + prefix.length) {
-        const body = this.buf.subarray(prefix.offset, prefix.offset + prefix.length)
-        this.buf.consume(prefix.offset + prefix.length)
-        return parseFrame(body)
-      }
+      const frame = this.frame()
+      if (frame !== undefined) return frame
       if (this.failure !== undefined) throw this.failure
       if (this.ended()) {
         if (this.buf.byteLength === 0) return null
         throw new WireError('the stream ended in the middle of a frame', 'truncated_frame')
       }
-      await this.waitForMore(signal)
+      await this.waitForMore(signal, deadline, timeoutMs)
     }
+  }
+
+  /** The next whole frame if it is buffered already, `undefined` if not. */
+  private frame (): unknown {
+    const prefix = decodePrefix(this.buf, this.maxFrameBytes)
+    if (prefix != null && this.buf.byteLength >= prefix.offset + prefix.length) {
+      const body = this.buf.subarray(prefix.offset, prefix.offset + prefix.length)
+      this.buf.consume(prefix.offset + prefix.length)
+      return parseFrame(body)
+    }
+    return undefined
   }
 
   /** The remote will send nothing more and nothing is left undelivered in the stream. */
@@ -110,13 +125,24 @@ export class FramedStream {
     return (s.remoteWriteStatus !== 'writable' || s.status !== 'open') && s.readBufferLength === 0
   }
 
-  private async waitForMore (signal?: AbortSignal): Promise<void> {
+  private async waitForMore (signal: AbortSignal | undefined, deadline: number | undefined, timeoutMs: number | undefined): Promise<void> {
     signal?.throwIfAborted()
     await new Promise<void>((resolve, reject) => {
-      const onAbort = (): void => { this.wake = undefined; reject(signal?.reason) }
+      let timer: NodeJS.Timeout | undefined
+      const fail = (err: unknown): void => {
+        this.wake = undefined
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        reject(err)
+      }
+      const onAbort = (): void => { fail(signal?.reason) }
       signal?.addEventListener('abort', onAbort, { once: true })
+      if (deadline != null) {
+        timer = setTimeout(() => { fail(new TimeoutError(`no whole frame within ${timeoutMs} ms`)) }, Math.max(0, deadline - performance.now()))
+      }
       this.wake = () => {
         this.wake = undefined
+        clearTimeout(timer)
         signal?.removeEventListener('abort', onAbort)
         resolve()
       }

@@ -1,11 +1,12 @@
-import { peerIdFromString } from '@libp2p/peer-id'
 import type { Stream, Connection } from '@libp2p/interface'
 import { ShepherdError, TimeoutError, WireError, NoHealthyHostError } from '../errors.js'
 import { createLogger } from '../logger.js'
 import {
-  INFERENCE_PROTOCOL, INFERENCE_REQUEST_READ_TIMEOUT_MS, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES, MAX_INFERENCE_STREAMS
+  INFERENCE_HOST_IDLE_MS, INFERENCE_IDLE_STREAMS_PER_PEER, INFERENCE_PROTOCOL, INFERENCE_PROTOCOL_SINGLE, INFERENCE_REQUEST_READ_TIMEOUT_MS,
+  INFERENCE_REQUESTER_IDLE_MS, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES, MAX_INFERENCE_STREAMS
 } from './constants.js'
 import { FramedStream } from './framing.js'
+import { finish, StreamPool, type Lease } from './stream-pool.js'
 import { isInferenceRequest, isInferenceResponse, type ErrorPayload, type InferenceRequestFrame, type InferenceResponseFrame } from './inference-messages.js'
 import type { Host } from './host.js'
 
@@ -27,69 +28,127 @@ export class RemoteError extends ShepherdError {
   }
 }
 
-/**
- * Closes a stream whose exchange is over. A graceful close waits for the remote's side; a peer
- * that never closes it must not keep the stream (and a request) alive, so it is reset after 1 s.
- */
-async function finish (stream: Stream): Promise<void> {
-  try {
-    await stream.close({ signal: AbortSignal.timeout(1000) })
-  } catch {
-    stream.abort(new ShepherdError('the stream did not close in time', { code: 'close_timeout', status: 504 }))
-  }
-}
-
 function errorFrame (err: unknown): InferenceResponseFrame {
   const e = err instanceof ShepherdError ? err : new ShepherdError('Internal error on the host node', { code: 'internal_error', status: 500 })
   return { t: 'error', status: e.status, error: { message: e.message, type: e.type, param: e.param, code: e.code } }
 }
 
+/** Timings and limits of the inference protocol; the defaults suit a LAN. */
+export interface InferenceOptions {
+  /** Idle streams kept to each peer for later requests. */
+  idleStreamsPerPeer: number
+  /** A requester closes a stream idle this long; keep it below `hostIdleMs`. */
+  requesterIdleMs: number
+  /** A host closes a stream on which no next request came for this long. */
+  hostIdleMs: number
+  /** A peer that opens a stream must send its first request within this time. */
+  requestReadTimeoutMs: number
+}
+
+export const DEFAULT_INFERENCE_OPTIONS: InferenceOptions = {
+  idleStreamsPerPeer: INFERENCE_IDLE_STREAMS_PER_PEER,
+  requesterIdleMs: INFERENCE_REQUESTER_IDLE_MS,
+  hostIdleMs: INFERENCE_HOST_IDLE_MS,
+  requestReadTimeoutMs: INFERENCE_REQUEST_READ_TIMEOUT_MS
+}
+
+/** How one exchange on a host's stream ended. */
+type ExchangeEnd = 'answered' | 'gone'
+
+/** A pooled stream broke before the host answered: the request goes again on a new stream. */
+class StaleStreamError extends Error {}
+
 /**
- * `/shepherd/openai/1.0.0`: one stream per request. The caller sends one request frame; the
- * host answers `result`, or `chunk`... `end`, or `head` `bytes`... `end`, or `error` at any point.
- * Either side closing or resetting the stream aborts the other: a client that goes away stops
- * generation on the host.
+ * `/shepherd/openai/1.1.0`: the requester sends one request frame; the host answers `result`,
+ * or `chunk`... `end`, or `head` `bytes`... `end`, or `error` at any point. After that final
+ * frame the stream carries the next request, so relayed requests reuse idle streams
+ * (`/shepherd/openai/1.0.0`, still served, closes the stream after one exchange).
+ * Either side resetting the stream aborts the other: a client that goes away stops generation on
+ * the host, and that stream is never reused.
  */
 export class InferenceService {
   private readonly log = createLogger('p2p:inference')
   private handler?: InferenceHandler
   private onViolation?: ViolationListener
-  readonly stats = { served: 0, failed: 0, violations: 0, requested: 0 }
+  private readonly opts: InferenceOptions
+  readonly pool: StreamPool
+  readonly stats = { served: 0, failed: 0, violations: 0, requested: 0, reused: 0, staleRetries: 0 }
 
-  constructor (private readonly host: Host) {}
+  constructor (private readonly host: Host, opts: Partial<InferenceOptions> = {}) {
+    this.opts = { ...DEFAULT_INFERENCE_OPTIONS, ...opts }
+    this.pool = new StreamPool(host, {
+      protocols: [INFERENCE_PROTOCOL, INFERENCE_PROTOCOL_SINGLE],
+      reusable: new Set([INFERENCE_PROTOCOL]),
+      limits: { read: MAX_INFERENCE_RESPONSE_BYTES, write: MAX_INFERENCE_REQUEST_BYTES },
+      maxIdlePerPeer: this.opts.idleStreamsPerPeer,
+      idleMs: this.opts.requesterIdleMs,
+      onUnsolicited: peer => { this.reportViolation(peer, 'data between exchanges') }
+    })
+  }
 
   /** Starts serving requests from peers with `handler`. */
   async serve (handler: InferenceHandler, opts: { onViolation?: ViolationListener } = {}): Promise<void> {
     this.handler = handler
     this.onViolation = opts.onViolation
-    await this.host.handle(INFERENCE_PROTOCOL, (stream, conn) => { void this.onStream(stream, conn) }, { maxInboundStreams: MAX_INFERENCE_STREAMS, maxOutboundStreams: MAX_INFERENCE_STREAMS })
+    const limits = { maxInboundStreams: MAX_INFERENCE_STREAMS, maxOutboundStreams: MAX_INFERENCE_STREAMS }
+    await this.host.handle(INFERENCE_PROTOCOL, (stream, conn) => { void this.onStream(stream, conn, true) }, limits)
+    await this.host.handle(INFERENCE_PROTOCOL_SINGLE, (stream, conn) => { void this.onStream(stream, conn, false) }, limits)
   }
 
   async stop (): Promise<void> {
+    await this.pool.close()
     await this.host.unhandle(INFERENCE_PROTOCOL).catch(() => {})
+    await this.host.unhandle(INFERENCE_PROTOCOL_SINGLE).catch(() => {})
   }
 
-  private violation (peer: string, stream: Stream, reason: string): void {
+  private reportViolation (peer: string, reason: string): void {
     this.stats.violations++
     this.log.warn('protocol violation', { peer, reason })
     this.onViolation?.(peer, reason)
+  }
+
+  private violation (peer: string, stream: Stream, reason: string): void {
+    this.reportViolation(peer, reason)
     stream.abort(new WireError(reason))
   }
 
-  private async onStream (stream: Stream, conn: Connection): Promise<void> {
+  /** Serves one request after another on `stream` (one only when not `reusable`). */
+  private async onStream (stream: Stream, conn: Connection, reusable: boolean): Promise<void> {
     const peer = conn.remotePeer.toString()
     const framed = new FramedStream(stream, { read: MAX_INFERENCE_REQUEST_BYTES, write: MAX_INFERENCE_RESPONSE_BYTES })
-    let req: unknown
-    try {
-      req = await framed.read(AbortSignal.timeout(INFERENCE_REQUEST_READ_TIMEOUT_MS))
-    } catch (err: any) {
-      this.violation(peer, stream, err instanceof WireError ? err.message : `no request frame: ${err?.message ?? err}`)
-      return
+    for (let n = 0; ; n++) {
+      let req: unknown
+      try {
+        req = await framed.read(undefined, n === 0 ? this.opts.requestReadTimeoutMs : this.opts.hostIdleMs)
+      } catch (err: any) {
+        if (n > 0 && err?.name === 'TimeoutError' && framed.buffered === 0) {
+          // Idle between requests: the requester let it go without closing it.
+          await finish(stream)
+          return
+        }
+        this.violation(peer, stream, err instanceof WireError ? err.message : `no request frame: ${err?.message ?? err}`)
+        return
+      }
+      if (req === null && n > 0) {
+        // The requester closed the stream between requests: the usual end of a pooled stream.
+        await finish(stream)
+        return
+      }
+      if (!isInferenceRequest(req)) {
+        this.violation(peer, stream, 'invalid request frame')
+        return
+      }
+      const end = await this.answer(stream, framed, peer, req)
+      if (end === 'gone') return
+      if (!reusable) {
+        await finish(stream)
+        return
+      }
     }
-    if (!isInferenceRequest(req)) {
-      this.violation(peer, stream, 'invalid request frame')
-      return
-    }
+  }
+
+  /** Runs one request and writes its frames, ending with a final frame unless the stream is gone. */
+  private async answer (stream: Stream, framed: FramedStream, peer: string, req: InferenceRequestFrame): Promise<ExchangeEnd> {
     const ac = new AbortController()
     const onClose = (): void => { ac.abort(new ShepherdError('the requesting peer went away', { code: 'client_closed', status: 499 })) }
     stream.addEventListener('close', onClose)
@@ -108,9 +167,9 @@ export class InferenceService {
           if (ac.signal.aborted) throw err
           await framed.write(errorFrame(err))
           this.stats.failed++
-          await finish(stream)
-          return
+          return 'answered'
         }
+        if (ac.signal.aborted) return 'gone'
         await framed.write({ t: 'end' })
       } else {
         await framed.write({ t: 'head', status: reply.status, headers: reply.headers })
@@ -120,18 +179,19 @@ export class InferenceService {
         await framed.write({ t: 'end' })
       }
       this.stats.served++
-      await finish(stream)
+      return 'answered'
     } catch (err) {
       if (ac.signal.aborted && stream.status !== 'open') {
         this.log.debug('request aborted by the peer', { peer })
-        return
+        return 'gone'
       }
       this.stats.failed++
       try {
         await framed.write(errorFrame(err))
-        await stream.close()
+        return 'answered'
       } catch {
         stream.abort(err as Error)
+        return 'gone'
       }
     } finally {
       stream.removeEventListener('close', onClose)
@@ -142,28 +202,50 @@ export class InferenceService {
    * Sends a request to `peer` and returns its reply once the first response frame arrived,
    * so a failure before the first byte can be retried elsewhere. Aborting `signal`
    * (a client that went away) resets the stream, which stops generation on the host.
+   * An idle stream is reused when there is one; if it turns out broken before the host
+   * answered, the request goes once more on a new stream.
    */
   async request (peer: string, req: InferenceRequestFrame, opts: { signal?: AbortSignal, connectTimeoutMs?: number, firstByteTimeoutMs?: number } = {}): Promise<InferenceReply> {
     this.stats.requested++
-    const connectSignal = AbortSignal.any([opts.signal ?? new AbortController().signal, AbortSignal.timeout(opts.connectTimeoutMs ?? 3000)])
-    let stream: Stream
+    let fresh = false
+    for (;;) {
+      const lease = (fresh ? undefined : this.pool.take(peer)) ?? await this.open(peer, req.model, opts)
+      if (lease.reused) this.stats.reused++
+      try {
+        return await this.exchange(lease, req, opts)
+      } catch (err) {
+        if (!(err instanceof StaleStreamError) || fresh) throw err instanceof StaleStreamError ? new NoHealthyHostError(req.model).withMessage('the host closed the stream early') : err
+        this.stats.staleRetries++
+        fresh = true
+      }
+    }
+  }
+
+  /** A new stream to `peer`, within the connect timeout. */
+  private async open (peer: string, model: string, opts: { signal?: AbortSignal, connectTimeoutMs?: number }): Promise<Lease> {
+    const ac = new AbortController()
+    const timer = setTimeout(() => { ac.abort(new TimeoutError('could not open a stream to the host in time')) }, opts.connectTimeoutMs ?? 3000)
     try {
-      stream = await this.host.dialProtocol(peerIdFromString(peer), INFERENCE_PROTOCOL, { signal: connectSignal })
+      return await this.pool.open(peer, opts.signal != null ? AbortSignal.any([opts.signal, ac.signal]) : ac.signal)
     } catch (err) {
       if (opts.signal?.aborted === true) throw opts.signal.reason
-      throw new NoHealthyHostError(req.model).withCause(err)
+      throw new NoHealthyHostError(model).withCause(err)
+    } finally {
+      clearTimeout(timer)
     }
+  }
+
+  private async exchange (lease: Lease, req: InferenceRequestFrame, opts: { signal?: AbortSignal, firstByteTimeoutMs?: number }): Promise<InferenceReply> {
+    const { stream, framed, peer } = lease
     const abort = (): void => { stream.abort(new ShepherdError('request aborted by the client', { code: 'client_closed', status: 499 })) }
+    opts.signal?.throwIfAborted()
     opts.signal?.addEventListener('abort', abort, { once: true })
-    const framed = new FramedStream(stream, { read: MAX_INFERENCE_RESPONSE_BYTES, write: MAX_INFERENCE_REQUEST_BYTES })
     const cleanup = (): void => { opts.signal?.removeEventListener('abort', abort) }
-    const readFrame = async (signal?: AbortSignal): Promise<InferenceResponseFrame> => {
-      const frame = await framed.read(signal)
+    const readFrame = async (timeoutMs?: number): Promise<InferenceResponseFrame> => {
+      const frame = await framed.read(undefined, timeoutMs)
       if (frame == null) throw new NoHealthyHostError(req.model).withMessage('the host closed the stream early')
       if (!isInferenceResponse(frame)) {
-        this.stats.violations++
-        this.onViolation?.(peer, 'invalid response frame')
-        stream.abort(new WireError('invalid response frame'))
+        this.violation(peer, stream, 'invalid response frame')
         throw new WireError('the host sent an invalid response frame')
       }
       return frame
@@ -171,25 +253,25 @@ export class InferenceService {
     let first: InferenceResponseFrame
     try {
       await framed.write(req)
-      first = await readFrame(opts.firstByteTimeoutMs != null ? AbortSignal.timeout(opts.firstByteTimeoutMs) : undefined)
+      first = await readFrame(opts.firstByteTimeoutMs)
     } catch (err: any) {
       cleanup()
+      // A pooled stream the host or the connection closed meanwhile says nothing about the request.
+      const stale = lease.reused && opts.signal?.aborted !== true && err?.name !== 'TimeoutError' && !(err instanceof WireError)
       stream.abort(err)
       if (opts.signal?.aborted === true) throw opts.signal.reason
-      if (err instanceof ShepherdError) throw err
+      if (stale) throw new StaleStreamError()
       if (err?.name === 'TimeoutError' || err?.name === 'AbortError') throw new TimeoutError('the host did not answer in time')
+      if (err instanceof ShepherdError) throw err
       throw new NoHealthyHostError(req.model).withCause(err)
     }
-    if (first.t === 'error') {
+    if (first.t === 'error' || first.t === 'result') {
       cleanup()
-      await finish(stream)
-      throw new RemoteError(first.status, first.error)
-    }
-    if (first.t === 'result') {
-      cleanup()
-      await finish(stream)
+      await this.pool.release(lease)
+      if (first.t === 'error') throw new RemoteError(first.status, first.error)
       return { kind: 'result', data: first.data }
     }
+    const pool = this.pool
     const rest = async function * <T> (map: (f: InferenceResponseFrame) => T | undefined, firstValue: T | undefined): AsyncGenerator<T> {
       let done = false
       try {
@@ -207,7 +289,7 @@ export class InferenceService {
         throw new NoHealthyHostError(req.model).withMessage('the host went away mid-stream').withCause(err)
       } finally {
         cleanup()
-        if (done) await finish(stream)
+        if (done) await pool.release(lease)
         else stream.abort(new ShepherdError('stream abandoned', { code: 'client_closed', status: 499 }))
       }
     }
@@ -220,13 +302,11 @@ export class InferenceService {
     cleanup()
     if (first.t === 'end') {
       // A stream that ends before its first chunk is a stream with no chunks.
-      await finish(stream)
+      await this.pool.release(lease)
       return { kind: 'stream', chunks: (async function * () {})() }
     }
     // Raw bytes before any head: the host broke the protocol.
-    this.stats.violations++
-    this.onViolation?.(peer, `'${first.t}' frame before any head`)
-    stream.abort(new WireError('bytes before head'))
+    this.violation(peer, stream, `'${first.t}' frame before any head`)
     throw new WireError(`the host sent a '${first.t}' frame before any head`)
   }
 }

@@ -31,6 +31,8 @@ export interface MeshOptions<S> {
   pingIntervalMs: number
   redialMinMs: number
   redialMaxMs: number
+  /** Idle time of a pooled inference stream (the requester's side; a host waits twice as long). */
+  relayStreamIdleMs?: number
   /** Private swarm key (v1 PSK file content); without it the mesh is open to the LAN. */
   swarmKey?: Uint8Array
   /** Who may talk to this node. */
@@ -128,9 +130,10 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     return this.blobService
   }
 
-  /** `/shepherd/openai/1.0.0`: serve peers' inference requests and send ours. */
+  /** `/shepherd/openai/1.1.0`: serve peers' inference requests and send ours. */
   get inference (): InferenceService {
-    this.inferenceService ??= new InferenceService(this.libp2p)
+    const idle = this.opts.relayStreamIdleMs
+    this.inferenceService ??= new InferenceService(this.libp2p, idle != null ? { requesterIdleMs: idle, hostIdleMs: 2 * idle } : {})
     return this.inferenceService
   }
 

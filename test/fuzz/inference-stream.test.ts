@@ -1,11 +1,14 @@
 /**
- * Fuzzing `/shepherd/openai/1.0.0` (src/p2p/inference.ts) between real libp2p hosts on
- * loopback (tcp + noise + yamux).
+ * Fuzzing `/shepherd/openai/1.1.0` and `/1.0.0` (src/p2p/inference.ts) between real libp2p
+ * hosts on loopback (tcp + noise + yamux).
  *
- * Server side: raw streams carry random bytes, hostile texts, valid request frames, mutated and
- * broken ones, truncated frames and valid frames followed by garbage, in random chunks. A stream
- * whose first frame is a valid request is answered with exactly the frames its handler implies,
- * then closed; any other is reset, counted once as a violation, and answered nothing.
+ * Server side: raw streams carry random bytes, hostile texts, valid request frames, runs of
+ * them, mutated and broken ones, truncated frames and valid frames followed by garbage, in random
+ * chunks. On 1.0.0 a stream whose first frame is a valid request is answered with exactly the
+ * frames its handler implies, then closed; any other is reset, counted once as a violation, and
+ * answered nothing. On 1.1.0 every valid request is answered in turn; a stream of nothing but
+ * valid requests is closed when the requester closes it, any other is reset after the answers to
+ * the valid requests before the first bad frame, and counted once as a violation.
  * Client side: a hostile host answers `request()` with the same kinds of bytes; the client
  * resolves with a well-formed reply or rejects with a `ShepherdError`, nothing else.
  * Throughout: no unhandled rejection, bounded heap, the service keeps serving.
@@ -18,7 +21,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import { InferenceService, RemoteError, type InferenceReply } from '../../src/p2p/inference.js'
 import { isInferenceRequest, isInferenceResponse, type InferenceRequestFrame, type InferenceResponseFrame } from '../../src/p2p/inference-messages.js'
-import { INFERENCE_PROTOCOL, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES } from '../../src/p2p/constants.js'
+import { INFERENCE_PROTOCOL, INFERENCE_PROTOCOL_SINGLE, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES } from '../../src/p2p/constants.js'
 import { ModelNotFoundError, ShepherdError, WireError } from '../../src/errors.js'
 import type { Host } from '../../src/p2p/host.js'
 import { logSink, setLogSink } from '../../src/logger.js'
@@ -73,7 +76,9 @@ const requestBytes: fc.Arbitrary<Uint8Array> = fc.oneof(
   fc.tuple(inferenceRequest.map(framedBytes), fc.nat()).map(([b, n]) => b.subarray(0, n % b.byteLength)),
   fc.tuple(inferenceRequest.map(framedBytes), fc.uint8Array({ minLength: 1, maxLength: 64 })).map(([b, g]) => concat(b, g)),
   fc.tuple(fc.constantFrom(0, 1, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_REQUEST_BYTES + 1, 2 ** 32), fc.uint8Array({ maxLength: 16 })).map(([n, rest]) => concat(varint(n), rest)),
-  mutateBytes(inferenceRequest.map(framedBytes))
+  mutateBytes(inferenceRequest.map(framedBytes)),
+  fc.array(inferenceRequest.map(framedBytes), { minLength: 2, maxLength: 4 }).map(bs => concat(...bs)),
+  fc.tuple(fc.array(inferenceRequest.map(framedBytes), { minLength: 1, maxLength: 3 }), hostileBytes).map(([bs, g]) => concat(...bs, g))
 )
 
 /** Response bytes a hostile host might send back. */
@@ -89,7 +94,7 @@ const responseBytes: fc.Arbitrary<Uint8Array> = fc.oneof(
 const cuts = fc.array(fc.nat(), { maxLength: 4 })
 const validRequest: InferenceRequestFrame = { v: 1, op: 'chat', stream: false, body: { messages: [] }, model: 'ok' }
 
-describe('fuzz: /shepherd/openai/1.0.0 between real hosts', () => {
+describe('fuzz: /shepherd/openai/1.1.0 and 1.0.0 between real hosts', () => {
   const watch = new ProcessWatch()
   let server: Host, client: Host, hostile: Host
   let service: InferenceService
@@ -138,24 +143,32 @@ describe('fuzz: /shepherd/openai/1.0.0 between real hosts', () => {
   }
 
   /**
-   * Sends `bytes` in chunks and checks the service's answer against what the first frame
-   * deserves; returns whether it was a violation. Alone, it also checks the violation was counted once.
+   * Sends `bytes` in chunks on `protocol` and checks the service's answer against what its
+   * frames deserve; returns whether it was a violation. Alone, it also checks the violation was
+   * counted once.
    */
-  async function probe (bytes: Uint8Array, cs: number[], alone = true): Promise<boolean> {
-    const first = modelFramed(bytes, MAX_INFERENCE_REQUEST_BYTES).frames[0]
+  async function probe (bytes: Uint8Array, cs: number[], alone = true, protocol = INFERENCE_PROTOCOL_SINGLE): Promise<boolean> {
+    const sent = modelFramed(bytes, MAX_INFERENCE_REQUEST_BYTES)
     const before = service.stats.violations
-    const ex = await exchange(client, server.peerId, INFERENCE_PROTOCOL, splitAt(bytes, cs))
-    if (first !== undefined && isInferenceRequest(first)) {
-      assert.equal(ex.end, 'closed', `a valid request was answered by ${ex.end}`)
-      const reply = modelFramed(ex.bytes, MAX_INFERENCE_RESPONSE_BYTES)
+    const ex = await exchange(client, server.peerId, protocol, splitAt(bytes, cs))
+    const reply = modelFramed(ex.bytes, MAX_INFERENCE_RESPONSE_BYTES)
+    for (const f of reply.frames) assert.ok(isInferenceResponse(f), `invalid response frame ${JSON.stringify(f)}`)
+    // 1.0.0 answers the first frame only; 1.1.0 every valid request up to the first bad frame.
+    const considered = protocol === INFERENCE_PROTOCOL_SINGLE ? sent.frames.slice(0, 1) : sent.frames
+    const bad = considered.findIndex(f => !isInferenceRequest(f))
+    const valid = (bad < 0 ? considered : considered.slice(0, bad)) as InferenceRequestFrame[]
+    const expected = valid.flatMap(expectedFrames)
+    const clean = valid.length > 0 && (protocol === INFERENCE_PROTOCOL_SINGLE || (bad < 0 && sent.end === null))
+    if (clean) {
+      assert.equal(ex.end, 'closed', `valid requests were answered by ${ex.end}`)
       assert.equal(reply.end, null)
-      for (const f of reply.frames) assert.ok(isInferenceResponse(f), `invalid response frame ${JSON.stringify(f)}`)
-      assert.deepEqual(reply.frames, expectedFrames(first))
+      assert.deepEqual(reply.frames, expected)
       if (alone) assert.equal(service.stats.violations, before)
       return false
     }
-    assert.equal(ex.end, 'reset', `a stream with no valid request ended ${ex.end} after ${ex.ms.toFixed(0)} ms`)
-    assert.equal(ex.bytes.byteLength, 0, 'no answer to a violation')
+    assert.equal(ex.end, 'reset', `a stream with a bad frame ended ${ex.end} after ${ex.ms.toFixed(0)} ms`)
+    if (protocol === INFERENCE_PROTOCOL_SINGLE) assert.equal(ex.bytes.byteLength, 0, 'no answer to a violation')
+    else assert.deepEqual(reply.frames, expected.slice(0, reply.frames.length), 'answers before the bad frame, in order')
     if (alone) {
       await until('the violation to be counted', () => service.stats.violations === before + 1, 2000)
       assert.ok(violations.length > 0 && violations[violations.length - 1].length > 0)
@@ -163,15 +176,20 @@ describe('fuzz: /shepherd/openai/1.0.0 between real hosts', () => {
     return true
   }
 
-  it('answers each valid request exactly and resets every other stream, one violation each', async () => {
-    await checkAsync('inference server stream', fc.tuple(requestBytes, cuts), 800, async ([b, cs]) => { await probe(b, cs) })
+  it('1.0.0: answers each valid first request exactly and resets every other stream, one violation each', async () => {
+    await checkAsync('inference server stream 1.0.0', fc.tuple(requestBytes, cuts), 500, async ([b, cs]) => { await probe(b, cs) })
     await stillServing()
   })
 
-  it('keeps every answer right when hostile and valid streams arrive at once', async () => {
-    await checkAsync('inference server burst', fc.array(fc.tuple(requestBytes, cuts), { minLength: 8, maxLength: 24 }), 25, async cases => {
+  it('1.1.0: answers every valid request in turn and resets a stream at its first bad frame, one violation each', async () => {
+    await checkAsync('inference server stream 1.1.0', fc.tuple(requestBytes, cuts), 500, async ([b, cs]) => { await probe(b, cs, true, INFERENCE_PROTOCOL) })
+    await stillServing()
+  })
+
+  it('keeps every answer right when hostile and valid streams of both versions arrive at once', async () => {
+    await checkAsync('inference server burst', fc.array(fc.tuple(requestBytes, cuts, fc.constantFrom(INFERENCE_PROTOCOL, INFERENCE_PROTOCOL_SINGLE)), { minLength: 8, maxLength: 24 }), 25, async cases => {
       const before = service.stats.violations
-      const outcomes = await Promise.all(cases.map(async ([b, cs]) => await probe(b, cs, false)))
+      const outcomes = await Promise.all(cases.map(async ([b, cs, protocol]) => await probe(b, cs, false, protocol)))
       const expected = outcomes.filter(Boolean).length
       await until(`${expected} violations to be counted`, () => service.stats.violations === before + expected, 2000)
     })

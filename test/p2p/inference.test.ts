@@ -1,0 +1,235 @@
+/**
+ * `/shepherd/openai/1.1.0` between real libp2p hosts (tcp + noise + yamux) on loopback: streams
+ * reused between requests, and every way a reused stream can go wrong.
+ */
+import '../../src/polyfill.js'
+import { after, afterEach, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import type { Stream } from '@libp2p/interface'
+import { setLogSink, logSink } from '../../src/logger.js'
+import { ShepherdError } from '../../src/errors.js'
+import { INFERENCE_PROTOCOL, INFERENCE_PROTOCOL_SINGLE, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES } from '../../src/p2p/constants.js'
+import { FramedStream } from '../../src/p2p/framing.js'
+import type { Host } from '../../src/p2p/host.js'
+import { InferenceService, type InferenceReply } from '../../src/p2p/inference.js'
+import type { InferenceRequestFrame } from '../../src/p2p/inference-messages.js'
+import { newHost } from '../support/fuzz-hosts.js'
+import { until } from '../support/fuzz-harness.js'
+
+const req = (model: string, stream = false): InferenceRequestFrame => ({ v: 1, op: 'chat', stream, body: { messages: [] }, model })
+
+async function result (reply: Promise<InferenceReply>): Promise<Record<string, unknown>> {
+  const r = await reply
+  assert.equal(r.kind, 'result')
+  return (r as { data: Record<string, unknown> }).data
+}
+
+/** Streams of `protocol` open between the two hosts, as `host` sees them. */
+function openStreams (host: Host, peer: Host, protocol: string): Stream[] {
+  return host.getConnections(peer.peerId).flatMap(c => c.streams).filter(s => s.protocol === protocol)
+}
+
+/** A host that answers by hand: `answer` runs for each request frame read on each stream. */
+async function scriptedHost (protocol: string, answer: (req: InferenceRequestFrame, framed: FramedStream, stream: Stream, n: number) => Promise<'next' | 'stop'>): Promise<Host> {
+  const host = await newHost()
+  await host.handle(protocol, stream => {
+    const framed = new FramedStream(stream, { read: MAX_INFERENCE_REQUEST_BYTES, write: MAX_INFERENCE_RESPONSE_BYTES })
+    void (async () => {
+      for (let n = 0; ; n++) {
+        const r = await framed.read().catch(() => null)
+        if (r == null) break
+        if (await answer(r as InferenceRequestFrame, framed, stream, n) === 'stop') return
+      }
+      await stream.close().catch(() => {})
+    })()
+  })
+  return host
+}
+
+describe('inference protocol 1.1.0: pooled streams', () => {
+  let server: Host, client: Host
+  let service: InferenceService, requester: InferenceService
+  const extra: Host[] = []
+  const violations: string[] = []
+  const originalSink = logSink
+  let aborted = 0
+
+  before(async () => {
+    setLogSink(() => {})
+    ;[server, client] = await Promise.all([newHost(), newHost()])
+    service = new InferenceService(server)
+    await service.serve(async (r, ctx) => {
+      if (r.model === 'slow-stream') {
+        return {
+          kind: 'stream',
+          chunks: (async function * () {
+            for (let i = 0; i < 1000; i++) {
+              if (ctx.signal.aborted) { aborted++; return }
+              yield { i }
+              await new Promise(resolve => setTimeout(resolve, 5))
+            }
+          })()
+        }
+      }
+      if (r.model === 'three-chunks') return { kind: 'stream', chunks: (async function * () { yield { i: 0 }; yield { i: 1 }; yield { i: 2 } })() }
+      if (r.model === 'fails') throw new ShepherdError('no such thing', { code: 'model_not_found', status: 404 })
+      return { kind: 'result', data: { model: r.model } }
+    }, { onViolation: (_p, reason) => { violations.push(reason) } })
+    requester = new InferenceService(client, { requesterIdleMs: 60_000 })
+    await client.dial(server.getMultiaddrs()[0])
+  })
+
+  afterEach(() => { violations.length = 0 })
+
+  after(async () => {
+    await requester.stop()
+    await service.stop()
+    await Promise.all([server.stop(), client.stop(), ...extra.map(async h => { await h.stop() })])
+    setLogSink(originalSink)
+  })
+
+  it('sends one request after another on one stream, results, streams and errors alike', async () => {
+    const peer = server.peerId.toString()
+    const reused = requester.stats.reused
+    for (let i = 0; i < 20; i++) {
+      assert.deepEqual(await result(requester.request(peer, req(`m${i}`))), { model: `m${i}` })
+      const r = await requester.request(peer, req('three-chunks', true))
+      assert.equal(r.kind, 'stream')
+      const got: unknown[] = []
+      if (r.kind === 'stream') for await (const c of r.chunks) got.push(c)
+      assert.deepEqual(got, [{ i: 0 }, { i: 1 }, { i: 2 }])
+      await assert.rejects(requester.request(peer, req('fails')), (err: any) => err.status === 404 && err.code === 'model_not_found')
+    }
+    // The first request of the test may open the stream; all others reuse it.
+    assert.ok(requester.stats.reused - reused >= 59, `reused ${requester.stats.reused - reused} of 60`)
+    assert.equal(openStreams(client, server, INFERENCE_PROTOCOL).length, 1)
+    assert.equal(requester.pool.idleCount(peer), 1)
+    assert.deepEqual(violations, [])
+  })
+
+  it('keeps as many idle streams as a burst needed, up to the cap, and closes the rest', async () => {
+    const peer = server.peerId.toString()
+    const capped = new InferenceService(client, { idleStreamsPerPeer: 4 })
+    const replies = await Promise.all(Array.from({ length: 12 }, async (_, i) => await result(capped.request(peer, req(`burst${i}`)))))
+    assert.equal(replies.length, 12)
+    assert.equal(capped.pool.idleCount(peer), 4)
+    await capped.stop()
+    assert.equal(capped.pool.idleCount(), 0)
+  })
+
+  it('never reuses the stream of a request the client abandoned, and the host stops generating', async () => {
+    const peer = server.peerId.toString()
+    const ac = new AbortController()
+    const before = aborted
+    const r = await requester.request(peer, req('slow-stream', true), { signal: ac.signal })
+    assert.equal(r.kind, 'stream')
+    let n = 0
+    await assert.rejects((async () => {
+      if (r.kind === 'stream') for await (const _ of r.chunks) if (++n === 3) ac.abort(new ShepherdError('client left', { code: 'client_closed', status: 499 }))
+    })())
+    await until('the host to stop generating', () => aborted === before + 1, 3000)
+    // The next request works on a stream that is open both ways.
+    assert.deepEqual(await result(requester.request(peer, req('after-abort'))), { model: 'after-abort' })
+    for (const s of openStreams(client, server, INFERENCE_PROTOCOL)) assert.equal(s.status, 'open')
+  })
+
+  it('closes idle streams after the requester idle time, and the host counts no violation', async () => {
+    const peer = server.peerId.toString()
+    const brief = new InferenceService(client, { requesterIdleMs: 100 })
+    await result(brief.request(peer, req('brief')))
+    assert.equal(brief.pool.idleCount(peer), 1)
+    await until('the idle stream to be closed', () => brief.pool.idleCount(peer) === 0, 2000)
+    await brief.stop()
+    await until('the host to close its side', () => openStreams(server, client, INFERENCE_PROTOCOL).length <= openStreams(client, server, INFERENCE_PROTOCOL).length, 2000)
+    assert.deepEqual(violations, [])
+  })
+
+  it('a host closes a stream left idle past its idle time, and the requester opens a new one', async () => {
+    const host = await newHost()
+    extra.push(host)
+    const impatient = new InferenceService(host, { hostIdleMs: 100 })
+    await impatient.serve(async r => ({ kind: 'result', data: { model: r.model } }))
+    const peer = host.peerId.toString()
+    await client.dial(host.getMultiaddrs()[0])
+    await result(requester.request(peer, req('one')))
+    await until('the host to close the idle stream', () => openStreams(client, host, INFERENCE_PROTOCOL).every(s => s.remoteWriteStatus !== 'writable'), 2000)
+    assert.equal(impatient.stats.violations, 0)
+    assert.deepEqual(await result(requester.request(peer, req('two'))), { model: 'two' })
+  })
+
+  it('sends a request again on a new stream when a reused one breaks before the answer', async () => {
+    // Answers the first request of each stream, resets the stream on its second.
+    const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed, stream, n) => {
+      if (n > 0) { stream.abort(new Error('gone')); return 'stop' }
+      await framed.write({ t: 'result', data: { model: r.model } })
+      return 'next'
+    })
+    extra.push(host)
+    await client.dial(host.getMultiaddrs()[0])
+    const peer = host.peerId.toString()
+    const stale = requester.stats.staleRetries
+    assert.deepEqual(await result(requester.request(peer, req('first'))), { model: 'first' })
+    assert.deepEqual(await result(requester.request(peer, req('second'))), { model: 'second' })
+    assert.equal(requester.stats.staleRetries, stale + 1)
+  })
+
+  it('does not resend on a new stream when the host broke the protocol', async () => {
+    const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed, _s, n) => {
+      await framed.write(n === 0 ? { t: 'result', data: { model: r.model } } : { t: 'nonsense' })
+      return 'next'
+    })
+    extra.push(host)
+    await client.dial(host.getMultiaddrs()[0])
+    const peer = host.peerId.toString()
+    const stale = requester.stats.staleRetries
+    await result(requester.request(peer, req('first')))
+    await assert.rejects(requester.request(peer, req('second')), (err: any) => err.code === 'invalid_frame' || err.name === 'WireError')
+    assert.equal(requester.stats.staleRetries, stale)
+  })
+
+  it('drops a stream on which the host sent something between exchanges; a stray frame never answers a later request', async () => {
+    const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed) => {
+      await framed.write({ t: 'result', data: { model: r.model } })
+      setTimeout(() => { void framed.write({ t: 'result', data: { model: 'stray' } }).catch(() => {}) }, 30)
+      return 'next'
+    })
+    extra.push(host)
+    await client.dial(host.getMultiaddrs()[0])
+    const peer = host.peerId.toString()
+    const before = requester.stats.violations
+    assert.deepEqual(await result(requester.request(peer, req('first'))), { model: 'first' })
+    await new Promise(resolve => setTimeout(resolve, 100))
+    assert.deepEqual(await result(requester.request(peer, req('second'))), { model: 'second' })
+    assert.equal(requester.stats.violations, before + 1)
+  })
+
+  it('closes a pooled stream at once when its host closes its side while it idles', async () => {
+    // Found by the fuzz test: a host that closed just after its answer left a half-closed stream
+    // in the pool until the idle timeout.
+    const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed, stream) => {
+      await framed.write({ t: 'result', data: { model: r.model } })
+      setTimeout(() => { void stream.close().catch(() => {}) }, 50)
+      return 'stop'
+    })
+    extra.push(host)
+    await client.dial(host.getMultiaddrs()[0])
+    const peer = host.peerId.toString()
+    assert.deepEqual(await result(requester.request(peer, req('then-close'))), { model: 'then-close' })
+    assert.equal(requester.pool.idleCount(peer), 1, 'pooled while the host has not closed yet')
+    await until('the pool to let the stream go', () => requester.pool.idleCount(peer) === 0 && openStreams(client, host, INFERENCE_PROTOCOL).length === 0, 1000)
+  })
+
+  it('talks to a host that serves only 1.0.0, one stream per request', async () => {
+    const host = await scriptedHost(INFERENCE_PROTOCOL_SINGLE, async (r, framed, stream) => {
+      await framed.write({ t: 'result', data: { model: r.model } })
+      await stream.close()
+      return 'stop'
+    })
+    extra.push(host)
+    await client.dial(host.getMultiaddrs()[0])
+    const peer = host.peerId.toString()
+    for (let i = 0; i < 5; i++) assert.deepEqual(await result(requester.request(peer, req(`old${i}`))), { model: `old${i}` })
+    assert.equal(requester.pool.idleCount(peer), 0)
+    await until('every 1.0.0 stream to be closed', () => openStreams(client, host, INFERENCE_PROTOCOL_SINGLE).length === 0, 3000)
+  })
+})

@@ -87,6 +87,13 @@ export class NoHealthyHostError extends ShepherdError {
   }
 }
 
+/** A model does not fit in memory, even with every idle model unloaded; another node may serve it. */
+export class InsufficientMemoryError extends ShepherdError {
+  constructor (message = 'Not enough memory to load the model') {
+    super(message, { code: 'insufficient_memory', status: 503 })
+  }
+}
+
 export class TimeoutError extends ShepherdError {
   constructor (message = 'The request timed out') {
     super(message, { code: 'timeout', status: 504 })

@@ -50,6 +50,10 @@ export interface NodeOptions {
   contextSize: number
   /** Idle time after which a loaded model is unloaded. */
   keepAliveMs: number
+  /** Memory loaded models may hold in all, MiB; 0: total memory less the reserve. */
+  maxLoadedMb: number
+  /** Memory that must stay available after a model loads, MiB; 0: 10 % of total memory, at most 1 GiB. */
+  memoryReserveMb: number
   /** OpenAI-compatible servers this node fronts (Ollama, vLLM, LM Studio, llama-server...). */
   upstreams: string[]
   /** Requests this node runs at once. */
@@ -129,6 +133,8 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'threads', type: 'int', yaml: 'engine.threads', env: 'SHEPHERD_THREADS', flag: 'threads', help: 'inference threads (0 = fit the machine)' },
   { key: 'contextSize', type: 'int', yaml: 'engine.context_size', env: 'SHEPHERD_CONTEXT_SIZE', flag: 'context-size', help: 'context per model (0 = engine default)' },
   { key: 'keepAliveMs', type: 'int', yaml: 'engine.keep_alive_ms', env: 'SHEPHERD_KEEP_ALIVE_MS', flag: 'keep-alive-ms', help: 'idle time before a model is unloaded' },
+  { key: 'maxLoadedMb', type: 'int', yaml: 'engine.max_loaded_mb', env: 'SHEPHERD_MAX_LOADED_MB', flag: 'max-loaded-mb', help: 'memory for loaded models, MiB (0 = total less reserve); least recently used idle model unloaded first' },
+  { key: 'memoryReserveMb', type: 'int', yaml: 'engine.memory_reserve_mb', env: 'SHEPHERD_MEMORY_RESERVE_MB', flag: 'memory-reserve-mb', help: 'memory kept available after a load, MiB (0 = 10% of RAM, max 1 GiB)' },
   { key: 'upstreams', type: 'list', yaml: 'engine.upstreams', env: 'SHEPHERD_UPSTREAMS', flag: 'upstream', help: 'OpenAI-compatible base URL to front (repeatable)' },
   { key: 'maxConcurrency', type: 'int', yaml: 'serving.max_concurrency', env: 'SHEPHERD_MAX_CONCURRENCY', flag: 'max-concurrency', help: 'requests run at once' },
   { key: 'maxQueue', type: 'int', yaml: 'serving.max_queue', env: 'SHEPHERD_MAX_QUEUE', flag: 'max-queue', help: 'requests queued before 429' },
@@ -179,6 +185,8 @@ export function defaultOptions (): NodeOptions {
     threads: 0,
     contextSize: 0,
     keepAliveMs: 5 * 60_000,
+    maxLoadedMb: 0,
+    memoryReserveMb: 0,
     upstreams: [],
     maxConcurrency: 16,
     maxQueue: 256,

@@ -2,6 +2,8 @@ import type { NodeOptions } from '../config/index.js'
 import { EmbeddedEngine, LlamaServerEngine, UpstreamEngine, type Engine } from './engines/index.js'
 import type { LlamacppBuild, ModelFile } from './resources/index.js'
 
+const MiB = 1024 * 1024
+
 type Entry = { name: string, path: string, sizeBytes: number, fingerprint: string, contextLength: number | null }
 
 /**
@@ -17,7 +19,9 @@ export function createEngines (options: NodeOptions, deps: { modelFiles: () => M
   const tuning = {
     ...(options.threads > 0 ? { threads: options.threads } : {}),
     ...(options.contextSize > 0 ? { contextSize: options.contextSize } : {}),
-    keepAliveMs: options.keepAliveMs
+    keepAliveMs: options.keepAliveMs,
+    ...(options.maxLoadedMb > 0 ? { maxLoadedBytes: options.maxLoadedMb * MiB } : {}),
+    ...(options.memoryReserveMb > 0 ? { memoryReserveBytes: options.memoryReserveMb * MiB } : {})
   }
   if (options.engine === 'embedded') {
     engines.push(new EmbeddedEngine({ id: 'embedded', listModelFiles: entries, resolveModel, gpu: options.gpu, ...tuning }))

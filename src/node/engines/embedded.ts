@@ -6,14 +6,15 @@
  * - A loaded model has one LlamaContext with `maxSequences` sequences; each request takes a
  *   free sequence (node-llama-cpp batches the sequences together) and gives it back, and
  *   requests beyond that wait in a bounded FIFO queue.
- * - An idle model is unloaded after its keep-alive; with `maxLoadedBytes`, loading a model
- *   first unloads the least recently used idle ones until it fits.
+ * - An idle model is unloaded after its keep-alive. When memory is short (the `maxLoadedBytes`
+ *   budget, by default total memory less a reserve, or the memory available), loading a model
+ *   first unloads the least recently used idle ones (see `victimsFor`), and node-llama-cpp
+ *   finding too little memory for a load makes it unload one more and try again.
  * - Chat messages go through the model's own chat template (the GGUF's Jinja template,
  *   resolved by node-llama-cpp to its matching chat wrapper).
  */
 import { randomInt } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import { statSync } from 'node:fs'
 import type {
   ChatHistoryItem,
   ChatWrapper,
@@ -41,7 +42,7 @@ function nlc (): NodeLlamaCpp {
   if (lib === undefined) throw new Error('node-llama-cpp is not loaded yet')
   return lib
 }
-import { BadRequestError, ModelNotFoundError, ShepherdError } from '../../errors.js'
+import { BadRequestError, InsufficientMemoryError, ModelNotFoundError, ShepherdError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
 import { scanModelsDirs } from './model-dirs.js'
@@ -49,6 +50,14 @@ import { raceSignal } from './race-signal.js'
 import { defaultThreads } from './constants.js'
 import { probeGpu, type GpuProbeResult } from './gpu-probe.js'
 import { EMBEDDED_DEFAULTS } from './constants.js'
+import {
+  checkMemoryBudgetOptions,
+  defaultMemoryLimits,
+  modelFileBytes,
+  victimsFor,
+  type LoadedModelUsage,
+  type MemoryBudgetOptions
+} from './memory-budget.js'
 import {
   parseChatRequest,
   parseCompletionRequest,
@@ -109,7 +118,7 @@ export interface ModelEntry {
   contextLength?: number | null
 }
 
-export interface EmbeddedEngineOptions {
+export interface EmbeddedEngineOptions extends MemoryBudgetOptions {
   /** Engine id. Default `'embedded'`. */
   id?: string
   /** Directories scanned (not recursively) for `*.gguf`; used when `listModelFiles` is not given. */
@@ -135,8 +144,6 @@ export interface EmbeddedEngineOptions {
   maxQueue?: number
   /** Idle time before a model is unloaded; `Infinity` keeps models loaded. Default 5 minutes. */
   keepAliveMs?: number
-  /** Memory budget for loaded models (weights + context state); unlimited when absent. */
-  maxLoadedBytes?: number
   /**
    * A node-llama-cpp instance to share instead of starting one (`gpu` and `threads` then
    * only shape contexts); the engine leaves it running on `close()`.
@@ -187,6 +194,16 @@ interface Lease {
   release: (keepAliveMs: number | undefined) => void
 }
 
+
+/** node-llama-cpp's error for a load its memory estimates say cannot fit. */
+function isInsufficientMemory (err: unknown): boolean {
+  // Its class leaves `name` as 'Error', so the class (or the constructor's name) is the test.
+  if (lib !== undefined && err instanceof lib.InsufficientMemoryError) return true
+  // Ours shares the name; it means the retrying is already over.
+  if (err instanceof ShepherdError || !(err instanceof Error)) return false
+  return err.name === 'InsufficientMemoryError' || err.constructor.name === 'InsufficientMemoryError'
+}
+
 /** Rejects with the signal's reason if it aborts before `promise` settles. */
 
 function finishReasonOf (stopReason: string): FinishReason {
@@ -216,9 +233,10 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   readonly id: string
   readonly kind = 'embedded' as const
 
-  private readonly opts: Required<Omit<EmbeddedEngineOptions, 'id' | 'modelsDirs' | 'listModelFiles' | 'resolveModel' | 'maxLoadedBytes' | 'llama'>>
+  private readonly opts: Required<Omit<EmbeddedEngineOptions, 'id' | 'modelsDirs' | 'listModelFiles' | 'resolveModel' | 'llama' | keyof MemoryBudgetOptions>>
   private readonly ownsLlama: boolean
-  private readonly maxLoadedBytes: number | undefined
+  /** Loaded models are weights plus context state, counted against these. */
+  private readonly memory: MemoryBudgetOptions
   private readonly listModelFiles: () => ModelEntry[]
   private readonly resolveModel: ((name: string) => string | undefined) | undefined
   private readonly models = new Map<string, ModelSlotState>()
@@ -243,7 +261,12 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     for (const key of ['threads', 'contextSize', 'maxSequences'] as const) {
       if (!Number.isInteger(this.opts[key]) || this.opts[key] < 1) throw new RangeError(`${key} must be a positive integer`)
     }
-    this.maxLoadedBytes = options.maxLoadedBytes
+    checkMemoryBudgetOptions(options)
+    this.memory = {
+      maxLoadedBytes: options.maxLoadedBytes,
+      memoryReserveBytes: options.memoryReserveBytes,
+      availableMemoryBytes: options.availableMemoryBytes
+    }
     this.ownsLlama = options.llama === undefined
     if (options.llama !== undefined) this.llamaPromise = Promise.resolve(options.llama)
     const dirs = options.modelsDirs ?? []
@@ -703,13 +726,13 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     await loadLib()
     const llama = await this.llama()
     const started = performance.now()
-    const model = await llama.loadModel({ modelPath: entry.path })
+    const model = await this.retryLowOnMemory(entry.name, async () => await llama.loadModel({ modelPath: entry.path }))
     try {
-      const context = await model.createContext({
+      const context = await this.retryLowOnMemory(entry.name, async () => await model.createContext({
         contextSize: Math.min(this.opts.contextSize, model.trainContextSize),
         sequences: this.opts.maxSequences,
         threads: this.opts.threads
-      })
+      }))
       const sequences = Array.from({ length: this.opts.maxSequences }, () => context.getSequence())
       log.info('model loaded', { model: entry.name, ms: Math.round(performance.now() - started), contextSize: context.contextSize })
       return {
@@ -729,26 +752,62 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     }
   }
 
-  /** With a memory budget, unloads least recently used idle models until `entry` fits. */
+  /**
+   * Unloads least recently used idle models until `entry` fits the memory limits (see
+   * `victimsFor`). Its size is the file's: the context's state is not known before loading.
+   */
   private async makeRoomFor (entry: ModelEntry): Promise<void> {
-    if (this.maxLoadedBytes === undefined) return
-    let need = entry.sizeBytes
-    if (need === undefined) {
-      try {
-        need = statSync(entry.path).size
-      } catch {
-        need = 0
+    const usage: LoadedModelUsage[] = []
+    const loaded = new Map<string, LoadedModel>()
+    for (const [name, slot] of this.models) {
+      if (name === entry.name) continue
+      if (slot.state === 'loaded') {
+        const lm = slot.loaded
+        loaded.set(name, lm)
+        usage.push({ name, sizeBytes: lm.sizeBytes, lastUsed: lm.lastUsed, busy: !this.evictable(lm) })
+      } else if (slot.state === 'loading') {
+        // Another load under way will hold its memory soon; it can only count, not give room.
+        usage.push({ name, sizeBytes: modelFileBytes(slot.entry), lastUsed: Infinity, busy: true })
       }
     }
+    for (const name of victimsFor(usage, modelFileBytes(entry), defaultMemoryLimits(this.memory))) {
+      const lm = loaded.get(name) as LoadedModel
+      const slot = this.models.get(name)
+      // A request may have taken it while an earlier one was unloading: unloading it now would cut that request.
+      if (slot?.state !== 'loaded' || slot.loaded !== lm || !this.evictable(lm)) continue
+      log.info('unloading least recently used model to make room', { model: name, for: entry.name })
+      await this.unloadLoaded(lm)
+    }
+  }
+
+  /**
+   * Idle and not pinned. A pinned model is a deployment's replica: unloading it for room would
+   * only have the scheduler place it again, pushing out something else.
+   */
+  private evictable (lm: LoadedModel): boolean {
+    return lm.requests.size === 0 && lm.pinned !== true
+  }
+
+  /**
+   * Runs a step of a load; when node-llama-cpp finds too little memory for it (its estimates see
+   * what ours cannot, VRAM included), unloads the least recently used idle model and tries again,
+   * until none is left to unload.
+   */
+  private async retryLowOnMemory<T> (name: string, step: () => Promise<T>): Promise<T> {
     while (true) {
-      const loaded = [...this.models.values()].flatMap(s => s.state === 'loaded' ? [s.loaded] : [])
-      const used = loaded.reduce((sum, lm) => sum + lm.sizeBytes, 0)
-      if (used + need <= this.maxLoadedBytes) return
-      const victim = loaded.filter(lm => lm.requests.size === 0).sort((a, b) => a.lastUsed - b.lastUsed)[0]
-      // Nothing idle to give back: load anyway and let node-llama-cpp's own memory checks decide.
-      if (victim === undefined) return
-      log.info('unloading least recently used model to make room', { model: victim.name, for: entry.name })
-      await this.unloadLoaded(victim)
+      try {
+        return await step()
+      } catch (err) {
+        if (!isInsufficientMemory(err)) throw err
+        const victim = [...this.models.values()]
+          .flatMap(s => s.state === 'loaded' && s.loaded.name !== name && this.evictable(s.loaded) ? [s.loaded] : [])
+          .sort((a, b) => a.lastUsed - b.lastUsed)[0]
+        if (victim === undefined) {
+          throw new InsufficientMemoryError(`Not enough memory to load the model '${name}', even with every idle model unloaded`).withCause(err)
+        }
+        log.info('unloading least recently used model to make room', { model: victim.name, for: name, reason: (err as Error).message })
+        await this.unloadLoaded(victim)
+      }
     }
   }
 

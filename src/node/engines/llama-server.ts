@@ -10,6 +10,9 @@
  * - A child that crashes is restarted, a bounded number of times with backoff; requests
  *   arriving meanwhile wait for it, those it was serving fail with 503.
  * - An idle model is stopped after its keep-alive (SIGTERM, then SIGKILL after a grace period).
+ * - When memory is short (the `maxLoadedBytes` budget, by default total memory less a reserve,
+ *   or the memory available), starting a child first stops the least recently used idle ones
+ *   (see `victimsFor`); each child counts as its model file's size.
  * - Each child's output is kept, the last lines of it, for `logs(model)`.
  * - Answers are rebuilt into exactly the OpenAI shapes the embedded engine returns (our model
  *   id, no llama.cpp extras), so a client cannot tell which engine served it.
@@ -39,6 +42,7 @@ import type {
   TextCompletion,
   TextCompletionChunk
 } from './openai-types.js'
+import { checkMemoryBudgetOptions, defaultMemoryLimits, modelFileBytes, victimsFor, type LoadedModelUsage, type MemoryBudgetOptions } from './memory-budget.js'
 import { freePort, isAddressInUse, portInUse } from './ports.js'
 import { SlotPool } from './slot-pool.js'
 import { scanModelsDirs } from './model-dirs.js'
@@ -78,7 +82,7 @@ export const LLAMA_SERVER_DEFAULTS = {
   portAttempts: 3
 } as const
 
-export interface LlamaServerEngineOptions {
+export interface LlamaServerEngineOptions extends MemoryBudgetOptions {
   /** Engine id. Default `'llama-server'`. */
   id?: string
   /** llama.cpp builds the node found (`findLlamacppBuilds`); the best one is used. */
@@ -180,6 +184,8 @@ interface Instance {
   pool: SlotPool<number>
   requests: Set<AbortController>
   onDrained: Array<() => void>
+  /** When a request last took or gave it back: the least recently used idle child is stopped first for memory. */
+  lastUsed: number
   idleTimer?: NodeJS.Timeout
   /** Per-slot context the child reported. */
   contextSize?: number
@@ -206,6 +212,7 @@ function installExitHook (): void {
     for (const child of liveChildren) child.kill('SIGKILL')
   })
 }
+
 
 const sleep = async (ms: number, signal?: AbortSignal): Promise<void> => {
   await new Promise<void>((resolve, reject) => {
@@ -402,6 +409,7 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   private readonly listModelFiles: () => ModelEntry[]
   private readonly resolveModel: ((name: string) => string | undefined) | undefined
   private readonly pickPort: (host: string) => Promise<number>
+  private readonly memory: MemoryBudgetOptions
   private readonly instances = new Map<string, Instance>()
   private readonly logRings = new Map<string, LineRing>()
   private readonly states = new Map<string, EngineModelState>()
@@ -436,6 +444,12 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     this.listModelFiles = options.listModelFiles ?? (() => scanModelsDirs(dirs))
     this.resolveModel = options.resolveModel
     this.pickPort = options.pickPort ?? freePort
+    checkMemoryBudgetOptions(options)
+    this.memory = {
+      maxLoadedBytes: options.maxLoadedBytes,
+      memoryReserveBytes: options.memoryReserveBytes,
+      availableMemoryBytes: options.availableMemoryBytes
+    }
   }
 
   // ---- models -------------------------------------------------------------------------
@@ -707,6 +721,7 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     const controller = new AbortController()
     inst.requests.add(controller)
     clearTimeout(inst.idleTimer)
+    inst.lastUsed = Date.now()
     let released = false
     return {
       inst,
@@ -716,6 +731,7 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
         if (released) return
         released = true
         inst.requests.delete(controller)
+        inst.lastUsed = Date.now()
         if (inst.requests.size > 0) return
         for (const resolve of inst.onDrained.splice(0)) resolve()
         this.scheduleIdleStop(inst, keepAliveMs ?? this.opts.keepAliveMs)
@@ -752,6 +768,7 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
       pool: new SlotPool(Array.from({ length: this.opts.parallel }, (_, i) => i), this.opts.maxQueue),
       requests: new Set(),
       onDrained: [],
+      lastUsed: Date.now(),
       crashes: []
     }
     inst.ready = (async () => {
@@ -810,8 +827,33 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     return [...args, ...this.opts.extraArgs]
   }
 
+  /**
+   * Stops least recently used idle children until `inst`'s fits the memory limits (see
+   * `victimsFor`). A child counts as its model file: llama.cpp maps the weights whole, and its
+   * context is not known before it starts.
+   */
+  private async makeRoomFor (inst: Instance): Promise<void> {
+    const usage: LoadedModelUsage[] = []
+    for (const other of this.instances.values()) {
+      // A stopping child is already giving its memory back.
+      if (other === inst || other.phase === 'stopping') continue
+      // One starting or restarting will hold its memory soon; it can only count, not give room.
+      const busy = other.phase !== 'ready' || other.requests.size > 0
+      usage.push({ name: other.key, sizeBytes: modelFileBytes(other.entry), lastUsed: other.lastUsed, busy })
+    }
+    for (const key of victimsFor(usage, modelFileBytes(inst.entry), defaultMemoryLimits(this.memory))) {
+      const victim = this.instances.get(key)
+      // A request may have taken it while an earlier one was stopping: stopping it now would cut that request.
+      if (victim === undefined || victim.phase !== 'ready' || victim.requests.size > 0) continue
+      log.info('unloading least recently used model to make room', { model: victim.name, role: victim.role, for: inst.name })
+      await this.stop(victim)
+    }
+  }
+
   /** Starts a child and waits until it serves; a port taken meanwhile means another try. */
   private async launch (inst: Instance): Promise<RunningProcess> {
+    await this.makeRoomFor(inst)
+    inst.stopSignal.signal.throwIfAborted()
     const attempts = LLAMA_SERVER_DEFAULTS.portAttempts
     for (let attempt = 1; ; attempt++) {
       const port = await this.pickPort(this.opts.host)

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict'
+import { statSync } from 'node:fs'
 import { readFile, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { getLlama, readGgufFileInfo, type Llama } from 'node-llama-cpp'
-import { BadRequestError, ModelNotFoundError, OverloadedError, ShepherdError } from '../../../src/errors.js'
+import { getLlama, InsufficientMemoryError as LlamaInsufficientMemoryError, readGgufFileInfo, type Llama } from 'node-llama-cpp'
+import { BadRequestError, InsufficientMemoryError, ModelNotFoundError, OverloadedError, ShepherdError } from '../../../src/errors.js'
 import {
   decodeEmbedding,
   EmbeddedEngine,
@@ -75,6 +76,40 @@ async function watchLoad<T> (e: EmbeddedEngine, requests: Array<Promise<T>>): Pr
 
 function stateOf (e: EmbeddedEngine, model: string): string | undefined {
   return e.listModels().find(m => m.id === model)?.state
+}
+
+/** The shared node-llama-cpp, but its model loads fail as out of memory whenever `refuse` says so. */
+function refusingLlama (refuse: (modelPath: string) => boolean): Llama {
+  return new Proxy(sharedLlama, {
+    get (target, prop) {
+      if (prop === 'loadModel') {
+        return async (opts: Parameters<Llama['loadModel']>[0]) => {
+          if (refuse(opts.modelPath)) throw new LlamaInsufficientMemoryError('A model of this size cannot fit')
+          return await target.loadModel(opts)
+        }
+      }
+      const value: unknown = Reflect.get(target, prop, target)
+      return typeof value === 'function' ? value.bind(target) : value
+    }
+  })
+}
+
+/**
+ * A stream taken to its first chunk and held there: its model is busy until `release`. Should
+ * the model be unloaded all the same, the stream lets go, or the unload would wait for it forever.
+ */
+async function holdStream (e: EmbeddedEngine, model: string): Promise<{ release: () => Promise<void> }> {
+  const it = e.chatStream(chatBody({ model, max_tokens: 400 }))[Symbol.asyncIterator]()
+  await it.next()
+  const release = async (): Promise<void> => {
+    e.off('change', onChange)
+    await it.return(undefined)
+  }
+  const onChange = (ev: EngineChangeEvent): void => {
+    if (ev.model === model && ev.state === 'on_disk') void release()
+  }
+  e.on('change', onChange)
+  return { release }
 }
 
 before(async () => {
@@ -348,6 +383,79 @@ describe('EmbeddedEngine', () => {
     await e.chat(chatBody({ model: 'tiny-b', max_tokens: 2 }))
     assert.equal(stateOf(e, 'tiny'), 'on_disk')
     assert.equal(stateOf(e, 'tiny-b'), 'loaded')
+  })
+
+  it('with no budget set, unloads the least recently used idle model when available memory is short', async () => {
+    const reserve = 256 * 1024 ** 2
+    const need = statSync(join(dir, 'tiny.gguf')).size
+    let availableBytes = 64 * 1024 ** 3
+    const e = makeEngine({
+      keepAliveMs: Infinity,
+      memoryReserveBytes: reserve,
+      availableMemoryBytes: () => availableBytes,
+      // A third name for the tiny file, to see which of two idle models goes.
+      listModelFiles: () => ['tiny', 'tiny-b'].map(name => ({ name, path: join(dir, `${name}.gguf`) }))
+        .concat({ name: 'tiny-c', path: join(dir, 'tiny.gguf') })
+    })
+    await e.load('tiny')
+    await e.load('tiny-b')
+    assert.deepEqual(['tiny', 'tiny-b', 'tiny-c'].map(m => stateOf(e, m)), ['loaded', 'loaded', 'on_disk'], 'plenty of memory: both stay')
+    await e.chat(chatBody({ model: 'tiny', max_tokens: 2 }))
+    // One byte short of the reserve once tiny-c is in.
+    availableBytes = reserve + need - 1
+    const events = recordChanges(e)
+    await e.load('tiny-c')
+    assert.deepEqual(['tiny', 'tiny-b', 'tiny-c'].map(m => stateOf(e, m)), ['loaded', 'on_disk', 'loaded'])
+    const gone = events.findIndex(ev => ev.model === 'tiny-b' && ev.state === 'on_disk')
+    assert.ok(gone >= 0 && gone < events.findIndex(ev => ev.model === 'tiny-c' && ev.state === 'loaded'), 'peers hear of the unload before the load ends')
+  })
+
+  it('never unloads a busy model to make room', async () => {
+    const reserve = 256 * 1024 ** 2
+    let availableBytes = 64 * 1024 ** 3
+    const e = makeEngine({ keepAliveMs: Infinity, memoryReserveBytes: reserve, availableMemoryBytes: () => availableBytes })
+    await e.load('tiny')
+    const held = await holdStream(e, 'tiny')
+    try {
+      availableBytes = 0
+      // The load is tried anyway: only node-llama-cpp's own checks can refuse it.
+      await e.load('tiny-b')
+      assert.equal(stateOf(e, 'tiny'), 'loaded')
+      assert.equal(stateOf(e, 'tiny-b'), 'loaded')
+      assert.equal((await e.health()).activeRequests, 1)
+    } finally {
+      await held.release()
+    }
+  })
+
+  it('unloads an idle model and retries when node-llama-cpp finds too little memory', async () => {
+    const e = makeEngine({
+      keepAliveMs: Infinity,
+      availableMemoryBytes: () => 64 * 1024 ** 3,
+      llama: refusingLlama(path => path.endsWith('tiny-b.gguf') && stateOf(e, 'tiny') !== 'on_disk')
+    })
+    await e.load('tiny')
+    await e.load('tiny-b')
+    assert.equal(stateOf(e, 'tiny'), 'on_disk')
+    assert.equal(stateOf(e, 'tiny-b'), 'loaded')
+  })
+
+  it('fails with InsufficientMemoryError when no idle model is left to unload', async () => {
+    const e = makeEngine({
+      keepAliveMs: Infinity,
+      availableMemoryBytes: () => 64 * 1024 ** 3,
+      llama: refusingLlama(path => path.endsWith('tiny-b.gguf'))
+    })
+    await e.load('tiny')
+    const held = await holdStream(e, 'tiny')
+    try {
+      await assert.rejects(e.load('tiny-b'), (err: ShepherdError) =>
+        err instanceof InsufficientMemoryError && err.code === 'insufficient_memory' && err.status === 503)
+      assert.equal(stateOf(e, 'tiny'), 'loaded', 'the busy model stays')
+      assert.equal(stateOf(e, 'tiny-b'), 'on_disk')
+    } finally {
+      await held.release()
+    }
   })
 
   it('aborts in-flight requests when their model is unloaded', async () => {

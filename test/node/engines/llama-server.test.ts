@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
+import { statSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -322,6 +323,49 @@ describe('LlamaServerEngine', () => {
     await waitForChange(e, 'tiny', 'on_disk', 5_000)
     await waitUntil('the child to exit', () => !alive(pid), 5_000)
     assert.equal(e.pid('tiny'), undefined)
+  })
+
+  it('with little memory available, stops the least recently used idle child before starting another', async () => {
+    const reserve = 256 * 1024 ** 2
+    const need = statSync(join(dir, 'tiny.gguf')).size
+    let availableBytes = 64 * 1024 ** 3
+    const e = makeEngine({
+      memoryReserveBytes: reserve,
+      availableMemoryBytes: () => availableBytes,
+      // A third name for the tiny file, to see which of two idle children goes.
+      listModelFiles: () => ['tiny', 'tiny-b'].map(name => ({ name, path: join(dir, `${name}.gguf`) }))
+        .concat({ name: 'tiny-c', path: join(dir, 'tiny.gguf') })
+    })
+    const states = (): Array<string | undefined> => ['tiny', 'tiny-b', 'tiny-c'].map(m => stateOf(e, m))
+    await e.load('tiny')
+    await e.load('tiny-b')
+    assert.deepEqual(states(), ['loaded', 'loaded', 'on_disk'], 'plenty of memory: both stay')
+    await e.chat(chatBody({ model: 'tiny', max_tokens: 2 }))
+    const pidB = e.pid('tiny-b') as number
+    // One byte short of the reserve once tiny-c is in.
+    availableBytes = reserve + need - 1
+    const changes: EngineChangeEvent[] = []
+    e.on('change', ev => { changes.push(ev) })
+    await e.load('tiny-c')
+    assert.deepEqual(states(), ['loaded', 'on_disk', 'loaded'])
+    assert.equal(alive(pidB), false, 'the child was stopped before the new one started')
+    const gone = changes.findIndex(ev => ev.model === 'tiny-b' && ev.state === 'on_disk')
+    assert.ok(gone >= 0 && gone < changes.findIndex(ev => ev.model === 'tiny-c' && ev.state === 'loading'), JSON.stringify(changes))
+
+    // A stream held open keeps tiny-c busy; should it be stopped all the same, the stream lets go.
+    const stream = e.chatStream(chatBody({ model: 'tiny-c', max_tokens: 200 }))[Symbol.asyncIterator]()
+    await stream.next()
+    const release = async (): Promise<void> => { await stream.return(undefined) }
+    e.on('change', ev => { if (ev.model === 'tiny-c' && ev.state === 'on_disk') void release() })
+    try {
+      availableBytes = 0
+      // Every idle child goes; the busy one stays, and the load is tried anyway.
+      await e.load('tiny-b')
+      assert.deepEqual(states(), ['on_disk', 'loaded', 'loaded'])
+      assert.equal((await e.health()).activeRequests, 1)
+    } finally {
+      await release()
+    }
   })
 
   it('frees the slot when a stream is abandoned or the caller aborts', async () => {

@@ -18,13 +18,14 @@ import path from 'node:path'
 import { EmbeddedEngine, UpstreamEngine, type ChatCompletionRequest, type Engine } from '../src/node/engines/index.js'
 import { getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../test/support/cluster.js'
 import { createTinyModel } from '../test/support/tiny-model.js'
-import { UpstreamStandin } from '../test/support/upstream-standin.js'
 import { ClockedUpstream, CLOCKED_MODEL } from './clocked-upstream.js'
 import { closedLoop } from './closed-loop.js'
 import { KeepAliveClient, type StreamAnswer } from './keep-alive-client.js'
 import { round, summarize } from './latency-stats.js'
 import { describeTally, MeshWatch } from './mesh-watch.js'
 import { cpuMs } from './process-cpu.js'
+import { pin, pinPlan } from './cpu-pinning.js'
+import { StandinProcess } from './standin-child.js'
 import type { BenchTable, Cell } from './table.js'
 
 const TINY_MODEL = 'tiny-chat'
@@ -130,7 +131,7 @@ async function fromEngine (engine: Engine, body: ChatCompletionRequest, clocked:
 export async function run (): Promise<BenchTable> {
   const notes: string[] = []
   const load0 = loadavg()[0]
-  const standin = await UpstreamStandin.start({ latencyMs: 0 })
+  const standin = await StandinProcess.start()
   const clocked = await ClockedUpstream.start({ intervalMs: CHUNK_INTERVAL_MS })
   const modelsDir = await tempDir('shepherd-bench-models-')
   await createTinyModel(path.join(modelsDir, `${TINY_MODEL}.gguf`))
@@ -169,6 +170,13 @@ export async function run (): Promise<BenchTable> {
       if (seen !== '—') problems.push(`mesh, ${what}: ${seen}`)
     }
     const pids = { host: host.child.pid, entry: entry.child.pid }
+    const plan = pinPlan()
+    if (plan !== undefined) {
+      pin(pids.host, plan.host)
+      pin(standin.pid, plan.host)
+      pin(pids.entry, plan.rest)
+      pin(process.pid, plan.rest)
+    }
     /** CPU ms per request of the host and entry node processes on a path; null for the in-process path. */
     const cpuPerRequest = (p: PathName, run: PathRun<unknown>, n: number): [Cell, Cell] =>
       p === 'a in-process' ? [null, null] : [round(run.hostCpuMs / n, 2), p === 'c mesh hop' ? round(run.entryCpuMs / n, 2) : null]
@@ -292,13 +300,17 @@ export async function run (): Promise<BenchTable> {
 
     notes.push(
       'Loopback, one host node (engines: embedded tiny model with --threads 1, upstream stand-in, clocked upstream) and one entry node (--engine none);',
-      'the bench process runs the client, the in-process engines and both upstream servers. Keep-alive HTTP agent; paths measured in interleaved slices.',
+      'the upstream stand-in runs in a process of its own (the host\'s side); the bench process runs the client, the in-process engines and the clocked upstream.',
+      'Keep-alive HTTP agent; paths measured in interleaved slices.',
       `Non-streaming rows: p50/p99 = request latency (ms). Streaming rows: p50/p99 = time to first content chunk (ms); gap = between content chunks;`,
       'host CPU / entry CPU: ms of CPU the host / entry node process used per request on that path (from /proc; steadier than latency on a busy machine).',
       `delay = a clocked chunk's emission-to-arrival time (only for the clocked upstream, which writes a chunk every ${CHUNK_INTERVAL_MS} ms stamped with its send time).`,
       `Targets apply to (c) against (b). ${verdicts.filter(v => v).length}/${verdicts.length} met. At c=8 the ${cpus().length} cores are saturated, so p50 ≈ 8 / req/s (Little's law):`,
       'there the p50 target is a throughput target in disguise, and CPU per request decides both.',
       ...(problems.length > 0 ? problems : ['No request failed, and the entry saw no peer transition and no host out of rotation.']),
+      plan !== undefined
+        ? `CPU: the host node pinned to core ${plan.host}, the entry node and the bench process to core(s) ${plan.rest} (taskset), as on a LAN where the entry is another machine; BENCH_PIN=0 runs unpinned.`
+        : 'CPU: nothing pinned (BENCH_PIN=0, one core, or no taskset): the entry node and the client take CPU from the host\'s engine, which the hop is then charged for.',
       `Machine: ${cpus().length} cores, shared with other work (load average ${load0.toFixed(1)} at start, ${loadavg()[0].toFixed(1)} at end); absolute numbers move with it, the interleaved comparison less so.`
     )
     return {

@@ -214,11 +214,21 @@ export class InferenceService {
       try {
         return await this.exchange(lease, req, opts)
       } catch (err) {
-        if (!(err instanceof StaleStreamError) || fresh) throw err instanceof StaleStreamError ? new NoHealthyHostError(req.model).withMessage('the host closed the stream early') : err
+        if (!(err instanceof StaleStreamError)) throw err
+        // Once the connection itself is gone (the peer died or was hung up on), another dial
+        // would only wait for the connect timeout: the router's next replica is the better bet.
+        if (fresh || !await this.connected(peer)) throw new NoHealthyHostError(req.model).withMessage('the host closed the stream early')
         this.stats.staleRetries++
         fresh = true
       }
     }
+  }
+
+  /** Whether a connection to `peer` is still open, once a connection that is closing had its turn to say so. */
+  private async connected (peer: string): Promise<boolean> {
+    // A dying connection resets its streams before its own status changes.
+    await new Promise(resolve => setImmediate(resolve))
+    return this.host.getConnections().some(c => c.status === 'open' && c.remotePeer.toString() === peer)
   }
 
   /** A new stream to `peer`, within the connect timeout. */

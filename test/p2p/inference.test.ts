@@ -173,6 +173,29 @@ describe('inference protocol 1.1.0: pooled streams', () => {
     assert.equal(requester.stats.staleRetries, stale + 1)
   })
 
+  it('does not dial again when the connection itself went away under a reused stream', async () => {
+    let host: Host | undefined
+    // Answers the first request; on the second, drops the whole connection without a word.
+    host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed, _s, n) => {
+      if (n > 0) {
+        for (const c of host!.getConnections(client.peerId)) c.abort(new Error('link gone'))
+        return 'stop'
+      }
+      await framed.write({ t: 'result', data: { model: r.model } })
+      return 'next'
+    })
+    extra.push(host)
+    await client.dial(host.getMultiaddrs()[0])
+    const peer = host.peerId.toString()
+    const stale = requester.stats.staleRetries
+    await result(requester.request(peer, req('first')))
+    const t0 = performance.now()
+    await assert.rejects(requester.request(peer, req('second')), (err: any) => err.code === 'no_healthy_host')
+    assert.equal(requester.stats.staleRetries, stale, 'no second try on a fresh stream')
+    assert.equal(client.getConnections(host.peerId).length, 0, 'no new connection dialed')
+    assert.ok(performance.now() - t0 < 1000)
+  })
+
   it('does not resend on a new stream when the host broke the protocol', async () => {
     const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed, _s, n) => {
       await framed.write(n === 0 ? { t: 'result', data: { model: r.model } } : { t: 'nonsense' })

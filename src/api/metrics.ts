@@ -14,6 +14,9 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
   metric('shepherd_gossip_messages_received_total', 'counter', 'Membership messages received.', [['', g.messagesReceived]])
   metric('shepherd_gossip_messages_dropped_total', 'counter', 'Membership messages dropped, by reason.',
     Object.entries(g.dropped).map(([reason, n]) => [`{reason="${reason}"}`, n]))
+  metric('shepherd_mdns_queries_total', 'counter', 'mDNS queries sent (they back off while connected).', [['', g.mdns.queries]])
+  metric('shepherd_mdns_answers_total', 'counter', 'Peers named by mDNS answers: passed on to libp2p, or dropped as connected already.',
+    [['{outcome="announced"}', g.mdns.announced], ['{outcome="suppressed"}', g.mdns.suppressed]])
   metric('shepherd_peers', 'gauge', 'Peers by status.', Object.entries(m.peersByStatus).map(([s, n]) => [`{status="${s}"}`, n]))
   metric('shepherd_snapshot_version', 'gauge', 'Version of this node\'s resource snapshot.', [['', m.snapshotVersion]])
   metric('shepherd_uptime_seconds', 'gauge', 'Seconds since the node started.', [['', m.uptimeSec]])

@@ -18,6 +18,8 @@ export interface NodeOptions {
   bootstrap: string[]
   mdns: boolean
   mdnsIntervalMs: number
+  /** Longest mDNS query interval once connected: queries back off (doubling) from `mdnsIntervalMs` to it. */
+  mdnsMaxIntervalMs: number
   groups: string[]
   modelsDirs: string[]
   /** Extra llama.cpp build locations (binaries or directories), besides PATH. */
@@ -115,7 +117,8 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'listen', type: 'list', yaml: 'p2p.listen', env: 'SHEPHERD_LISTEN', flag: 'listen', help: 'libp2p listen multiaddr (repeatable)' },
   { key: 'bootstrap', type: 'list', yaml: 'p2p.bootstrap', env: 'SHEPHERD_BOOTSTRAP', flag: 'bootstrap', help: 'peer multiaddr to dial (repeatable)' },
   { key: 'mdns', type: 'bool', yaml: 'p2p.mdns', env: 'SHEPHERD_MDNS', flag: 'mdns', help: 'LAN discovery with mDNS (--no-mdns to disable)' },
-  { key: 'mdnsIntervalMs', type: 'int', yaml: 'p2p.mdns_interval_ms', env: 'SHEPHERD_MDNS_INTERVAL_MS', flag: 'mdns-interval-ms', help: 'mDNS query interval' },
+  { key: 'mdnsIntervalMs', type: 'int', yaml: 'p2p.mdns_interval_ms', env: 'SHEPHERD_MDNS_INTERVAL_MS', flag: 'mdns-interval-ms', help: 'mDNS query interval while alone' },
+  { key: 'mdnsMaxIntervalMs', type: 'int', yaml: 'p2p.mdns_max_interval_ms', env: 'SHEPHERD_MDNS_MAX_INTERVAL_MS', flag: 'mdns-max-interval-ms', help: 'longest mDNS query interval once connected (doubling back-off)' },
   { key: 'modelsDirs', type: 'list', yaml: 'models.paths', env: 'SHEPHERD_MODELS_DIRS', flag: 'models-dir', help: 'directory of GGUF models (repeatable)' },
   { key: 'llamacppPaths', type: 'list', yaml: 'llamacpp.paths', env: 'SHEPHERD_LLAMACPP_PATHS', flag: 'llamacpp', help: 'llama.cpp build location (repeatable)' },
   { key: 'heartbeatMs', type: 'int', yaml: 'membership.heartbeat_ms', env: 'SHEPHERD_HEARTBEAT_MS', flag: 'heartbeat-ms', help: 'heartbeat interval' },
@@ -167,6 +170,7 @@ export function defaultOptions (): NodeOptions {
     bootstrap: [],
     mdns: true,
     mdnsIntervalMs: 1000,
+    mdnsMaxIntervalMs: 30_000,
     groups: ['default'],
     modelsDirs: [],
     llamacppPaths: [],

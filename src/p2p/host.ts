@@ -4,20 +4,24 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub } from '@libp2p/gossipsub'
 import { createPeerScoreParams, createPeerScoreThresholds, createTopicScoreParams } from '@libp2p/gossipsub/score'
 import { identify } from '@libp2p/identify'
-import { mdns } from '@libp2p/mdns'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { preSharedKey } from '@libp2p/pnet'
 import type { PrivateKey, PeerDiscovery, PeerId } from '@libp2p/interface'
 import type { TrustPolicy } from './trust.js'
-import { MAX_GOSSIP_FRAME_BYTES, MDNS_SERVICE_TAG, MEMBERSHIP_TOPIC } from './constants.js'
+import { MAX_GOSSIP_FRAME_BYTES, MEMBERSHIP_TOPIC } from './constants.js'
+import { lanDiscovery, type LanDiscoveryStats } from './lan-discovery.js'
 
 export interface HostOptions {
   privateKey: PrivateKey
   listen: string[]
   mdns: boolean
   mdnsIntervalMs: number
+  /** Longest mDNS query interval once connected (the interval doubles up to it). Default 30 s. */
+  mdnsMaxIntervalMs?: number
+  /** mDNS counters to keep up to date. */
+  mdnsStats?: LanDiscoveryStats
   /** A swarm key (`/key/swarm/psk/1.0.0/` file content): only nodes with the same key connect. */
   swarmKey?: Uint8Array
   /** Who may connect; checked once the remote's identity is proven (after noise). */
@@ -32,7 +36,7 @@ export type Host = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>, p
  */
 export async function createHost (opts: HostOptions): Promise<Host> {
   const peerDiscovery: Array<(components: any) => PeerDiscovery> = []
-  if (opts.mdns) peerDiscovery.push(mdns({ interval: opts.mdnsIntervalMs, serviceTag: MDNS_SERVICE_TAG }))
+  if (opts.mdns) peerDiscovery.push(lanDiscovery({ intervalMs: opts.mdnsIntervalMs, maxIntervalMs: Math.max(opts.mdnsIntervalMs, opts.mdnsMaxIntervalMs ?? 30_000), stats: opts.mdnsStats }))
   const host = await createLibp2p({
     privateKey: opts.privateKey,
     addresses: { listen: opts.listen },

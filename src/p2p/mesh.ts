@@ -5,6 +5,7 @@ import type { PeerId, PrivateKey } from '@libp2p/interface'
 import { createLogger, type Logger } from '../logger.js'
 import { MEMBERSHIP_TOPIC, MEMBERSHIP_VERSION } from './constants.js'
 import { createHost, type Host } from './host.js'
+import type { LanDiscoveryStats } from './lan-discovery.js'
 import { decodeMembership, encodeMembership, type DropReason, type MembershipMessage } from './messages.js'
 import { PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
 import { Redialer } from './redialer.js'
@@ -24,6 +25,8 @@ export interface MeshOptions<S> {
   bootstrap: string[]
   mdns: boolean
   mdnsIntervalMs: number
+  /** Longest mDNS query interval once connected to a peer. */
+  mdnsMaxIntervalMs?: number
   heartbeatMs: number
   suspectAfterMs: number
   deadAfterMs: number
@@ -57,6 +60,8 @@ export interface MeshStats {
   messagesSent: number
   messagesReceived: number
   dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted' | 'rate_limited', number>
+  /** mDNS queries sent, and peers its answers named: passed on to libp2p, or dropped as connected already. */
+  mdns: LanDiscoveryStats
 }
 
 export interface MeshEvents<S> extends PeerTableEvents<S> {
@@ -80,7 +85,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     gossipBytesReceived: 0,
     messagesSent: 0,
     messagesReceived: 0,
-    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, unsupported_version: 0, stale: 0, invalid_snapshot: 0, untrusted: 0, rate_limited: 0 }
+    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, unsupported_version: 0, stale: 0, invalid_snapshot: 0, untrusted: 0, rate_limited: 0 },
+    mdns: { queries: 0, announced: 0, suppressed: 0 }
   }
 
   /** Decode results of validated messages, keyed by their payload, consumed by the handler. */
@@ -167,7 +173,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
 
   async start (): Promise<void> {
     const o = this.opts
-    const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs, swarmKey: o.swarmKey, trust: o.trust })
+    const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs, mdnsMaxIntervalMs: o.mdnsMaxIntervalMs, mdnsStats: this.stats.mdns, swarmKey: o.swarmKey, trust: o.trust })
     // A revoked peer is cut off at once; its record stays (shown as denied) and goes dead.
     o.trust?.on('revoked', peer => {
       void host.hangUp(peerIdFromString(peer)).catch(() => {})

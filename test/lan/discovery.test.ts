@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { writeGguf } from '../support/gguf-writer.js'
-import { API_PORT, MeshCluster, P2P_PORT } from './mesh-cluster.js'
+import { API_PORT, MeshCluster, P2P_PORT, promSum } from './mesh-cluster.js'
 import type { ApiPeer } from './mesh-cluster.js'
 
 const KILL_DEAD_MS = 3000
@@ -117,6 +117,24 @@ describe('mesh on a LAN of 3 network namespaces, discovery by mDNS only', { time
         }
       }
     }
+  })
+
+  test('once connected, mDNS queries back off and answers from connected peers are dropped', { timeout: 30_000 }, async () => {
+    const counts = async (): Promise<Array<{ queries: number, suppressed: number }>> => await Promise.all(c().nodes.map(async n => {
+      const text = await c().metricsText(n.index)
+      return { queries: promSum(text, 'shepherd_mdns_queries_total') ?? NaN, suppressed: promSum(text, 'shepherd_mdns_answers_total', { outcome: 'suppressed' }) ?? NaN }
+    }))
+    const before = await counts()
+    await new Promise(resolve => setTimeout(resolve, 4000))
+    const after = await counts()
+    for (const [i, b] of before.entries()) {
+      const sent = after[i].queries - b.queries
+      console.log(`[lan] node ${i}: ${sent} mDNS queries in 4 s once connected (${after[i].queries} since start), ${after[i].suppressed} answers from connected peers dropped`)
+      // At the 1 s pace of a node alone that would be 4; backing off from 1 s, at most 2.
+      assert.ok(sent <= 2, `node ${i} sent ${sent} queries in 4 s`)
+      assert.ok(after[i].queries >= 1, `node ${i} queried at all`)
+    }
+    assert.ok(after.some(a => a.suppressed > 0), 'answers from connected peers are dropped before libp2p sees them')
   })
 
   test(`kill -9: the others mark the node dead within ${KILL_DEAD_MS} ms`, { timeout: 20_000 }, async () => {

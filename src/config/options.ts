@@ -81,6 +81,14 @@ export interface NodeOptions {
   electionBackoffMs: number
   /** Wait after start before this node may claim leadership. */
   electionGraceMs: number
+  /** How often the durable logs are pruned (and once at start). */
+  pruneIntervalMs: number
+  /** A finished command's record and result are kept at least this long (its id then can no longer be replayed: it expired). */
+  commandResultsRetentionMs: number
+  /** Audit entries (the node's and the command audit) older than this are deleted... */
+  auditRetentionMs: number
+  /** ...and beyond this many per log, the oldest. */
+  auditMaxEntries: number
   /** Swarm key file: only nodes with the same key form a mesh (private swarm). */
   swarmKeyFile: string
   /** Peer ids that may connect (empty: any, unless denied). */
@@ -151,6 +159,10 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'electionSettleMs', type: 'int', yaml: 'groups.election_settle_ms', env: 'SHEPHERD_ELECTION_SETTLE_MS', flag: 'election-settle-ms', help: 'stable membership before a leader claim' },
   { key: 'electionBackoffMs', type: 'int', yaml: 'groups.election_backoff_ms', env: 'SHEPHERD_ELECTION_BACKOFF_MS', flag: 'election-backoff-ms', help: 'extra wait per candidate rank' },
   { key: 'electionGraceMs', type: 'int', yaml: 'groups.election_grace_ms', env: 'SHEPHERD_ELECTION_GRACE_MS', flag: 'election-grace-ms', help: 'no claim this soon after start' },
+  { key: 'pruneIntervalMs', type: 'int', yaml: 'retention.prune_interval_ms', env: 'SHEPHERD_PRUNE_INTERVAL_MS', flag: 'prune-interval-ms', help: 'how often old records are pruned' },
+  { key: 'commandResultsRetentionMs', type: 'int', yaml: 'retention.command_results_ms', env: 'SHEPHERD_COMMAND_RESULTS_RETENTION_MS', flag: 'command-results-retention-ms', help: 'how long finished command results are kept' },
+  { key: 'auditRetentionMs', type: 'int', yaml: 'retention.audit_ms', env: 'SHEPHERD_AUDIT_RETENTION_MS', flag: 'audit-retention-ms', help: 'how long audit entries are kept' },
+  { key: 'auditMaxEntries', type: 'int', yaml: 'retention.audit_max_entries', env: 'SHEPHERD_AUDIT_MAX_ENTRIES', flag: 'audit-max-entries', help: 'most audit entries kept per log' },
   { key: 'swarmKeyFile', type: 'string', yaml: 'p2p.swarm_key', env: 'SHEPHERD_SWARM_KEY', flag: 'swarm-key', help: 'swarm key file (private mesh; see keygen)' },
   { key: 'trustAllow', type: 'list', yaml: 'trust.allow', env: 'SHEPHERD_TRUST_ALLOW', flag: 'allow-peer', help: 'peer id allowed to connect (repeatable)' },
   { key: 'trustDeny', type: 'list', yaml: 'trust.deny', env: 'SHEPHERD_TRUST_DENY', flag: 'deny-peer', help: 'peer id refused (repeatable)' },
@@ -209,6 +221,10 @@ export function defaultOptions (): NodeOptions {
     electionSettleMs: 500,
     electionBackoffMs: 300,
     electionGraceMs: 1500,
+    pruneIntervalMs: 3_600_000,
+    commandResultsRetentionMs: 24 * 3_600_000,
+    auditRetentionMs: 30 * 24 * 3_600_000,
+    auditMaxEntries: 100_000,
     apiKeys: []
   }
 }

@@ -90,6 +90,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   snapshotVersion = 1
   private apiPort: number | null = null
   private readonly startedAt = Date.now()
+  private pruneTimer?: NodeJS.Timeout
   private readonly log = createLogger('node')
 
   private constructor (
@@ -233,11 +234,33 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       }
     })
     await this.control.start()
+    this.pruneTimer = setInterval(() => { void this.pruneLogs() }, this.options.pruneIntervalMs)
+    this.pruneTimer.unref()
+    void this.pruneLogs()
     this.log.info('started', { id: this.id, addresses: this.mesh.addresses() })
+  }
+
+  /**
+   * Deletes what no one can ask for any more: expired command records past their retention, and
+   * audit entries past the audit retention (both logs). Runs at start and every `pruneIntervalMs`.
+   */
+  async pruneLogs (): Promise<{ commandRuns: number, commandAudit: number, audit: number }> {
+    const audit = { maxAgeMs: this.options.auditRetentionMs, maxEntries: this.options.auditMaxEntries }
+    try {
+      const commands = await this.control.commands.prune({ keepResultsMs: this.options.commandResultsRetentionMs, audit })
+      const pruned = { commandRuns: commands.runs, commandAudit: commands.audit, audit: await this.store.pruneAudit(audit) }
+      if (pruned.commandRuns + pruned.commandAudit + pruned.audit > 0) this.log.info('pruned old records', pruned)
+      return pruned
+    } catch (err) {
+      // A store closing under a running prune is a stop, not a failure worth more than a line.
+      this.log.warn('pruning failed', { err })
+      return { commandRuns: 0, commandAudit: 0, audit: 0 }
+    }
   }
 
   /** Stops the node; a clean stop tells peers at once (status `left`). */
   async stop (opts: { announce?: boolean } = {}): Promise<void> {
+    clearInterval(this.pruneTimer)
     this.groups.stop()
     await this.mesh.stop(opts)
     await this.control.stop()

@@ -3,6 +3,7 @@ import path from 'node:path'
 import { Level } from 'level'
 import { ShepherdError } from '../errors.js'
 import type { CommandStoreBackend } from './commands/index.js'
+import { pruneLog, type LogRetention, type PrunableLog } from './log-pruning.js'
 
 /** The data dir exists but cannot be used: unreadable, not a directory, or locked by another node. */
 export class StoreError extends ShepherdError {
@@ -110,6 +111,12 @@ export class Store {
     const at = Date.now()
     const key = `${at.toString().padStart(15, '0')}-${(this.auditSeq++).toString().padStart(9, '0')}`
     await this.audit.put(key, { at, ...entry })
+  }
+
+  /** Deletes audit entries older than `retention.maxAgeMs`, then all but the newest `retention.maxEntries`. */
+  async pruneAudit (retention: LogRetention, now = Date.now()): Promise<number> {
+    const pruned = await pruneLog(this.audit as unknown as PrunableLog, '', retention, now)
+    return pruned.expired + pruned.overflow
   }
 
   /** The newest `limit` audit entries, newest first. */

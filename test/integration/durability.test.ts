@@ -7,7 +7,11 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { createTinyModel } from '../support/tiny-model.js'
-import { runCli, getJson, startNode, stopNode, tempDir, type NodeProcess } from '../support/cluster.js'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import { runCli, getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
+import { exchange, newHost } from '../support/fuzz-hosts.js'
+import { INFERENCE_PROTOCOL } from '../../src/p2p/constants.js'
 
 const cli = runCli
 
@@ -54,6 +58,33 @@ describe('durability', () => {
     const ids = new Set(audit.commands.map((e: any) => e.id))
     for (const id of ackedCommands) assert.ok(ids.has(id), `command ${id} audited`)
     console.log(`# ${acked.length} acknowledged deployment writes and ${ackedCommands.length} commands before kill -9: all present after restart`)
+  })
+
+  it('keeps both audit logs bounded: a flood of bad frames and of commands leaves the newest entries only', async () => {
+    const node = await startNode({ name: 'bounded', args: ['--engine', 'none', '--group', 'solo', '--audit-max-entries', '20', '--prune-interval-ms', '200'] })
+    all.push(node)
+    const attacker = await newHost()
+    try {
+      await attacker.dial(multiaddr(`/ip4/127.0.0.1/tcp/${node.p2pPort}/p2p/${node.id}`))
+      // Each stream of garbage is a protocol violation: one audit entry each, and the stream reset.
+      for (let i = 0; i < 60; i++) {
+        const ex = await exchange(attacker, peerIdFromString(node.id), INFERENCE_PROTOCOL, [new TextEncoder().encode(`\u0005junk${i}`)])
+        assert.equal(ex.end, 'reset')
+      }
+      for (let i = 0; i < 15; i++) {
+        const res = await fetch(`${node.api}/api/commands`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ target: 'self', type: 'scan_models', group: 'solo' }) })
+        assert.equal(res.status, 200)
+      }
+      // 60 violations and 30 command entries (accepted + completed) were written; a prune every 200 ms keeps 20 of each.
+      const { value } = await waitFor('both logs pruned to 20', async () => {
+        const log = await getJson<{ commands: unknown[], wire: Array<{ detail: string }> }>(`${node.api}/api/commands?limit=1000`)
+        return log.commands.length === 20 && log.wire.length === 20 ? log : undefined
+      }, 5000)
+      assert.ok(value.wire.every(e => e.detail.startsWith('/shepherd/openai/')), 'the entries left are the violations')
+      assert.equal((await getJson(`${node.api}/healthz`)).status, 'ok')
+    } finally {
+      await attacker.stop()
+    }
   })
 
   it('a corrupt store gives one clear error naming doctor; doctor --repair/--reset recovers', async () => {

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type { RejectCode, SignedResult } from '../../p2p/index.js'
+import { pruneLog, type LogRetention, type PrunableLog } from '../log-pruning.js'
 
 /**
  * The few operations the command store needs from LevelDB, so it can live in a sublevel of the
@@ -9,8 +10,18 @@ import type { RejectCode, SignedResult } from '../../p2p/index.js'
 export interface CommandStoreBackend {
   get: (key: string) => Promise<unknown>
   put: (key: string, value: any, options?: { sync?: boolean }) => Promise<void>
-  batch: (operations: Array<{ type: 'put', key: string, value: any }>, options?: { sync?: boolean }) => Promise<void>
+  batch: (operations: Array<{ type: 'put', key: string, value: any } | { type: 'del', key: string }>, options?: { sync?: boolean }) => Promise<void>
   values: (options: { gt?: string, lt?: string, reverse?: boolean, limit?: number }) => { all: () => Promise<unknown[]> }
+  keys: PrunableLog['keys']
+  clear: PrunableLog['clear']
+}
+
+/** How long command records are kept (see `CommandStore.prune`). */
+export interface CommandRetention {
+  /** A finished command's record (and result) is kept at least this long after it was accepted. */
+  keepResultsMs: number
+  /** The command audit log. */
+  audit: LogRetention
 }
 
 /** What is kept for each accepted command id: the proof that it ran (or is running), and its result. */
@@ -58,6 +69,10 @@ export interface CommandAuditEntry {
 export type AuditInput = Omit<CommandAuditEntry, 'cursor' | 'at'>
 
 const RUN = 'run!'
+/** Run records read per step while pruning. */
+const PRUNE_PAGE = 500
+/** The executor's longest command lifetime: the expiry assumed for a record written without one. */
+const LONGEST_LIFETIME_MS = 24 * 3_600_000
 const TERM = 'term!'
 const AUDIT = 'audit!'
 /** The character after `!`: the end of a prefix's key range. */
@@ -141,6 +156,28 @@ export class CommandStore {
     const at = this.clock()
     const cursor = `${at.toString().padStart(15, '0')}-${(this.seq++).toString().padStart(9, '0')}-${this.boot}`
     return { cursor, at, ...entry }
+  }
+
+  /**
+   * Deletes the records nothing can ask for any more: a finished run whose command has expired
+   * (a replay of it is refused as expired before its id is looked up) and whose result is older
+   * than `keepResultsMs`, and audit entries beyond the audit retention. A `running` record stays:
+   * after a restart it is how an interrupted command is answered.
+   */
+  async prune (retention: CommandRetention): Promise<{ runs: number, audit: number }> {
+    const now = this.clock()
+    let runs = 0
+    let after = RUN
+    for (;;) {
+      const page = await this.backend.values({ gt: after, lt: RUN.slice(0, -1) + END, limit: PRUNE_PAGE }).all() as RunRecord[]
+      if (page.length === 0) break
+      const stale = page.filter(r => r.state === 'done' && Math.max(r.expiresAt ?? r.acceptedAt + LONGEST_LIFETIME_MS, r.acceptedAt + retention.keepResultsMs) < now)
+      if (stale.length > 0) await this.backend.batch(stale.map(r => ({ type: 'del' as const, key: RUN + r.id })))
+      runs += stale.length
+      after = RUN + page[page.length - 1].id
+    }
+    const audit = await pruneLog(this.backend, AUDIT, retention.audit, now)
+    return { runs, audit: audit.expired + audit.overflow }
   }
 
   /** The newest `limit` audit entries older than the cursor `before` (or all), newest first. */

@@ -100,4 +100,44 @@ describe('CommandStore on a real LevelDB', () => {
     await store.putRun({ id: 'r', type: 't', issuer: 'i', group: 'g', term: 4, acceptedAt: 1, state: 'running' })
     assert.deepEqual(await store.listAudit(), [])
   })
+
+  it('prunes finished runs once expired and past the result retention, never a running one; prunes the audit log', async () => {
+    const store = await open()
+    const HOUR = 3_600_000
+    const run = (id: string, over: Partial<RunRecord>): RunRecord => ({ id, type: 'scan_models', issuer: 'p', group: 'g', term: 1, acceptedAt: now, expiresAt: now + 60_000, state: 'done', ...over })
+    // Written at "now" = 1,000,000 + 48 h of the clock below.
+    now = 1_000_000
+    await store.putRun(run('old-done', {}), { verdict: 'accepted', id: 'old-done' })
+    await store.putRun(run('old-running', { state: 'running' }))
+    await store.putRun(run('old-long-lived', { expiresAt: now + 72 * HOUR }))
+    await store.putRun(run('legacy-no-expiry', { expiresAt: undefined }))
+    now += 47 * HOUR
+    await store.putRun(run('recent-done', {}), { verdict: 'accepted', id: 'recent-done' })
+    now += HOUR
+    const pruned = await store.prune({ keepResultsMs: 24 * HOUR, audit: { maxAgeMs: 24 * HOUR, maxEntries: 1000 } })
+    assert.deepEqual(pruned, { runs: 2, audit: 1 })
+    assert.equal(await store.getRun('old-done'), undefined)
+    assert.equal(await store.getRun('legacy-no-expiry'), undefined)
+    assert.equal((await store.getRun('old-running'))?.state, 'running', 'an interrupted run is how a restart answers it')
+    assert.ok(await store.getRun('old-long-lived') != null, 'a command that has not expired can still be replayed: its record stays')
+    assert.ok(await store.getRun('recent-done') != null)
+    assert.deepEqual((await store.listAudit()).map(e => e.id), ['recent-done'])
+    assert.deepEqual(await store.prune({ keepResultsMs: 24 * HOUR, audit: { maxAgeMs: 24 * HOUR, maxEntries: 1000 } }), { runs: 0, audit: 0 }, 'nothing left to prune')
+  })
+
+  it('keeps only the newest audit entries beyond the count, across pages of runs', async () => {
+    const store = await open()
+    for (let i = 0; i < 1200; i++) {
+      now += 1
+      await store.putRun({ id: `r${String(i).padStart(4, '0')}`, type: 'scan_models', issuer: 'p', group: 'g', term: 1, acceptedAt: now, expiresAt: now, state: 'done' }, { verdict: 'completed', id: `r${i}` })
+    }
+    now += 10
+    // Every run is expired and past a 5 ms retention (more than one page of 500); the audit keeps its newest 100.
+    const pruned = await store.prune({ keepResultsMs: 5, audit: { maxAgeMs: 3_600_000, maxEntries: 100 } })
+    assert.deepEqual(pruned, { runs: 1200, audit: 1100 })
+    const left = await store.listAudit({ limit: 1000 })
+    assert.equal(left.length, 100)
+    assert.equal(left[0].id, 'r1199')
+    assert.equal(left[99].id, 'r1100')
+  })
 })

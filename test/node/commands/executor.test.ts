@@ -311,7 +311,9 @@ describe('CommandExecutor', () => {
       get: async () => undefined,
       put: async () => { throw new Error('disk full') },
       batch: async () => { throw new Error('disk full') },
-      values: () => ({ all: async () => [] })
+      values: () => ({ all: async () => [] }),
+      keys: () => ({ all: async () => [] }),
+      clear: async () => { throw new Error('disk full') }
     }
     executor = make({ store: new CommandStore(failing) })
     assert.equal(await code(await cmd()), 'error:store_unavailable')

@@ -3,7 +3,9 @@
  * - time until every node sees all others alive with a resource snapshot,
  * - kill -9 and silent link loss detection (until every other node says dead),
  * - idle gossip traffic per node, from the /metrics byte counters over ~5 s,
- * - idle resident memory per node.
+ * - idle resident memory per node,
+ * - heartbeat delivery delay (publish on the sender to arrival on the receiver; one clock for all
+ *   namespaces, so exact): from each node's histogram, read before and after the idle window.
  * Needs root and iproute2 (see test/support/netns.ts) and a built node (`npm run build`).
  */
 import { readFileSync } from 'node:fs'
@@ -17,6 +19,8 @@ const CONVERGE_TARGET_MS = 2000
 const KILL_TARGET_MS = 3000
 const LINK_TARGET_MS = 5000
 const RSS_TARGET_MB = 150
+/** Seed 000: heartbeat delay < 10 ms on one LAN. */
+const HEARTBEAT_TARGET_MS = 10
 const IDLE_WINDOW_MS = 5000
 /** How long past a target a wait keeps going, so a miss is measured rather than cut off. */
 const GRACE_MS = 5000
@@ -56,6 +60,8 @@ interface SizeResult {
   rssMb: number[]
   cpuPercent: number[] | null
   rssSource: string
+  /** Heartbeats received by all nodes in the idle window, and how many within 2, 5 and 10 ms. */
+  heartbeats: { n: number, le2: number, le5: number, le10: number } | null
   kill: Timed
   link: Timed
   notes: string[]
@@ -122,6 +128,10 @@ async function measure (n: number): Promise<SizeResult> {
       return (cluster.rssBytes(i) ?? NaN) / 2 ** 20
     })
     const rssSource = [...rssSources].join(' and ')
+    const delta = (le: string): number => all.reduce((sum, i) =>
+      sum + (promSum(after[i].text, 'shepherd_heartbeat_delay_ms_bucket', { le }) ?? 0) - (promSum(before[i].text, 'shepherd_heartbeat_delay_ms_bucket', { le }) ?? 0), 0)
+    const hbCount = delta('+Inf')
+    const heartbeats = hbCount > 0 ? { n: hbCount, le2: delta('2'), le5: delta('5'), le10: delta('10') } : null
 
     const victim = n - 1
     const cut = n - 2
@@ -137,12 +147,13 @@ async function measure (n: number): Promise<SizeResult> {
     const link = await timed(async () => await cluster.waitForStatus(observers, cut, 'dead', { t0: tDown, timeoutMs: LINK_TARGET_MS + GRACE_MS, intervalMs: interval }))
     if (link.error != null) notes.push(`${n} nodes, link down: ${link.error}`)
 
-    return { nodes: n, spawnToReadyMs: lastReady - t0, converge, sentBps, receivedBps, rssMb, cpuPercent, rssSource, kill, link, notes }
+    return { nodes: n, spawnToReadyMs: lastReady - t0, converge, sentBps, receivedBps, rssMb, cpuPercent, rssSource, heartbeats, kill, link, notes }
   } finally {
     await cluster.destroy()
   }
 }
 
+const pct = (part: number, whole: number): string => `${(100 * part / whole).toFixed(1)} %`
 const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length
 const ms = (t: Timed): Cell => t.ms == null ? 'timeout' : Math.round(t.ms)
 const met = (value: number | null, target: number): Cell => value == null ? 'no' : value <= target ? 'yes' : 'no'
@@ -162,7 +173,8 @@ export async function run (): Promise<BenchTable> {
       ['idle gossip sent per node, B/s (mean / max)', r.nodes, meanMax(r.sentBps), null, null],
       ['idle gossip received per node, B/s (mean / max)', r.nodes, meanMax(r.receivedBps), null, null],
       ['idle CPU per node, % of one core (mean / max)', r.nodes, meanMax(r.cpuPercent, 1), null, null],
-      ['idle RSS per node, MB (mean / max)', r.nodes, meanMax(r.rssMb, 1), `≤ ${RSS_TARGET_MB} (max)`, met(Math.max(...r.rssMb), RSS_TARGET_MB)]
+      ['idle RSS per node, MB (mean / max)', r.nodes, meanMax(r.rssMb, 1), `≤ ${RSS_TARGET_MB} (max)`, met(Math.max(...r.rssMb), RSS_TARGET_MB)],
+      ['heartbeats delivered ≤ 2 / ≤ 5 / ≤ 10 ms (% of those in the idle window)', r.nodes, r.heartbeats == null ? 'n/a' : `${pct(r.heartbeats.le2, r.heartbeats.n)} / ${pct(r.heartbeats.le5, r.heartbeats.n)} / ${pct(r.heartbeats.le10, r.heartbeats.n)} of ${r.heartbeats.n}`, `< ${HEARTBEAT_TARGET_MS} ms`, r.heartbeats == null ? 'no' : r.heartbeats.le10 / r.heartbeats.n >= 0.99 ? 'yes (p99)' : 'no']
     )
   }
   return {

@@ -17,6 +17,10 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
   metric('shepherd_mdns_queries_total', 'counter', 'mDNS queries sent (they back off while connected).', [['', g.mdns.queries]])
   metric('shepherd_mdns_answers_total', 'counter', 'Peers named by mDNS answers: passed on to libp2p, or dropped as connected already.',
     [['{outcome="announced"}', g.mdns.announced], ['{outcome="suppressed"}', g.mdns.suppressed]])
+  const hb = g.heartbeatDelay
+  lines.push('# HELP shepherd_heartbeat_delay_ms Heartbeat delivery delay: receiver clock minus sender clock at publish.', '# TYPE shepherd_heartbeat_delay_ms histogram')
+  for (const [le, n] of hb.cumulative()) lines.push(`shepherd_heartbeat_delay_ms_bucket{le="${le}"} ${n}`)
+  lines.push(`shepherd_heartbeat_delay_ms_sum ${hb.sum}`, `shepherd_heartbeat_delay_ms_count ${hb.count}`)
   metric('shepherd_peers', 'gauge', 'Peers by status.', Object.entries(m.peersByStatus).map(([s, n]) => [`{status="${s}"}`, n]))
   metric('shepherd_snapshot_version', 'gauge', 'Version of this node\'s resource snapshot.', [['', m.snapshotVersion]])
   metric('shepherd_uptime_seconds', 'gauge', 'Seconds since the node started.', [['', m.uptimeSec]])

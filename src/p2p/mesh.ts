@@ -6,6 +6,7 @@ import { createLogger, type Logger } from '../logger.js'
 import { MEMBERSHIP_TOPIC, MEMBERSHIP_VERSION } from './constants.js'
 import { createHost, type Host } from './host.js'
 import type { LanDiscoveryStats } from './lan-discovery.js'
+import { DelayHistogram } from './delay-histogram.js'
 import { decodeMembership, encodeMembership, type DropReason, type MembershipMessage } from './messages.js'
 import { PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
 import { Redialer } from './redialer.js'
@@ -62,6 +63,11 @@ export interface MeshStats {
   dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted' | 'rate_limited', number>
   /** mDNS queries sent, and peers its answers named: passed on to libp2p, or dropped as connected already. */
   mdns: LanDiscoveryStats
+  /**
+   * Heartbeat delivery delays: receiver's clock minus the sender's at publish, ms. Exact on one
+   * machine (the namespace LAN); across machines it includes their clock offset.
+   */
+  heartbeatDelay: DelayHistogram
 }
 
 export interface MeshEvents<S> extends PeerTableEvents<S> {
@@ -86,7 +92,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     messagesSent: 0,
     messagesReceived: 0,
     dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, unsupported_version: 0, stale: 0, invalid_snapshot: 0, untrusted: 0, rate_limited: 0 },
-    mdns: { queries: 0, announced: 0, suppressed: 0 }
+    mdns: { queries: 0, announced: 0, suppressed: 0 },
+    heartbeatDelay: new DelayHistogram()
   }
 
   /** Decode results of validated messages, keyed by their payload, consumed by the handler. */
@@ -374,6 +381,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       res.record.addresses = this.host.getConnections(peerIdFromString(from)).map(c => c.remoteAddr.toString())
     }
     res.record.connected = this.host != null && this.host.getConnections(peerIdFromString(from)).length > 0
+    if (msg.t === 'hb') this.stats.heartbeatDelay.push(now - msg.at)
     if (msg.t === 'hb' && msg.load != null) res.record.load = { active: msg.load[0], queued: msg.load[1], at: now }
     const rec = this.table.apply(prev, res)
     if (msg.t === 'hb' && msg.lead != null && msg.lead.length > 0) this.emit('peer:lead', from, msg.lead)

@@ -66,6 +66,9 @@ export interface MeshNodeEvents {
   peer: [PeerEvent]
 }
 
+/** Delay from start to the first prune of old records. */
+const PRUNE_FIRST_DELAY_MS = 10_000
+
 /**
  * A shepherd-mesh node: its identity and store, its resources, and its view of the mesh.
  * The API and the scheduler talk to this class only.
@@ -91,6 +94,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   private apiPort: number | null = null
   private readonly startedAt = Date.now()
   private pruneTimer?: NodeJS.Timeout
+  private pruneFirst?: NodeJS.Timeout
+  private pruning?: Promise<unknown>
   private readonly log = createLogger('node')
 
   private constructor (
@@ -234,10 +239,18 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       }
     })
     await this.control.start()
-    this.pruneTimer = setInterval(() => { void this.pruneLogs() }, this.options.pruneIntervalMs)
+    // The first prune waits a little: a start is busy enough, and one that fails right after
+    // (a taken API port) must not find a prune writing to the store it is closing.
+    this.pruneFirst = setTimeout(() => { this.schedulePrune() }, Math.min(PRUNE_FIRST_DELAY_MS, this.options.pruneIntervalMs))
+    this.pruneTimer = setInterval(() => { this.schedulePrune() }, this.options.pruneIntervalMs)
+    this.pruneFirst.unref()
     this.pruneTimer.unref()
-    void this.pruneLogs()
     this.log.info('started', { id: this.id, addresses: this.mesh.addresses() })
+  }
+
+  private schedulePrune (): void {
+    if (this.pruning != null) return
+    this.pruning = this.pruneLogs().finally(() => { this.pruning = undefined })
   }
 
   /**
@@ -260,7 +273,9 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
 
   /** Stops the node; a clean stop tells peers at once (status `left`). */
   async stop (opts: { announce?: boolean } = {}): Promise<void> {
+    clearTimeout(this.pruneFirst)
     clearInterval(this.pruneTimer)
+    await this.pruning
     this.groups.stop()
     await this.mesh.stop(opts)
     await this.control.stop()

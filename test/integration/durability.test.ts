@@ -30,6 +30,8 @@ describe('durability', () => {
     const acked: string[] = []
     /** Per model, the replicas of its newest write sent, acknowledged or not. */
     const sent = new Map<string, number>()
+    /** Per model, the version (updatedAt) of its last acknowledged write. */
+    const ackedAt = new Map<string, number>()
     const ackedCommands: string[] = []
     let stop = false
     const writers = names.map(async (model, i) => {
@@ -37,7 +39,10 @@ describe('durability', () => {
         try {
           sent.set(model, 1 + (round % 3))
           const res = await fetch(`${node.api}/api/deployments`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, replicas: 1 + (round % 3), group: 'nobody' }) })
-          if (res.status === 201) acked.push(`${model}:${1 + (round % 3)}`)
+          if (res.status === 201) {
+            acked.push(`${model}:${1 + (round % 3)}`)
+            ackedAt.set(model, (await res.json() as { updatedAt: number }).updatedAt)
+          }
           const cmd = await fetch(`${node.api}/api/commands`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ target: 'self', type: 'scan_models', group: 'solo' }) })
           if (cmd.status === 200) ackedCommands.push((await cmd.json() as any).id)
         } catch { return }
@@ -53,6 +58,7 @@ describe('durability', () => {
     assert.equal(restarted.id, node.id)
     const { deployments } = await getJson(`${restarted.api}/api/deployments`)
     const byModel = new Map(deployments.map((d: any) => [d.model, d.replicas]))
+    const versionOf = new Map(deployments.map((d: any) => [d.model, d.updatedAt as number]))
     // The last acknowledged write per model must survive, unless the write sent after it (in
     // flight at the kill: on disk perhaps, but never answered) replaced it.
     const last = new Map<string, number>()
@@ -60,6 +66,10 @@ describe('durability', () => {
     for (const [m, r] of last) {
       const stored = byModel.get(m)
       assert.ok(stored === r || stored === sent.get(m), `deployment of ${m}: ${String(stored)}, acknowledged ${r}, in flight ${String(sent.get(m))}`)
+      // Never an older version than the one acknowledged, and that very one when it is the version stored.
+      const version = versionOf.get(m) as number
+      assert.ok(version >= (ackedAt.get(m) as number), `deployment of ${m}: version ${version} older than the acknowledged ${ackedAt.get(m)}`)
+      if (version === ackedAt.get(m)) assert.equal(stored, r, `deployment of ${m} at the acknowledged version`)
     }
     const audit = await getJson(`${restarted.api}/api/commands?limit=1000`)
     const ids = new Set(audit.commands.map((e: any) => e.id))

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { BadRequestError, ModelNotFoundError, ShepherdError } from '../errors.js'
 import { createLogger } from '../logger.js'
 import type { InferenceReply, InferenceRequestFrame } from '../p2p/index.js'
-import { Admission } from './admission.js'
+import { Admission, LOCAL_SOURCE } from './admission.js'
 import type { Engine, EngineModel } from './engines/index.js'
 
 /** A model this node can serve, with the engine that serves it. */
@@ -90,12 +90,13 @@ export class EngineHub extends EventEmitter<EngineHubEvents> {
 
   /**
    * Runs one request on the local engine that serves its model. The admission slot is held until
-   * a stream is fully consumed or abandoned.
+   * a stream is fully consumed or abandoned. `source` (a peer id, or this node's own clients) is
+   * who gets a fair share of the slots.
    */
-  async run (req: InferenceRequestFrame, signal: AbortSignal): Promise<InferenceReply> {
+  async run (req: InferenceRequestFrame, signal: AbortSignal, source: string = LOCAL_SOURCE): Promise<InferenceReply> {
     const engine = this.engineFor(req.model)
     if (engine == null) throw new ModelNotFoundError(req.model)
-    const release = await this.admission.acquire(signal)
+    const release = await this.admission.acquire(signal, source)
     try {
       const reply = await this.dispatch(engine, req, signal)
       if (reply.kind === 'result') {

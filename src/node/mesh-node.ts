@@ -232,7 +232,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       if (!this.options.allowRemote) {
         throw new ShepherdError('This node serves its own clients only (allowRemote is off)', { code: 'remote_access_disabled', status: 403, type: 'permission_error' })
       }
-      return await this.hub.run(req, ctx.signal)
+      return await this.hub.run(req, ctx.signal, ctx.peer)
     }, {
       onViolation: (peer, reason) => {
         void this.store.appendAudit({ kind: 'wire_violation', peer, detail: `${INFERENCE_PROTOCOL}: ${reason}`, verdict: 'rejected' }).catch(() => {})

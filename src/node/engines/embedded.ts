@@ -45,6 +45,7 @@ function nlc (): NodeLlamaCpp {
 import { BadRequestError, InsufficientMemoryError, ModelNotFoundError, ShepherdError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
+import { holdRequest } from './request-hold.js'
 import { scanModelsDirs } from './model-dirs.js'
 import { raceSignal } from './race-signal.js'
 import { defaultThreads } from './constants.js'
@@ -660,24 +661,8 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   }
 
   private lease (lm: LoadedModel, signal: AbortSignal | undefined): Lease {
-    const controller = new AbortController()
-    lm.requests.add(controller)
-    clearTimeout(lm.idleTimer)
-    lm.lastUsed = Date.now()
-    let released = false
-    return {
-      lm,
-      signal: signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal]),
-      release: keepAliveMs => {
-        if (released) return
-        released = true
-        lm.requests.delete(controller)
-        lm.lastUsed = Date.now()
-        if (lm.requests.size > 0) return
-        for (const resolve of lm.onDrained.splice(0)) resolve()
-        this.scheduleIdleUnload(lm, keepAliveMs ?? this.opts.keepAliveMs)
-      }
-    }
+    const hold = holdRequest(lm, signal, keepAliveMs => { this.scheduleIdleUnload(lm, keepAliveMs ?? this.opts.keepAliveMs) })
+    return { lm, ...hold }
   }
 
   private scheduleIdleUnload (lm: LoadedModel, keepAliveMs: number): void {

@@ -42,6 +42,7 @@ import type {
   TextCompletion,
   TextCompletionChunk
 } from './openai-types.js'
+import { holdRequest } from './request-hold.js'
 import { checkMemoryBudgetOptions, defaultMemoryLimits, modelFileBytes, victimsFor, type LoadedModelUsage, type MemoryBudgetOptions } from './memory-budget.js'
 import { freePort, isAddressInUse, portInUse } from './ports.js'
 import { SlotPool } from './slot-pool.js'
@@ -718,25 +719,8 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   }
 
   private lease (inst: Instance, proc: RunningProcess, signal: AbortSignal | undefined): Lease {
-    const controller = new AbortController()
-    inst.requests.add(controller)
-    clearTimeout(inst.idleTimer)
-    inst.lastUsed = Date.now()
-    let released = false
-    return {
-      inst,
-      client: proc.client,
-      signal: signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal]),
-      release: keepAliveMs => {
-        if (released) return
-        released = true
-        inst.requests.delete(controller)
-        inst.lastUsed = Date.now()
-        if (inst.requests.size > 0) return
-        for (const resolve of inst.onDrained.splice(0)) resolve()
-        this.scheduleIdleStop(inst, keepAliveMs ?? this.opts.keepAliveMs)
-      }
-    }
+    const hold = holdRequest(inst, signal, keepAliveMs => { this.scheduleIdleStop(inst, keepAliveMs ?? this.opts.keepAliveMs) })
+    return { inst, client: proc.client, ...hold }
   }
 
   private scheduleIdleStop (inst: Instance, keepAliveMs: number): void {

@@ -21,6 +21,13 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
   lines.push('# HELP shepherd_heartbeat_delay_ms Heartbeat delivery delay: receiver clock minus sender clock at publish.', '# TYPE shepherd_heartbeat_delay_ms histogram')
   for (const [le, n] of hb.cumulative()) lines.push(`shepherd_heartbeat_delay_ms_bucket{le="${le}"} ${n}`)
   lines.push(`shepherd_heartbeat_delay_ms_sum ${hb.sum}`, `shepherd_heartbeat_delay_ms_count ${hb.count}`)
+  const r = m.relay
+  metric('shepherd_relay_requests_sent_total', 'counter', 'Inference requests sent to peers, by the stream they went on (pooled or newly opened).',
+    [['{stream="reused"}', r.reused], ['{stream="new"}', r.requested - r.reused]])
+  metric('shepherd_relay_stale_retries_total', 'counter', 'Requests sent again on a new stream after a pooled one broke before the answer.', [['', r.staleRetries]])
+  metric('shepherd_relay_requests_served_total', 'counter', 'Inference requests served for peers, by outcome.', [['{outcome="ok"}', r.served], ['{outcome="error"}', r.failed]])
+  metric('shepherd_relay_violations_total', 'counter', 'Inference protocol violations by peers.', [['', r.violations]])
+  metric('shepherd_relay_idle_streams', 'gauge', 'Pooled inference streams to peers, idle now.', [['', r.idleStreams]])
   metric('shepherd_peers', 'gauge', 'Peers by status.', Object.entries(m.peersByStatus).map(([s, n]) => [`{status="${s}"}`, n]))
   metric('shepherd_snapshot_version', 'gauge', 'Version of this node\'s resource snapshot.', [['', m.snapshotVersion]])
   metric('shepherd_uptime_seconds', 'gauge', 'Seconds since the node started.', [['', m.uptimeSec]])

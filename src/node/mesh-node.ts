@@ -57,6 +57,8 @@ export interface PeerEvent {
 
 export interface NodeMetrics {
   gossip: MeshStats
+  /** The inference relay: requests sent to peers (on reused or new streams), served for peers, idle pooled streams. */
+  relay: { requested: number, reused: number, staleRetries: number, served: number, failed: number, violations: number, idleStreams: number }
   peersByStatus: Record<PeerStatus, number>
   snapshotVersion: number
   uptimeSec: number
@@ -373,8 +375,10 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   metrics (): NodeMetrics {
     const peersByStatus: Record<PeerStatus, number> = { alive: 0, suspect: 0, dead: 0, left: 0 }
     for (const p of this.mesh.peers()) peersByStatus[p.status]++
+    const inference = this.mesh.inference
     return {
       gossip: this.mesh.stats,
+      relay: { ...inference.stats, idleStreams: inference.pool.idleCount() },
       peersByStatus,
       snapshotVersion: this.snapshotVersion,
       uptimeSec: Math.round((Date.now() - this.startedAt) / 1000)

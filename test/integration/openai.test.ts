@@ -107,6 +107,23 @@ describe('OpenAI API routed across the mesh', () => {
     assert.equal(emb.data[0].embedding.length, 64)
   })
 
+  it('relays on pooled streams: A counts reused streams and idle ones, the host counts what it served', async () => {
+    const sample = async (node: NodeProcess, series: string): Promise<number> => {
+      const text = await (await fetch(`${node.api}/metrics`)).text()
+      const line = text.split('\n').find(l => l.startsWith(series + ' '))
+      assert.ok(line != null, `${series} in ${node.name}'s /metrics`)
+      return Number(line.slice(series.length + 1))
+    }
+    const reused = await sample(a, 'shepherd_relay_requests_sent_total{stream="reused"}')
+    const fresh = await sample(a, 'shepherd_relay_requests_sent_total{stream="new"}')
+    // Every request so far went from A to a host; after the first to each host, streams were reused.
+    assert.ok(reused >= 2, `reused ${reused}, new ${fresh}`)
+    assert.ok(fresh >= 1 && fresh <= 4, `new streams: ${fresh}`)
+    assert.ok(await sample(a, 'shepherd_relay_idle_streams') >= 1)
+    const served = await sample(b, 'shepherd_relay_requests_served_total{outcome="ok"}') + await sample(c, 'shepherd_relay_requests_served_total{outcome="ok"}')
+    assert.equal(served, reused + fresh, 'every relayed request was served by B or C')
+  })
+
   it('answers every error with the OpenAI error shape and the right status', async () => {
     const post = async (p: string, body: string, headers: Record<string, string> = { 'content-type': 'application/json' }): Promise<{ status: number, body: any }> => {
       const res = await fetch(`${a.api}${p}`, { method: 'POST', headers, body })

@@ -8,10 +8,10 @@
  *   namespaces, so exact): from each node's histogram, read before and after the idle window.
  * Needs root and iproute2 (see test/support/netns.ts) and a built node (`npm run build`).
  */
-import { readFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { MeshCluster, promSum } from '../test/lan/mesh-cluster.js'
+import { cpuMs } from './process-cpu.js'
 import type { BenchTable, Cell } from './table.js'
 
 const SIZES = [3, 10]
@@ -24,22 +24,6 @@ const HEARTBEAT_TARGET_MS = 10
 const IDLE_WINDOW_MS = 5000
 /** How long past a target a wait keeps going, so a miss is measured rather than cut off. */
 const GRACE_MS = 5000
-
-/** Kernel clock ticks per second for /proc/<pid>/stat times; 100 on every Linux we run on. */
-const CLK_TCK = 100
-
-/** User + system CPU seconds a process has used, from /proc/<pid>/stat; null if unreadable. */
-function cpuSeconds (pid: number | undefined): number | null {
-  if (pid == null) return null
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
-  } catch {
-    return null
-  }
-}
 
 interface Timed { ms: number | null, error?: string }
 
@@ -92,16 +76,17 @@ async function measure (n: number): Promise<SizeResult> {
         return { text: '', at: performance.now() }
       }))
     const pids = all.map(i => cluster.nodes[i].proc?.child.pid)
-    const cpuBefore = pids.map(cpuSeconds)
+    const cpuBefore = pids.map(cpuMs)
     const tCpu = performance.now()
     const before = await read()
     await sleep(IDLE_WINDOW_MS)
     const after = await read()
-    const cpuAfter = pids.map(cpuSeconds)
+    const cpuAfter = pids.map(cpuMs)
     const cpuWindow = (performance.now() - tCpu) / 1000
-    const cpuPercent = cpuBefore.some(x => x == null) || cpuAfter.some(x => x == null)
+    // cpuMs is NaN for a process it cannot read: then no CPU figure at all.
+    const cpuPercent = [...cpuBefore, ...cpuAfter].some(Number.isNaN)
       ? null
-      : all.map(i => 100 * ((cpuAfter[i] as number) - (cpuBefore[i] as number)) / cpuWindow)
+      : all.map(i => 100 * (cpuAfter[i] - cpuBefore[i]) / (cpuWindow * 1000))
     const rate = (name: string): number[] | null => {
       const out: number[] = []
       for (const i of all) {

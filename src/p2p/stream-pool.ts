@@ -58,12 +58,7 @@ export class StreamPool {
       clearTimeout(entry.timer)
       entry.unwatch()
       if (list.length === 0) this.idle.delete(peer)
-      if (entry.framed.buffered > 0) {
-        // Nothing may arrive between exchanges: a host that sends it is not reused.
-        this.opts.onUnsolicited?.(peer)
-        entry.stream.abort(new Error('data between exchanges'))
-        continue
-      }
+      // Data or a close that came while it idled evicted it already (see `release`).
       if (usable(entry.stream)) return { peer, stream: entry.stream, framed: entry.framed, reused: true, reusable: true }
       entry.stream.abort(new Error('stale pooled stream'))
     }

@@ -81,6 +81,13 @@ describe('inference protocol 1.1.0: pooled streams', () => {
 
   afterEach(() => { violations.length = 0 })
 
+  /** Connects the client to another host (stopped after the suite); its peer id. */
+  async function meet (host: Host): Promise<string> {
+    extra.push(host)
+    await client.dial(host.getMultiaddrs()[0])
+    return host.peerId.toString()
+  }
+
   after(async () => {
     await requester.stop()
     await service.stop()
@@ -146,11 +153,9 @@ describe('inference protocol 1.1.0: pooled streams', () => {
 
   it('a host closes a stream left idle past its idle time, and the requester opens a new one', async () => {
     const host = await newHost()
-    extra.push(host)
     const impatient = new InferenceService(host, { hostIdleMs: 100 })
     await impatient.serve(async r => ({ kind: 'result', data: { model: r.model } }))
-    const peer = host.peerId.toString()
-    await client.dial(host.getMultiaddrs()[0])
+    const peer = await meet(host)
     await result(requester.request(peer, req('one')))
     await until('the host to close the idle stream', () => openStreams(client, host, INFERENCE_PROTOCOL).every(s => s.remoteWriteStatus !== 'writable'), 2000)
     assert.equal(impatient.stats.violations, 0)
@@ -164,9 +169,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
       await framed.write({ t: 'result', data: { model: r.model } })
       return 'next'
     })
-    extra.push(host)
-    await client.dial(host.getMultiaddrs()[0])
-    const peer = host.peerId.toString()
+    const peer = await meet(host)
     const stale = requester.stats.staleRetries
     assert.deepEqual(await result(requester.request(peer, req('first'))), { model: 'first' })
     assert.deepEqual(await result(requester.request(peer, req('second'))), { model: 'second' })
@@ -184,9 +187,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
       await framed.write({ t: 'result', data: { model: r.model } })
       return 'next'
     })
-    extra.push(host)
-    await client.dial(host.getMultiaddrs()[0])
-    const peer = host.peerId.toString()
+    const peer = await meet(host)
     const stale = requester.stats.staleRetries
     await result(requester.request(peer, req('first')))
     const t0 = performance.now()
@@ -201,9 +202,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
       await framed.write(n === 0 ? { t: 'result', data: { model: r.model } } : { t: 'nonsense' })
       return 'next'
     })
-    extra.push(host)
-    await client.dial(host.getMultiaddrs()[0])
-    const peer = host.peerId.toString()
+    const peer = await meet(host)
     const stale = requester.stats.staleRetries
     await result(requester.request(peer, req('first')))
     await assert.rejects(requester.request(peer, req('second')), (err: any) => err.code === 'invalid_frame' || err.name === 'WireError')
@@ -216,9 +215,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
       setTimeout(() => { void framed.write({ t: 'result', data: { model: 'stray' } }).catch(() => {}) }, 30)
       return 'next'
     })
-    extra.push(host)
-    await client.dial(host.getMultiaddrs()[0])
-    const peer = host.peerId.toString()
+    const peer = await meet(host)
     const before = requester.stats.violations
     assert.deepEqual(await result(requester.request(peer, req('first'))), { model: 'first' })
     await new Promise(resolve => setTimeout(resolve, 100))
@@ -234,9 +231,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
       setTimeout(() => { void stream.close().catch(() => {}) }, 50)
       return 'stop'
     })
-    extra.push(host)
-    await client.dial(host.getMultiaddrs()[0])
-    const peer = host.peerId.toString()
+    const peer = await meet(host)
     assert.deepEqual(await result(requester.request(peer, req('then-close'))), { model: 'then-close' })
     assert.equal(requester.pool.idleCount(peer), 1, 'pooled while the host has not closed yet')
     await until('the pool to let the stream go', () => requester.pool.idleCount(peer) === 0 && openStreams(client, host, INFERENCE_PROTOCOL).length === 0, 1000)
@@ -248,9 +243,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
       await stream.close()
       return 'stop'
     })
-    extra.push(host)
-    await client.dial(host.getMultiaddrs()[0])
-    const peer = host.peerId.toString()
+    const peer = await meet(host)
     for (let i = 0; i < 5; i++) assert.deepEqual(await result(requester.request(peer, req(`old${i}`))), { model: `old${i}` })
     assert.equal(requester.pool.idleCount(peer), 0)
     await until('every 1.0.0 stream to be closed', () => openStreams(client, host, INFERENCE_PROTOCOL_SINGLE).length === 0, 3000)

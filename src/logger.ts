@@ -53,11 +53,21 @@ export function recentLogLines (limit = 200): string[] {
   return recent.slice(-Math.max(0, Math.min(limit, RECENT_MAX)))
 }
 
+/**
+ * JSON escapes C0 controls but writes DEL, C1 (U+009B is a CSI in many terminals) and the bidi
+ * and line-separator controls raw; peer-chosen names and model names reach log fields, and an
+ * operator reads stderr in a terminal. Escaped as `\uXXXX`, so the line stays the same JSON.
+ */
+const RAW_CONTROLS = /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
+export function escapeControls (line: string): string {
+  return line.replace(RAW_CONTROLS, c => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
 export function createLogger (name: string): Logger {
   const write = (level: LogLevel) => (msg: string, fields?: Record<string, unknown>) => {
     const keep = ORDER[level] >= ORDER.info
     if (ORDER[level] < threshold && !keep) return
-    const line = JSON.stringify({ t: new Date().toISOString(), level, component: name, msg, ...(fields != null ? redact(fields) : {}) })
+    const line = escapeControls(JSON.stringify({ t: new Date().toISOString(), level, component: name, msg, ...(fields != null ? redact(fields) : {}) }))
     if (keep) {
       recent.push(line)
       if (recent.length > RECENT_MAX) recent.splice(0, recent.length - RECENT_MAX)

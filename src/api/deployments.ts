@@ -1,7 +1,8 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
-import { ModelNotFoundError, NotFoundError } from '../errors.js'
+import { ModelNotFoundError, NotFoundError, ShepherdError } from '../errors.js'
 import type { MeshNode } from '../node/index.js'
 import type { Reconciler, Router } from '../scheduler/index.js'
+import { pinnedHosts } from '../scheduler/model-registry.js'
 
 const errorResponses = { '4xx': { $ref: 'ErrorBody#' }, '5xx': { $ref: 'ErrorBody#' } }
 const STRATEGIES = ['resource-fit', 'least-loaded', 'locality', 'round-robin', 'weighted', 'random', 'label-cost']
@@ -15,6 +16,8 @@ const createBody = {
     replicas: { type: 'integer', minimum: 1, maximum: 1024, default: 1 },
     group: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$', default: 'default' },
     strategy: { type: 'string', enum: STRATEGIES },
+    /** The file meant (sha256, or a unique prefix of at least 12 hex digits); default: the one this node resolves the name to. */
+    fingerprint: { type: 'string', minLength: 12, maxLength: 64, pattern: '^[0-9a-fA-F]+$' },
     constraints: {
       type: 'object',
       additionalProperties: false,
@@ -41,9 +44,15 @@ export function deploymentRoutes (node: MeshNode, router: Router, reconciler: Re
     app.post('/api/deployments', {
       schema: { body: createBody, response: { 201: { type: 'object', additionalProperties: true }, ...errorResponses } }
     }, async (req, reply) => {
-      const body = req.body as { model: string, replicas: number, group: string, strategy?: string, constraints?: Record<string, unknown> }
-      if (!router.models().has(body.model)) throw new ModelNotFoundError(body.model)
-      await node.deployments.put(body)
+      const body = req.body as { model: string, replicas: number, group: string, strategy?: string, constraints?: Record<string, unknown>, fingerprint?: string }
+      const entry = router.models().get(body.model)
+      if (entry == null) throw new ModelNotFoundError(body.model)
+      // The deployment names one file, so that routing and copies never follow another of the same name.
+      const fingerprint = body.fingerprint != null ? pinnedHosts(entry, body.fingerprint)[0].fingerprint : entry.fingerprint
+      if (fingerprint == null) {
+        throw new ShepherdError(`Members hold different files named '${body.model}'; say which with "fingerprint"`, { code: 'model_ambiguous', status: 409, param: 'fingerprint' })
+      }
+      await node.deployments.put({ ...body, fingerprint })
       void reply.status(201)
       return view(body.model)
     })

@@ -3,6 +3,7 @@ import { PeerNotFoundError } from '../errors.js'
 import type { MeshNode, PeerEvent } from '../node/index.js'
 import { renderPrometheus } from './metrics.js'
 import { peerIdParams } from './schemas.js'
+import { stripControlDeep } from '../p2p/index.js'
 
 const errorResponses = { '4xx': { $ref: 'ErrorBody#' }, '5xx': { $ref: 'ErrorBody#' } }
 
@@ -23,17 +24,19 @@ export function inspectionRoutes (node: MeshNode, opts: { sseHeartbeatMs?: numbe
 
     app.get('/api/node', {
       schema: { response: { 200: { $ref: 'Peer#' }, ...errorResponses } }
-    }, async () => node.self())
+    }, async () => ({ ...node.self(), duplicateIdentity: node.duplicateIdentity(node.id) }))
 
     app.get('/api/peers', {
       schema: {
-        querystring: { type: 'object', properties: { status: { type: 'string', enum: ['alive', 'suspect', 'dead', 'left'] } }, additionalProperties: false },
+        querystring: { type: 'object', properties: { status: { type: 'string', enum: ['alive', 'suspect', 'dead', 'left', 'pending'] } }, additionalProperties: false },
         response: { 200: { type: 'object', properties: { self: { type: 'string' }, peers: { type: 'array', items: { $ref: 'Peer#' } } } }, ...errorResponses }
       }
     }, async (req) => {
       const { status } = req.query as { status?: string }
-      const peers = node.peers()
-      return { self: node.id, peers: status != null ? peers.filter(p => p.status === status) : peers }
+      // Members first, then pending and revoked peers (shown, never routed to).
+      const peers = [...node.peers(), ...node.otherPeers()]
+      const shown = (status != null ? peers.filter(p => p.status === status) : peers).map(p => ({ ...p, duplicateIdentity: node.duplicateIdentity(p.id) }))
+      return { self: node.id, peers: shown }
     })
 
     app.get('/api/peers/:id', {
@@ -42,7 +45,7 @@ export function inspectionRoutes (node: MeshNode, opts: { sseHeartbeatMs?: numbe
       const { id } = req.params as { id: string }
       const peer = node.peer(id)
       if (peer == null) throw new PeerNotFoundError(id)
-      return peer
+      return { ...peer, duplicateIdentity: node.duplicateIdentity(id) }
     })
 
     // Server-Sent Events: one `event:` per peer transition; a comment line keeps proxies from closing it.
@@ -50,8 +53,9 @@ export function inspectionRoutes (node: MeshNode, opts: { sseHeartbeatMs?: numbe
       reply.hijack()
       const res = reply.raw
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' })
-      res.write(`event: hello\ndata: ${JSON.stringify({ id: node.id, name: node.name, peers: node.peers().map(p => ({ id: p.id, name: p.name, status: p.status })) })}\n\n`)
-      const onPeer = (ev: PeerEvent): void => { res.write(`event: ${ev.type}\ndata: ${JSON.stringify(ev)}\n\n`) }
+      // Written by hand (hijacked), so the response sanitizer does not see these: clean them here.
+      res.write(`event: hello\ndata: ${JSON.stringify(stripControlDeep({ id: node.id, name: node.name, peers: node.peers().map(p => ({ id: p.id, name: p.name, status: p.status })) }))}\n\n`)
+      const onPeer = (ev: PeerEvent): void => { res.write(`event: ${ev.type}\ndata: ${JSON.stringify(stripControlDeep(ev))}\n\n`) }
       node.on('peer', onPeer)
       const keepAlive = setInterval(() => { res.write(': keep-alive\n\n') }, opts.sseHeartbeatMs ?? 15000)
       const done = (): void => {

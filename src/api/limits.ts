@@ -43,7 +43,7 @@ export function installCors (app: FastifyInstance, origins: string[]): void {
     void reply.header('vary', 'origin')
     if (request.method === 'OPTIONS') {
       void reply.header('access-control-allow-methods', 'GET, POST, DELETE, OPTIONS')
-      void reply.header('access-control-allow-headers', 'authorization, content-type, x-api-key')
+      void reply.header('access-control-allow-headers', 'authorization, content-type, x-api-key, x-shepherd-model-fingerprint')
       void reply.header('access-control-max-age', '600')
       await reply.status(204).send()
     }

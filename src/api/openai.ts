@@ -1,3 +1,4 @@
+import { openStream } from './stream-response.js'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { ModelNotFoundError, ShepherdError, TimeoutError } from '../errors.js'
 import type { InferenceOp, InferenceRequestFrame, InferenceReply } from '../p2p/index.js'
@@ -106,7 +107,8 @@ export function openaiRoutes (opts: OpenAIRoutesOptions): FastifyPluginAsync {
       try {
         let result
         try {
-          result = await router.route(frame, ac.signal)
+          const pin = req.headers['x-shepherd-model-fingerprint']
+          result = await router.route(frame, ac.signal, typeof pin === 'string' && pin !== '' ? { fingerprint: pin } : {})
         } catch (err) {
           if (ac.signal.aborted && ac.signal.reason instanceof TimeoutError) throw ac.signal.reason
           throw err
@@ -138,20 +140,11 @@ export function openaiRoutes (opts: OpenAIRoutesOptions): FastifyPluginAsync {
         return
       }
       // SSE: relayed chunk by chunk as they arrive, never buffered whole.
-      reply.hijack()
-      const res = reply.raw
-      res.writeHead(200, {
-        'content-type': 'text/event-stream',
-        'cache-control': 'no-cache',
-        connection: 'keep-alive',
-        'x-accel-buffering': 'no',
-        'x-shepherd-host': String(reply.getHeader('x-shepherd-host') ?? '')
-      })
-      res.flushHeaders()
+      const { res, write } = openStream(reply)
       try {
         for await (const chunk of r.chunks) {
           if (signal.aborted) break
-          if (!res.write(`data: ${JSON.stringify(chunk)}\n\n`)) await new Promise(resolve => res.once('drain', resolve))
+          await write(`data: ${JSON.stringify(chunk)}\n\n`)
         }
         if (signal.aborted && signal.reason instanceof TimeoutError) throw signal.reason
         if (!signal.aborted) res.write('data: [DONE]\n\n')

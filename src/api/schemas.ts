@@ -8,7 +8,7 @@ export const peerSchema = {
   properties: {
     id: { type: 'string' },
     name: { type: 'string' },
-    status: { type: 'string', enum: ['alive', 'suspect', 'dead', 'left'] },
+    status: { type: 'string', enum: ['alive', 'suspect', 'dead', 'left', 'pending'] },
     lastSeen: { type: ['string', 'null'] },
     rttMs: { type: ['number', 'null'] },
     addresses: { type: 'array', items: { type: 'string' } },
@@ -18,8 +18,21 @@ export const peerSchema = {
     snapshotAt: { type: ['string', 'null'] },
     load: { type: ['object', 'null'], properties: { active: { type: 'integer' }, queued: { type: 'integer' } } },
     labels: { type: 'object', additionalProperties: { type: 'string' } },
-    trust: { type: 'string', enum: ['open', 'allowed', 'denied'] },
+    trust: { type: 'string', enum: ['member', 'pending', 'denied', 'none'] },
     servesPeers: { type: 'boolean' },
+    /** Set on `/api/node` and `/api/peers/:id` when two processes run as this peer id (a copied data dir). */
+    duplicateIdentity: {
+      type: ['object', 'null'],
+      properties: {
+        peer: { type: 'string' },
+        incarnations: { type: 'array', items: { type: 'number' } },
+        self: { type: 'boolean' },
+        evidence: { type: 'array', items: { type: 'string' } },
+        reportedBy: { type: 'array', items: { type: 'string' } },
+        since: { type: 'number' },
+        lastEvidenceAt: { type: 'number' }
+      }
+    },
     resources: {
       type: ['object', 'null'],
       additionalProperties: true,

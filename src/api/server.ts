@@ -7,10 +7,15 @@ import { trustRoutes } from './trust.js'
 import { installCors, installRateLimit } from './limits.js'
 import http from 'node:http'
 import { installApiKeys } from './auth.js'
+import { installBrowserGuards } from './browser-guards.js'
+import { installResponseSanitizer } from './sanitize.js'
 import { errorSchema, installErrorHandler } from './errors.js'
 import { inspectionRoutes } from './inspection.js'
 import { groupRoutes } from './groups.js'
 import { openaiRoutes } from './openai.js'
+import { ollamaRoutes } from './ollama.js'
+import { anthropicRoutes } from './anthropic.js'
+import { responsesRoutes } from './responses.js'
 import { peerSchema } from './schemas.js'
 
 export interface ApiOptions {
@@ -28,7 +33,8 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: opts.logRequests === true,
     // Bounded headers and a deadline to send them: a stalled or bloated client is cut off.
-    serverFactory: handler => http.createServer({ maxHeaderSize: 16 * 1024, headersTimeout: 15_000, requestTimeout: 120_000 }, handler),
+    // requireHostHeader off: a missing Host gets our 400 in the OpenAI shape (browser-guards.ts), not Node's empty one.
+    serverFactory: handler => http.createServer({ maxHeaderSize: 16 * 1024, headersTimeout: 15_000, requestTimeout: 120_000, requireHostHeader: false }, handler),
     bodyLimit: opts.bodyLimitBytes ?? 8 * 1024 * 1024,
     // A client that stalls its request (slowloris) is cut off; streams are unaffected once started.
     requestTimeout: 120_000,
@@ -51,6 +57,9 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   app.addSchema(errorSchema)
   app.addSchema(peerSchema)
   installErrorHandler(app)
+  // First of the hooks: a DNS-rebinding page or a cross-site form is refused before anything else runs.
+  installBrowserGuards(app, { apiHost: opts.node.options.apiHost, allowedHosts: opts.node.options.allowedHosts, corsOrigins: opts.node.options.corsOrigins })
+  installResponseSanitizer(app)
   installCors(app, opts.node.options.corsOrigins)
   installApiKeys(app, opts.node.options.apiKeys)
   installRateLimit(app, opts.node.options.rateLimitPerMin)
@@ -61,5 +70,10 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   await app.register(commandRoutes(opts.node))
   await app.register(trustRoutes(opts.node))
   await app.register(openaiRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs }))
+  // Ollama's and Anthropic's APIs on the same port, each its own plugin (and error shape), routed alike.
+  await app.register(ollamaRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs, keepAliveMs: () => opts.node.options.keepAliveMs }))
+  await app.register(anthropicRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs }))
+  // OpenAI's Responses API (Agents SDK, AI SDK's openai(model), Codex), mapped onto the same chat call.
+  await app.register(responsesRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs }))
   return app
 }

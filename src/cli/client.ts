@@ -3,8 +3,9 @@ import type { PeerView } from '../node/index.js'
 import { clientFlags, parse, UsageError } from './args.js'
 import { COMMAND_HELP, DEPLOY_HELP, GROUPS_HELP, LOGS_HELP, PEERS_HELP, STATUS_HELP, UNDEPLOY_HELP } from './help.js'
 import { PEER_HEADER, bytes, peerRow, table } from './format.js'
+import { stripControl, stripControlDeep } from '../p2p/index.js'
 
-function apiBase (values: Record<string, unknown>): string {
+export function apiBase (values: Record<string, unknown>): string {
   return String(values.api ?? process.env.SHEPHERD_API ?? 'http://127.0.0.1:9190').replace(/\/+$/, '')
 }
 
@@ -13,21 +14,29 @@ function authHeaders (): Record<string, string> {
   return key != null && key !== '' ? { authorization: `Bearer ${key}` } : {}
 }
 
-async function getJson<T> (base: string, path: string, init: { method?: string, body?: unknown, timeoutMs?: number } = {}): Promise<T> {
+/**
+ * Calls the node's API. Every mutating call carries a JSON body (`{}` when there is nothing to
+ * say): the API refuses anything else on those routes (cross-site request forgery). The answer
+ * is cleaned of control characters before anything prints it: names in it come from peers, and
+ * an older node does not clean them itself.
+ */
+export async function getJson<T> (base: string, path: string, init: { method?: string, body?: unknown, timeoutMs?: number } = {}): Promise<T> {
+  const method = init.method ?? 'GET'
+  const body = init.body !== undefined ? init.body : method === 'GET' || method === 'HEAD' ? undefined : {}
   let res: Response
   try {
     res = await fetch(base + path, {
-      method: init.method ?? 'GET',
-      headers: { ...authHeaders(), ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}) },
-      body: init.body !== undefined ? JSON.stringify(init.body) : undefined,
+      method,
+      headers: { ...authHeaders(), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      body: body !== undefined ? JSON.stringify(body) : undefined,
       signal: AbortSignal.timeout(init.timeoutMs ?? 5000)
     })
   } catch {
     throw new ShepherdError(`no node answers at ${base} (is 'shepherd-mesh start' running? use --api)`, { code: 'node_unreachable', status: 503 })
   }
-  const body = await res.json().catch(() => null) as any
-  if (!res.ok) throw new ShepherdError(`${base}${path}: ${body?.error?.message ?? res.statusText}`, { code: body?.error?.code ?? 'api_error', status: res.status })
-  return body as T
+  const answer = stripControlDeep(await res.json().catch(() => null) as any)
+  if (!res.ok) throw new ShepherdError(`${base}${path}: ${stripControl(String(answer?.error?.message ?? res.statusText))}`, { code: stripControl(String(answer?.error?.code ?? 'api_error')), status: res.status })
+  return answer as T
 }
 
 /** `shepherd-mesh status`: this machine's node. */

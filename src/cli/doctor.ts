@@ -6,13 +6,38 @@ import { Store } from '../node/index.js'
 import { ShepherdError } from '../errors.js'
 import { parse } from './args.js'
 import { DOCTOR_HELP } from './help.js'
+import { apiBase, getJson } from './client.js'
+import type { DuplicateIdentity } from '../p2p/index.js'
+
+type WithDuplicate = { id: string, name: string, duplicateIdentity?: DuplicateIdentity | null }
+
+/**
+ * A running node, through its API: names every duplicate peer id it sees (its own included).
+ * Throws `duplicate_identity` when there is one, so scripts notice.
+ */
+async function checkRunningNode (base: string, out: (line: string) => void): Promise<void> {
+  const self = await getJson<WithDuplicate>(base, '/api/node')
+  const { peers } = await getJson<{ peers: WithDuplicate[] }>(base, '/api/peers')
+  out(`node running: ${self.name} (${self.id}), ${peers.length} peers, API ${base}`)
+  const found: string[] = []
+  if (self.duplicateIdentity != null) {
+    found.push(`this node's peer id ${self.id} is also used by another process (${self.duplicateIdentity.reportedBy.length > 0 ? `reported by ${self.duplicateIdentity.reportedBy.join(', ')}` : `incarnations ${self.duplicateIdentity.incarnations.join(', ')}`}): a copied data dir? Stop one of them and give it a new data dir (or 'doctor --reset' there).`)
+  }
+  for (const p of peers) {
+    if (p.duplicateIdentity == null) continue
+    found.push(`peer ${p.name} (${p.id}) runs as two processes (${p.duplicateIdentity.evidence.join(', ')}): not routed to until one stops.`)
+  }
+  if (found.length === 0) { out('no duplicate peer ids'); return }
+  for (const line of found) out(`duplicate identity: ${line}`)
+  throw new ShepherdError(`${found.length} duplicate peer id(s) found`, { code: 'duplicate_identity', status: 409 })
+}
 
 /**
  * `shepherd-mesh doctor`: the recovery path for a data dir that will not open. A corrupt store
  * is a clear report and a command to run, never a crash loop.
  */
 export async function doctor (args: string[], out: (line: string) => void): Promise<void> {
-  const { values } = parse(args, { 'data-dir': { type: 'string' }, repair: { type: 'boolean' }, reset: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
+  const { values } = parse(args, { 'data-dir': { type: 'string' }, api: { type: 'string' }, repair: { type: 'boolean' }, reset: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
   if (values.help === true) { out(DOCTOR_HELP); return }
   const dataDir = path.resolve(String(values['data-dir'] ?? defaultOptions().dataDir))
   const storeDir = path.join(dataDir, 'store')
@@ -29,8 +54,14 @@ export async function doctor (args: string[], out: (line: string) => void): Prom
   }
   let problem = await check()
   if (problem == null) return
+  if (/data_dir_locked/.test(problem)) {
+    if (values.repair === true || values.reset === true) throw new ShepherdError('stop the running node first', { code: 'data_dir_locked', status: 409 })
+    // The node holds its store: it is running, so ask it.
+    out(`store in use by a running node: ${storeDir}`)
+    await checkRunningNode(apiBase(values), out)
+    return
+  }
   out(`store problem: ${problem}`)
-  if (/data_dir_locked/.test(problem)) throw new ShepherdError('stop the running node first', { code: 'data_dir_locked', status: 409 })
   if (values.repair === true) {
     out(`repairing ${storeDir} ...`)
     await ClassicLevel.repair(storeDir).catch((err: Error) => { out(`repair failed: ${err.message}`) })

@@ -1,4 +1,5 @@
 import type { PeerView } from '../node/index.js'
+import { stripControl } from '../p2p/index.js'
 
 const GB = 1024 ** 3
 
@@ -18,8 +19,13 @@ export function ago (iso: string | null, now = Date.now()): string {
   return `${Math.round(s / 3600)}h ago`
 }
 
-/** Renders rows as an aligned text table. */
-export function table (header: string[], rows: string[][]): string {
+/**
+ * Renders rows as an aligned text table. Cells are cleaned of control characters here too: a
+ * cell is often a name a peer chose, and a newline or escape in it would forge rows or recolor
+ * the terminal, whatever path the value took to get here.
+ */
+export function table (header: string[], rawRows: string[][]): string {
+  const rows = rawRows.map(r => r.map(stripControl))
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()
   return [line(header), ...rows.map(line)].join('\n')

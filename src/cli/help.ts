@@ -14,6 +14,10 @@ Commands:
   command   send a signed command to a peer (load_model, unload_model, scan_models, ...)
   logs      show a peer's recent log lines
   keygen    write a swarm key for a private mesh
+  members   list this mesh's members, pending and revoked peers
+  admit     admit a pending peer (NAME or ID) into this node's mesh
+  revoke    revoke a member: cut off at once, on every member
+  invite    print a single-use invite token (start --join / SHEPHERD_JOIN on the new machine)
   doctor    check (and repair) this node's data dir
 
 Run 'shepherd-mesh <command> --help' for a command's options.
@@ -52,7 +56,8 @@ Options:
 
 export const PEERS_HELP = `Usage: shepherd-mesh peers [--api URL] [--json]
 
-Lists the peers the local node sees, with status, last seen, RTT and resources.
+Lists the peers the local node sees, with status, last seen, RTT and resources. A peer with
+status 'pending' said hello but is no member: 'shepherd-mesh admit NAME|ID' admits it.
 
 Options:
   --api URL    the node's API (default http://127.0.0.1:9190, or SHEPHERD_API)
@@ -122,14 +127,16 @@ Options:
   -h, --help   show this help
 `
 
-export const DOCTOR_HELP = `Usage: shepherd-mesh doctor [--data-dir DIR] [--repair] [--reset]
+export const DOCTOR_HELP = `Usage: shepherd-mesh doctor [--data-dir DIR] [--api URL] [--repair] [--reset]
 
 Checks that the node's data dir and store can be opened. With --repair, runs LevelDB's repair on
 a damaged store; with --reset, moves an unrecoverable store aside (a new identity is created at
-the next start). Stop the node first.
+the next start). Stop the node first for those. While the node runs, asks its API instead and
+names any duplicate peer id (two processes with one identity, e.g. a copied data dir).
 
 Options:
   --data-dir DIR   the data dir (default ~/.shepherd-mesh)
+  --api URL        the running node's API (default $SHEPHERD_API or http://127.0.0.1:9190)
   --repair         try to repair a damaged store
   --reset          move the store aside as store.broken-<time>
   -h, --help       show this help

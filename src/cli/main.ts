@@ -7,8 +7,9 @@ import { MAIN_HELP } from './help.js'
 import { start } from './start.js'
 import { keygen } from './keygen.js'
 import { doctor } from './doctor.js'
+import { admit, invite, members, revoke } from './members.js'
 
-const COMMANDS: Record<string, (args: string[], out: (line: string) => void) => Promise<void>> = { start, status, peers, groups, deploy, undeploy, command, logs, keygen, doctor }
+const COMMANDS: Record<string, (args: string[], out: (line: string) => void) => Promise<void>> = { start, status, peers, groups, deploy, undeploy, command, logs, keygen, doctor, admit, revoke, invite, members }
 
 /** Entry point of the `shepherd-mesh` command. Returns the exit code. */
 export async function main (argv: string[], out: (line: string) => void = line => { process.stdout.write(line + '\n') }): Promise<number> {

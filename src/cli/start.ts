@@ -7,6 +7,39 @@ import { ShepherdError } from '../errors.js'
 import { parse, startFlags } from './args.js'
 import { startHelp } from './help.js'
 
+/** One line at start that says who may join this node's mesh. */
+function membershipBanner (node: MeshNode): string {
+  const mode = node.membership.mode
+  if (mode === 'open') {
+    return '\n  *** OPEN MESH: every shepherd-mesh node that can reach this one is a member: it gets prompts,\n  *** sends state and may lead groups. For labs only; drop --open for admission, or use --swarm-key.\n\n'
+  }
+  if (mode === 'swarm-key') return 'shepherd-mesh: private mesh: only nodes with the same swarm key can connect; each of them is a member\n'
+  const members = node.trust.ledger?.members.size ?? 1
+  return `shepherd-mesh: mesh ${node.trust.ledger?.mesh ?? '-'} with ${members} member(s): new nodes wait as pending until a member runs 'shepherd-mesh admit NAME' (or use an invite or --swarm-key)\n`
+}
+
+/** Flags whose value is a credential: every local user can read a process's argv (`ps`). */
+const SECRET_FLAGS = ['--join', '--api-key']
+
+/**
+ * `argv` with the values of credential flags (`--join TOKEN`, `--api-key=KEY`) masked: what the
+ * process shows as its command line once started (SHEPHERD_JOIN / SHEPHERD_API_KEYS never show).
+ */
+export function maskSecretArgs (argv: readonly string[]): string[] {
+  const out: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]
+    if (a === '--') { out.push(...argv.slice(i)); break }
+    const eq = SECRET_FLAGS.find(f => a.startsWith(f + '='))
+    if (eq != null) out.push(`${eq}=***`)
+    else if (SECRET_FLAGS.includes(a) && i + 1 < argv.length) {
+      out.push(a, '***')
+      i++
+    } else out.push(a)
+  }
+  return out
+}
+
 function isLoopback (host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.')
 }
@@ -19,6 +52,9 @@ export async function start (args: string[], out: (line: string) => void): Promi
     return
   }
   if (positionals.length > 0) throw new ShepherdError(`unexpected argument '${positionals[0]}'`, { code: 'usage', status: 400 })
+  // An invite token or API key given as a flag must not stay readable in `ps` for the node's life.
+  const shown = maskSecretArgs(process.argv)
+  if (shown.some((a, i) => a !== process.argv[i])) process.title = shown.join(' ')
   const options = await resolveOptions({ configFile: values.config as string | undefined, flags: values })
   setLogLevel(options.logLevel)
 
@@ -46,9 +82,7 @@ export async function start (args: string[], out: (line: string) => void): Promi
   const address = api.server.address()
   const port = typeof address === 'object' && address != null ? address.port : options.apiPort
   node.setApiPort(port)
-  process.stderr.write(node.isPrivate
-    ? 'shepherd-mesh: private mesh: only nodes with the same swarm key can connect\n'
-    : 'shepherd-mesh: open LAN mesh: any shepherd-mesh node on this network can join (use keygen and --swarm-key for a private one)\n')
+  process.stderr.write(membershipBanner(node))
   if (!isLoopback(options.apiHost) && options.apiKeys.length === 0) {
     process.stderr.write(`shepherd-mesh: warning: the API listens on ${options.apiHost} without an API key: anyone who can reach it can use it (set --api-key)\n`)
   }

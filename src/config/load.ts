@@ -2,6 +2,8 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { parse as parseYaml } from 'yaml'
+import { multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { ConfigError } from '../errors.js'
 import { OPTION_SPECS, defaultOptions, type NodeOptions, type OptionSpec } from './options.js'
 
@@ -28,13 +30,46 @@ function coerce (spec: OptionSpec, raw: unknown, where: string): unknown {
       throw new ConfigError(`${where}: expected true or false, got '${String(raw)}'`, spec.yaml)
     case 'list': {
       const items = Array.isArray(raw) ? raw : String(raw).split(',').map(s => s.trim()).filter(Boolean)
-      return items.map((item, i) => {
+      const list = items.map((item, i) => {
         // llamacpp.paths may use seed 000's `{ path, version, backend }` entries.
         const v = typeof item === 'object' && item !== null && 'path' in item ? (item as { path: unknown }).path : item
         if (typeof v !== 'string') throw new ConfigError(`${where}[${i}]: expected a string`, spec.yaml)
         return v
       })
+      checkMultiaddrs(spec, list, where)
+      return list
     }
+  }
+}
+
+/**
+ * Why `addr` cannot be a libp2p TCP address of this node (`--listen`) or of a peer
+ * (`--bootstrap`), or null when it can. Checked here, before libp2p starts: libp2p's own message
+ * for a bad address ("Component p2p was missing value") names neither the flag nor the value.
+ */
+export function multiaddrProblem (addr: string): string | null {
+  let components
+  try {
+    components = multiaddr(addr).getComponents()
+  } catch (err: any) {
+    return String(err?.message ?? err).split('\n')[0]
+  }
+  if (!components.some(c => c.name === 'tcp')) return 'no /tcp/PORT in it (TCP is the only transport)'
+  const p2p = components.find(c => c.name === 'p2p')
+  if (p2p?.value != null) {
+    try { peerIdFromString(p2p.value) } catch { return `'${p2p.value}' is not a peer id` }
+  }
+  return null
+}
+
+const MULTIADDR_OPTIONS: ReadonlySet<keyof NodeOptions> = new Set(['listen', 'bootstrap'])
+
+/** Throws a one-line ConfigError naming where the address came from and the address. */
+function checkMultiaddrs (spec: OptionSpec, items: string[], where: string): void {
+  if (!MULTIADDR_OPTIONS.has(spec.key)) return
+  for (const item of items) {
+    const problem = multiaddrProblem(item)
+    if (problem != null) throw new ConfigError(`${where}: '${item}' is not a valid multiaddr: ${problem}`, spec.yaml)
   }
 }
 
@@ -117,6 +152,8 @@ export function validateOptions (opts: NodeOptions): NodeOptions {
   opts.modelsDirs = opts.modelsDirs.map(d => path.resolve(expandHome(d)))
   opts.llamacppPaths = opts.llamacppPaths.map(d => path.resolve(expandHome(d)))
   if (opts.swarmKeyFile !== '') opts.swarmKeyFile = path.resolve(expandHome(opts.swarmKeyFile))
+  // Values set in code (overrides) skip coerce; flags, env and file were checked there with their source named.
+  for (const spec of OPTION_SPECS) if (MULTIADDR_OPTIONS.has(spec.key)) checkMultiaddrs(spec, opts[spec.key] as string[], `--${spec.flag}`)
   for (const id of [...opts.trustAllow, ...opts.trustDeny]) {
     if (!/^[A-Za-z0-9]{32,128}$/.test(id)) throw new ConfigError(`'${id}' is not a peer id`, 'trust')
   }

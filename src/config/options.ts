@@ -91,6 +91,18 @@ export interface NodeOptions {
   auditMaxEntries: number
   /** Swarm key file: only nodes with the same key form a mesh (private swarm). */
   swarmKeyFile: string
+  /** Processes (llama-server) that `run_llamacpp` commands may have running at once; beyond it a command is refused `process_limit`. */
+  maxCommandProcesses: number
+  /**
+   * Open mesh (labs): every peer that connects is a member, with no admission step. Authority,
+   * model fingerprints and command bounds still hold.
+   */
+  open: boolean
+  /**
+   * Invite token (`shepherd-mesh invite`) to join a mesh at start, unattended. Prefer the env var:
+   * a flag shows in `ps`. Never logged.
+   */
+  join: string
   /** Peer ids that may connect (empty: any, unless denied). */
   trustAllow: string[]
   /** Peer ids that may never connect. */
@@ -101,6 +113,12 @@ export interface NodeOptions {
   corsOrigins: string[]
   /** API keys accepted as `Authorization: Bearer KEY`; none means no key is required. */
   apiKeys: string[]
+  /**
+   * Extra names the API answers to in the `Host` header, besides the bind address, loopback
+   * names, IP literals and this machine's hostname (`*.example.lan` matches subdomains, `*` turns
+   * the check off). Any other name is refused: that is what stops DNS rebinding.
+   */
+  allowedHosts: string[]
 }
 
 export type OptionType = 'string' | 'int' | 'bool' | 'list'
@@ -163,12 +181,16 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'commandResultsRetentionMs', type: 'int', yaml: 'retention.command_results_ms', env: 'SHEPHERD_COMMAND_RESULTS_RETENTION_MS', flag: 'command-results-retention-ms', help: 'how long finished command results are kept' },
   { key: 'auditRetentionMs', type: 'int', yaml: 'retention.audit_ms', env: 'SHEPHERD_AUDIT_RETENTION_MS', flag: 'audit-retention-ms', help: 'how long audit entries are kept' },
   { key: 'auditMaxEntries', type: 'int', yaml: 'retention.audit_max_entries', env: 'SHEPHERD_AUDIT_MAX_ENTRIES', flag: 'audit-max-entries', help: 'most audit entries kept per log' },
+  { key: 'maxCommandProcesses', type: 'int', yaml: 'commands.max_processes', env: 'SHEPHERD_MAX_COMMAND_PROCESSES', flag: 'max-command-processes', help: 'processes run_llamacpp commands may run at once' },
   { key: 'swarmKeyFile', type: 'string', yaml: 'p2p.swarm_key', env: 'SHEPHERD_SWARM_KEY', flag: 'swarm-key', help: 'swarm key file (private mesh; see keygen)' },
+  { key: 'join', type: 'string', yaml: 'p2p.join', env: 'SHEPHERD_JOIN', flag: 'join', help: 'invite token to join a mesh at start (prefer SHEPHERD_JOIN: flags show in ps)' },
+  { key: 'open', type: 'bool', yaml: 'p2p.open', env: 'SHEPHERD_OPEN', flag: 'open', help: 'open mesh: every peer that connects is a member (labs; no admission)' },
   { key: 'trustAllow', type: 'list', yaml: 'trust.allow', env: 'SHEPHERD_TRUST_ALLOW', flag: 'allow-peer', help: 'peer id allowed to connect (repeatable)' },
   { key: 'trustDeny', type: 'list', yaml: 'trust.deny', env: 'SHEPHERD_TRUST_DENY', flag: 'deny-peer', help: 'peer id refused (repeatable)' },
   { key: 'rateLimitPerMin', type: 'int', yaml: 'api.rate_limit_per_min', env: 'SHEPHERD_RATE_LIMIT_PER_MIN', flag: 'rate-limit', help: 'requests per minute per key (0 = off)' },
   { key: 'corsOrigins', type: 'list', yaml: 'api.cors_origins', env: 'SHEPHERD_CORS_ORIGINS', flag: 'cors-origin', help: 'browser origin allowed (repeatable)' },
-  { key: 'apiKeys', type: 'list', yaml: 'api.keys', env: 'SHEPHERD_API_KEYS', flag: 'api-key', help: 'API key clients must send (repeatable)' }
+  { key: 'apiKeys', type: 'list', yaml: 'api.keys', env: 'SHEPHERD_API_KEYS', flag: 'api-key', help: 'API key clients must send (repeatable)' },
+  { key: 'allowedHosts', type: 'list', yaml: 'api.allowed_hosts', env: 'SHEPHERD_ALLOWED_HOSTS', flag: 'allowed-host', help: 'extra Host name the API answers to (repeatable; *.suffix ok)' }
 ]
 
 /** Defaults. Timings give: kill -9 seen dead in < 1 s (connection refused), silent loss in <= 4.25 s. */
@@ -214,6 +236,9 @@ export function defaultOptions (): NodeOptions {
     breakerCooldownMs: 10_000,
     labels: [],
     swarmKeyFile: '',
+    maxCommandProcesses: 2,
+    open: false,
+    join: '',
     trustAllow: [],
     trustDeny: [],
     rateLimitPerMin: 0,
@@ -225,6 +250,7 @@ export function defaultOptions (): NodeOptions {
     commandResultsRetentionMs: 24 * 3_600_000,
     auditRetentionMs: 30 * 24 * 3_600_000,
     auditMaxEntries: 100_000,
-    apiKeys: []
+    apiKeys: [],
+    allowedHosts: []
   }
 }

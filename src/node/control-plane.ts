@@ -1,15 +1,16 @@
 import fs from 'node:fs/promises'
 import type { PrivateKey } from '@libp2p/interface'
-import { randomUUID } from 'node:crypto'
-import { ModelNotFoundError, ShepherdError } from '../errors.js'
-import { LlamaServerEngine } from './engines/index.js'
+import { MODEL_FINGERPRINT_MISMATCH, ModelNotFoundError, SOURCE_NOT_MEMBER, ShepherdError } from '../errors.js'
 import { createLogger, recentLogLines, setLogLevel } from '../logger.js'
 import type { NodeOptions } from '../config/index.js'
 import { BLOB_PROTOCOL, COMMAND_PROTOCOL, createCommand, sendCommand, type CommandType, type Mesh, type SignedResult } from '../p2p/index.js'
 import { CommandExecutor, CommandStore, type CommandAuditEntry, type CommandHandlers } from './commands/index.js'
+import { updateConfigHandler } from './commands/config-update.js'
+import { RunProcesses } from './commands/run-processes.js'
 import type { EngineHub } from './engine-hub.js'
 import type { GroupManager } from './groups/index.js'
-import { fetchModel, modelResolver } from './model-transfer.js'
+import { modelResolver } from './model-transfer.js'
+import { pullModel } from './model-pull.js'
 import type { ModelFile, ResourceMonitor } from './resources/index.js'
 import type { Store } from './store.js'
 
@@ -25,6 +26,8 @@ export interface ControlPlaneDeps {
   modelFiles: () => ModelFile[]
   /** Where pulled model files are written (a scanned models dir). */
   pullDir: string
+  /** Whether a peer is a member of this node's mesh: only members are pulled from. */
+  isMember: (peer: string) => boolean
 }
 
 /**
@@ -34,22 +37,27 @@ export interface ControlPlaneDeps {
 export class ControlPlane {
   readonly commands: CommandStore
   readonly executor: CommandExecutor
-  /** llama-server processes started by run_llamacpp, by process id. */
-  private readonly processes = new Map<string, { engine: LlamaServerEngine, pid: number, model: string }>()
+  /** llama-server processes started by run_llamacpp (capped, tied to this node). */
+  private readonly processes: RunProcesses
   private readonly log = createLogger('node:control')
 
   constructor (private readonly d: ControlPlaneDeps) {
     this.commands = new CommandStore(d.store.commandBackend())
+    this.processes = new RunProcesses({
+      selfId: d.selfId,
+      builds: () => d.monitor.snapshot().resources.llamacpp,
+      modelFiles: d.modelFiles,
+      maxProcesses: () => d.options.maxCommandProcesses,
+      threads: d.options.threads,
+      onStarted: engine => { d.hub.add(engine) },
+      onStopped: async engine => { await d.hub.remove(engine) },
+      audit: async (issuer, detail) => { await d.store.appendAudit({ kind: 'command_refused', peer: issuer, detail, verdict: 'rejected' }).catch(() => {}) }
+    })
     this.executor = new CommandExecutor({
       privateKey: d.key,
       store: this.commands,
-      authority: env => {
-        if (env.issuer === d.selfId()) return { ok: true }
-        if (!d.mesh.groups.includes(env.group)) return { ok: false, reason: `this node is not in group '${env.group}'` }
-        const { leader, term } = d.groups.leaderOf(env.group)
-        if (leader === env.issuer && term === env.term) return { ok: true }
-        return { ok: false, reason: `the issuer is not the leader of '${env.group}' at term ${env.term}` }
-      },
+      // The node's own operator, or the proven leader (checked certificate) at the command's term.
+      authority: env => env.issuer === d.selfId() ? { ok: true } : d.groups.authorize(env),
       handlers: this.handlers()
     })
   }
@@ -64,8 +72,7 @@ export class ControlPlane {
 
   async stop (): Promise<void> {
     await this.executor.close()
-    await Promise.allSettled([...this.processes.values()].map(async p => { await p.engine.close() }))
-    this.processes.clear()
+    await this.processes.closeAll()
   }
 
   /**
@@ -87,15 +94,22 @@ export class ControlPlane {
     return {
       load_model: async (p, ctx) => {
         let engine = d.hub.engineFor(p.model)
-        if (engine == null && p.fingerprint != null && (p.sources?.length ?? 0) > 0) {
-          ctx.output(`pulling ${p.model} from ${p.sources!.length} peer(s)`)
+        // A command that names a file gets that file or nothing: never another file of the same name.
+        const own = p.fingerprint != null ? d.modelFiles().find(f => f.name === p.model) : undefined
+        if (own != null && own.fingerprint !== p.fingerprint) {
+          void d.store.appendAudit({ kind: 'model_fingerprint_mismatch', peer: ctx.issuer, detail: `load_model ${p.model}: asked for ${p.fingerprint}, this node's file is ${own.fingerprint}`, verdict: 'rejected' }).catch(() => {})
+          throw new ShepherdError(`This node's '${p.model}' is another file (fingerprint ${own.fingerprint.slice(0, 16)}…), not ${String(p.fingerprint).slice(0, 16)}…`, { code: MODEL_FINGERPRINT_MISMATCH, status: 409 })
+        }
+        // Sources the command names are dialed only when they are members: a command never makes
+        // this node fetch from (and so reveal itself to) a peer outside the mesh.
+        const sources = (p.sources ?? []).filter(peer => d.isMember(peer))
+        if (engine == null && p.fingerprint != null && (p.sources?.length ?? 0) > 0 && sources.length === 0) {
+          throw new ShepherdError(`None of the sources named for '${p.model}' is a member of this mesh`, { code: SOURCE_NOT_MEMBER, status: 403 })
+        }
+        if (engine == null && p.fingerprint != null && sources.length > 0) {
+          ctx.output(`pulling ${p.model} from ${sources.length} peer(s)`)
           await fs.mkdir(d.pullDir, { recursive: true })
-          const got = await fetchModel(d.mesh.libp2p, p.sources!, {
-            name: p.model,
-            fingerprint: p.fingerprint,
-            destDir: d.pullDir,
-            signal: ctx.signal
-          })
+          const got = await pullModel(d, p.model, p.fingerprint, sources, ctx)
           ctx.output(`pulled ${got.transferredBytes} bytes from ${got.peer} (sha256 ${got.sha256.slice(0, 16)}…)`)
           await d.monitor.refresh()
           engine = d.hub.engineFor(p.model)
@@ -122,55 +136,21 @@ export class ControlPlane {
       },
       // A managed llama-server for one model, started on request (seed 000's run_llamacpp): its
       // model joins what this node serves, and stop_process ends it.
-      run_llamacpp: async (p, ctx) => {
-        const builds = d.monitor.snapshot().resources.llamacpp
-        if (builds.length === 0) throw new ShepherdError('No llama.cpp build (llama-server) found on this node', { code: 'no_llamacpp_build', status: 409 })
-        const file = d.modelFiles().find(f => f.name === p.model)
-        if (file == null) throw new ModelNotFoundError(p.model)
-        const id = `run-${randomUUID().slice(0, 8)}`
-        const engine = new LlamaServerEngine({
-          id,
-          builds,
-          listModelFiles: () => [{ name: p.model, path: file.path, sizeBytes: file.sizeBytes, fingerprint: file.fingerprint, contextLength: file.contextLength }],
-          extraArgs: p.args ?? [],
-          // Started by an operator or leader: it runs until stop_process, never idles out.
-          keepAliveMs: Infinity,
-          ...(p.port != null ? { pickPort: async () => p.port! } : {}),
-          ...(d.options.threads > 0 ? { threads: d.options.threads } : {})
-        })
-        await engine.load(p.model, { keepAliveMs: Infinity, signal: ctx.signal })
-        const pid = engine.pid(p.model)
-        if (pid == null) {
-          await engine.close()
-          throw new ShepherdError('llama-server did not start', { code: 'process_failed', status: 500 })
-        }
-        this.processes.set(id, { engine, pid, model: p.model })
-        d.hub.add(engine)
-        ctx.output(`llama-server for ${p.model} running, pid ${pid} (${engine.build?.backend ?? 'cpu'} build)`)
-        return { processId: id, pid, model: p.model, backend: engine.build?.backend ?? null }
-      },
-      stop_process: async (p) => {
-        const entry = 'processId' in p
-          ? [...this.processes.entries()].find(([id]) => id === p.processId)
-          : [...this.processes.entries()].find(([, v]) => v.pid === p.pid)
-        // Only processes this node started through run_llamacpp: never an arbitrary pid.
-        if (entry == null) throw new ShepherdError('No process started by this node has that id', { code: 'process_not_found', status: 404 })
-        const [id, proc] = entry
-        this.processes.delete(id)
-        await d.hub.remove(proc.engine)
-        return { processId: id, pid: proc.pid, stopped: true }
-      },
-      update_config: async (p) => {
-        switch (p.key) {
-          case 'logLevel': setLogLevel(p.value); break
-          case 'maxConcurrency': d.hub.admission.setLimits(p.value, d.hub.admission.maxQueue); break
-          case 'maxQueue': d.hub.admission.setLimits(d.hub.admission.maxConcurrent, p.value); break
-          default: break
-        }
-        ;(d.options as unknown as Record<string, unknown>)[p.key] = p.value
-        this.log.info('config updated', { key: p.key })
-        return { key: p.key, value: p.value }
-      }
+      run_llamacpp: async (p, ctx) => await this.processes.run(p, ctx),
+      stop_process: async (p) => await this.processes.stop(p),
+      update_config: updateConfigHandler({
+        selfId: d.selfId,
+        options: d.options as unknown as Record<string, unknown>,
+        apply: u => {
+          if (u.key === 'logLevel') setLogLevel(u.value)
+          else if (u.key === 'maxConcurrency') d.hub.admission.setLimits(u.value, d.hub.admission.maxQueue)
+          else if (u.key === 'maxQueue') d.hub.admission.setLimits(d.hub.admission.maxConcurrent, u.value)
+          // Engines copied it when built: told again, or the change would reach nothing.
+          else if (u.key === 'keepAliveMs') d.hub.setKeepAlive(u.value)
+        },
+        audit: async e => { await d.store.appendAudit(e) },
+        log: this.log
+      })
     }
   }
 }

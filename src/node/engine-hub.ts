@@ -47,6 +47,11 @@ export class EngineHub extends EventEmitter<EngineHubEvents> {
     this.emit('change')
   }
 
+  /** The default keep-alive of every engine that unloads idle models (`update_config keepAliveMs`). */
+  setKeepAlive (ms: number): void {
+    for (const e of this.engines) e.setKeepAlive?.(ms)
+  }
+
   /** Adds an engine (engines that need the resource scan, such as llama-server, come later). */
   add (engine: Engine): void {
     this.engines.push(engine)

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, readSwarmKey, type PeerRecord, type PeerStatus, type MeshStats, type TrustState } from '../p2p/index.js'
+import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, peerIdOf, readSwarmKey, type DuplicateIdentity, type PeerRecord, type PeerStatus, type MeshStats, type TrustState } from '../p2p/index.js'
 import type { NodeOptions } from '../config/index.js'
 import { createLogger } from '../logger.js'
 import { VERSION } from '../version.js'
@@ -14,6 +14,7 @@ import { ShepherdError } from '../errors.js'
 import { GroupManager } from './groups/index.js'
 import { DeploymentStore } from './deployments.js'
 import { ControlPlane } from './control-plane.js'
+import { Membership, type MemberView } from './membership.js'
 import path from 'node:path'
 import fs from 'node:fs/promises'
 
@@ -21,7 +22,8 @@ import fs from 'node:fs/promises'
 export interface PeerView {
   id: string
   name: string
-  status: PeerStatus
+  /** `pending`: said hello, is no member (nothing taken from it); see `otherPeers`. */
+  status: PeerStatus | 'pending'
   /** ISO 8601; null for a peer never heard from. */
   lastSeen: string | null
   rttMs: number | null
@@ -36,19 +38,19 @@ export interface PeerView {
   /** Requests running and waiting on the peer (its last heartbeat). */
   load: { active: number, queued: number } | null
   labels: Record<string, string>
-  /** `open`: no allow list and not denied; `allowed`: on the allow list; `denied`. */
+  /** `member`, `pending` (awaits admit), `denied` (revoked or denied), `none`. */
   trust: TrustState
   /** Whether the node serves peers' requests (false: its own clients only). */
   servesPeers: boolean
 }
 
-export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot' | 'group:leader'
+export type PeerEventType = 'peer:joined' | 'peer:alive' | 'peer:suspect' | 'peer:dead' | 'peer:left' | 'peer:snapshot' | 'group:leader' | 'peer:pending' | 'peer:member'
 
 export interface PeerEvent {
   type: PeerEventType
   id: string
   name: string
-  status: PeerStatus
+  status: PeerStatus | 'pending' | 'member'
   at: string
   /** For `group:leader`: the group and its term. */
   group?: string
@@ -88,6 +90,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   control!: ControlPlane
   /** Allow and deny lists (config plus changes made through the API, persisted). */
   trust!: TrustPolicy
+  /** Who is a member: the mode, the signed ledger, pending peers, admission and invites. */
+  membership!: Membership
   /** Whether the mesh is private (a swarm key is set). */
   private = false
   private modelFiles: ModelFile[] = []
@@ -113,10 +117,14 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     this.deployments = deployments
     this.labels = Object.fromEntries(options.labels.map(l => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
     deployments.on('change', () => { this.snapshotChanged() })
+    // The snapshot lists duplicate ids: a new version tells their owners.
+    mesh.on('duplicates:changed', () => { this.snapshotChanged() })
     mesh.on('peer:snapshot', rec => {
+      // A member that sees this node's own id run twice says so: only it can (see duplicate-identity.ts).
+      if (rec.snapshot?.duplicateIds?.includes(mesh.peerId) === true) mesh.reportDuplicateOfSelf(rec.id)
       const incoming = rec.snapshot?.deployments
       if (incoming != null && incoming.length > 0) {
-        deployments.merge(incoming).catch(err => { this.log.warn('could not merge deployments', { err }) })
+        deployments.merge(incoming, rec.id).catch(err => { this.log.warn('could not merge deployments', { err }) })
       }
     })
     this.mesh = mesh
@@ -152,6 +160,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       const monitor = new ResourceMonitor({
         dataDir: options.dataDir,
         modelsDirs: [...new Set([...options.modelsDirs, pullDir])],
+        modelHashFile: path.join(options.dataDir, 'model-hashes.json'),
         llamacppPaths: options.llamacppPaths,
         sampleIntervalMs: options.sampleIntervalMs,
         gpuIntervalMs: options.gpuIntervalMs
@@ -160,8 +169,17 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       // Engines are added at start, once the resource scan has found models and llama.cpp builds.
       const hub = new EngineHub({ engines: [], maxConcurrency: options.maxConcurrency, maxQueue: options.maxQueue })
       const swarmKey = options.swarmKeyFile !== '' ? await readSwarmKey(options.swarmKeyFile) : undefined
-      const savedTrust = await store.getMeta<{ allow: string[], deny: string[] }>('trust')
-      const trust = new TrustPolicy({ allow: [...options.trustAllow, ...(savedTrust?.allow ?? [])], deny: [...options.trustDeny, ...(savedTrust?.deny ?? [])] })
+      // Membership is known before the first connection: gossip and streams are gated from the start.
+      const membership = await Membership.open({
+        store,
+        key,
+        selfId: peerIdOf(key),
+        name: options.name,
+        mode: options.open ? 'open' : swarmKey != null ? 'swarm-key' : 'admission',
+        allow: options.trustAllow,
+        deny: options.trustDeny
+      })
+      const trust = membership.trust
       const { manager: groups, groups: groupNames } = await GroupManager.create(store, options.groups, {
         settleMs: options.electionSettleMs,
         backoffPerRankMs: options.electionBackoffMs,
@@ -169,7 +187,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         quietStartMs: options.deadAfterMs,
         expectPeers: knownPeers.length > 0 || options.bootstrap.length > 0,
         tickMs: 100
-      }, () => node!.id, options.name)
+      }, () => node!.id, options.name, { key, isMember: peer => trust.isMember(peer) })
       const mesh = new Mesh<NodeSnapshot>({
         ...options,
         groups: groupNames,
@@ -184,12 +202,20 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         validateSnapshot: isNodeSnapshot
       })
       groups.attach(mesh)
-      const deployments = await DeploymentStore.open(store, () => node!.id)
+      const deployments = await DeploymentStore.open(store, () => node!.id, {
+        key,
+        isMember: peer => trust.isMember(peer),
+        audit: (kind, peer, detail) => { void store.appendAudit({ kind, peer, detail, verdict: 'rejected' }).catch(() => {}) }
+      })
       node = new MeshNode(options, store, monitor, mesh, hub, groups, deployments)
       node.trust = trust
+      node.membership = membership
       node.private = swarmKey != null
-      trust.on('refused', (peer, protocol) => {
-        void store.appendAudit({ kind: 'untrusted_peer', peer, detail: `${protocol}: stream refused`, verdict: 'rejected' }).catch(() => {})
+      trust.on('pending', (peer, name) => {
+        node!.emit('peer', { type: 'peer:pending', id: peer, name, status: 'pending', at: new Date().toISOString() })
+      })
+      trust.on('member', peer => {
+        if (peer !== node!.id) node!.emit('peer', { type: 'peer:member', id: peer, name: trust.ledger?.members.get(peer)?.name ?? '', status: 'member', at: new Date().toISOString() })
       })
       node.control = new ControlPlane({
         key,
@@ -201,7 +227,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         groups,
         options,
         modelFiles: () => node!.modelFiles,
-        pullDir
+        pullDir,
+        isMember: peer => trust.isMember(peer)
       })
       return node
     } catch (err) {
@@ -229,7 +256,11 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     this.modelFiles = scanned.models
     for (const engine of createEngines(this.options, { modelFiles: () => this.modelFiles, builds: scanned.resources.llamacpp })) this.hub.add(engine)
     await this.mesh.start()
-    this.groups.start()
+    const admission = await this.membership.start(this.mesh.libp2p)
+    // A changed ledger can make peers members: they lack our heartbeat and snapshot.
+    admission.on('changed', () => { this.mesh.heartbeatNow(); this.mesh.scheduleSnapshot(20) })
+    if (this.options.join !== '') await this.membership.join(this.options.join, this.mesh.libp2p)
+    await this.groups.start()
     await this.mesh.inference.serve(async (req, ctx) => {
       if (!this.options.allowRemote) {
         throw new ShepherdError('This node serves its own clients only (allowRemote is off)', { code: 'remote_access_disabled', status: 403, type: 'permission_error' })
@@ -278,7 +309,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     clearTimeout(this.pruneFirst)
     clearInterval(this.pruneTimer)
     await this.pruning
-    this.groups.stop()
+    await this.groups.stop()
+    await this.membership.stop()
     await this.mesh.stop(opts)
     await this.control.stop()
     await this.hub.close()
@@ -288,9 +320,9 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
 
   /** Changes the trust lists (persisted); peers that lose access are disconnected at once. */
   async updateTrust (change: { allow?: string[], deny?: string[], remove?: string[] }): Promise<{ allow: string[], deny: string[] }> {
-    this.trust.update(change, this.mesh.peers().map(p => p.id))
-    const lists = this.trust.lists()
-    await this.store.putMeta('trust', lists)
+    // Checked (400) and saved before anything changes; a deny of a member is also a signed revoke.
+    const lists = await this.membership.updateLists(change)
+    for (const id of change.deny ?? []) if (this.trust.ledger?.members.has(id) === true) await this.membership.revoke(id)
     await this.store.appendAudit({ kind: 'trust_change', detail: JSON.stringify(change), verdict: 'accepted' })
     return lists
   }
@@ -316,7 +348,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       api: this.apiPort != null ? { port: this.apiPort } : null,
       labels: this.labels,
       servesPeers: this.options.allowRemote,
-      deployments: this.deployments.gossip()
+      deployments: this.deployments.gossip(),
+      ...this.duplicateIds()
     }
   }
 
@@ -357,19 +390,77 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       snapshotAt: new Date().toISOString(),
       load: this.hub.load(),
       labels: this.labels,
-      trust: 'allowed',
+      trust: 'member',
       servesPeers: this.options.allowRemote
     }
   }
 
+  /**
+   * The members this node has heard from: what the router, the reconciler and commands see (a
+   * peer that is no member never gets a prompt, a deployment or a command from here).
+   */
   peers (): PeerView[] {
-    return this.mesh.peers().map(rec => toView(rec, this.trust.state(rec.id))).sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
+    return this.mesh.peers().filter(rec => this.trust.isMember(rec.id)).map(rec => toView(rec, this.trust.state(rec.id))).sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
+  }
+
+  /**
+   * Everyone else, for people to see (`peers`, GET /api/peers): peers heard from that are no
+   * members any more (revoked, denied) and pending peers (said hello, await `admit`).
+   */
+  otherPeers (): PeerView[] {
+    const known = this.mesh.peers().filter(rec => !this.trust.isMember(rec.id))
+    const seen = new Set(known.map(r => r.id))
+    const views = known.map(rec => toView(rec, this.trust.state(rec.id)))
+    for (const p of this.trust.pending.list()) {
+      if (seen.has(p.id) || this.trust.isMember(p.id)) continue
+      const connected = this.mesh.libp2p.getConnections().some(c => c.remotePeer.toString() === p.id)
+      views.push(pendingView(p.id, p.name, p.lastSeen, connected))
+    }
+    return views.sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
   }
 
   peer (id: string): PeerView | undefined {
     if (id === this.id) return this.self()
     const rec = this.mesh.table.get(id)
-    return rec != null && rec.lastSeen > 0 ? toView(rec, this.trust.state(rec.id)) : undefined
+    if (rec != null && rec.lastSeen > 0) return toView(rec, this.trust.state(rec.id))
+    const p = this.trust.pending.get(id)
+    return p != null && !this.trust.isMember(id) ? pendingView(p.id, p.name, p.lastSeen, this.mesh.libp2p.getConnections().some(c => c.remotePeer.toString() === id)) : undefined
+  }
+
+  /**
+   * The duplicate mark of `id` (this node's own id included): two processes run as it, e.g. from
+   * a copied data dir. Null when none. A marked peer's snapshot is not taken, so nothing routes to it.
+   */
+  duplicateIdentity (id: string): DuplicateIdentity | null {
+    return this.mesh.duplicateIdentity(id) ?? null
+  }
+
+  /** The ids this node sees run as two processes, for its snapshot (absent when none). */
+  private duplicateIds (): { duplicateIds?: string[] } {
+    const ids = this.mesh.duplicateList().filter(d => !d.self).map(d => d.peer).slice(0, 64)
+    return ids.length > 0 ? { duplicateIds: ids } : {}
+  }
+
+  /** Admits the peer a name or id names (409 when a name names several); returns its id. */
+  async admit (ref: string): Promise<string> {
+    const id = this.membership.resolve(ref, this.mesh.peers().map(p => ({ id: p.id, name: p.name })))
+    await this.membership.admit(id)
+    await this.store.appendAudit({ kind: 'membership_change', peer: id, detail: 'admitted', verdict: 'accepted' }).catch(() => {})
+    return id
+  }
+
+  /** Revokes the peer a name or id names: signed, pushed to members, cut off at once; returns its id. */
+  async revoke (ref: string): Promise<string> {
+    const id = this.membership.resolve(ref, this.mesh.peers().map(p => ({ id: p.id, name: p.name })))
+    await this.membership.revoke(id)
+    await this.store.appendAudit({ kind: 'membership_change', peer: id, detail: 'revoked', verdict: 'accepted' }).catch(() => {})
+    return id
+  }
+
+  /** Members, pending and revoked peers of this node's mesh (GET /api/members). */
+  members (): { mesh: string | null, mode: string, members: MemberView[] } {
+    const connected = (id: string): boolean => this.mesh.libp2p.getConnections().some(c => c.remotePeer.toString() === id)
+    return { mesh: this.trust.ledger?.mesh ?? null, mode: this.membership.mode, members: this.membership.list(connected) }
   }
 
   metrics (): NodeMetrics {
@@ -389,6 +480,14 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     if (rec.addresses.length === 0) return
     this.store.rememberPeer({ id: rec.id, name: rec.name, addresses: rec.addresses, lastSeen: rec.lastSeen })
       .catch(err => { this.log.debug('could not remember peer', { err }) })
+  }
+}
+
+/** A pending peer: no state taken from it, so only what its hello said. */
+function pendingView (id: string, name: string, lastSeen: number, connected: boolean): PeerView {
+  return {
+    id, name, status: 'pending', lastSeen: new Date(lastSeen).toISOString(), rttMs: null, addresses: [], groups: [], connected, version: null,
+    resources: null, models: [], snapshotAt: null, load: null, labels: {}, trust: 'pending', servesPeers: false
   }
 }
 

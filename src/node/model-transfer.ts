@@ -1,17 +1,22 @@
 /**
  * Model distribution, the node's side: which of its files it lets peers pull, and where a
  * pulled model is written. A model arrives in `<dir>/.partial/<name>.<fingerprint>.gguf.part`
- * (the scanner skips dot-dirs), is checked against the size and sha256 its source announced,
- * and only then appears as `<dir>/<name>.gguf`, by an atomic link that never replaces a file.
+ * (the scanner skips dot-dirs), is checked against the fingerprint the caller named (the sha256
+ * of the whole file: never what the source announces, a source can lie) and for a valid GGUF
+ * header, and only then appears as `<dir>/<name>.gguf`, by an atomic link that never replaces a
+ * file. A source that announces or sends other content is refused before or after its bytes are
+ * written to the `.part`, which is then deleted.
  */
 import { createHash, type Hash } from 'node:crypto'
 import { constants as fsConstants } from 'node:fs'
 import { link, mkdir, open, rename, stat, statfs, unlink, type FileHandle } from 'node:fs/promises'
 import { basename, join } from 'node:path'
+import { MODEL_FINGERPRINT_MISMATCH, MODEL_INVALID_FILE } from '../errors.js'
 import { createLogger } from '../logger.js'
 import { isFingerprint, isSafeModelName } from '../p2p/index.js'
 import { BlobTransferError, hashFileRange, isAborted, openBlob, type BlobOpenOptions, type BlobResolver } from '../p2p/index.js'
 import type { Host } from '../p2p/index.js'
+import { GgufFormatError, readGgufHeader } from './resources/gguf.js'
 import type { ModelFile } from './resources/types.js'
 
 const log = createLogger('node:model-transfer')
@@ -66,6 +71,11 @@ export interface FetchModelOptions extends Omit<BlobOpenOptions, 'signal'> {
   /** Aborting keeps the `.part` file, so a later call resumes. */
   signal?: AbortSignal
   onProgress?: (p: TransferProgress) => void
+  /**
+   * Called for each source whose content is not the named fingerprint or not a valid GGUF
+   * (codes `model_fingerprint_mismatch`, `model_invalid_file`), so the caller can audit it.
+   */
+  onSourceRejected?: (peer: string, code: string, message: string) => void
 }
 
 export interface FetchModelResult {
@@ -92,6 +102,8 @@ export class ModelTransferError extends BlobTransferError {
 
 /** Failures of this node, not of a source: trying another peer would not help. */
 const LOCAL_CODES = new Set(['destination_exists', 'insufficient_disk', 'disk_error'])
+/** Bytes that hash to the named fingerprint yet are no GGUF: every other source would send the same. */
+const FINAL_CODES = new Set([MODEL_INVALID_FILE])
 
 /** Targets being fetched by this process: two writers on one `.part` would corrupt it. */
 const inFlight = new Set<string>()
@@ -101,8 +113,9 @@ const inFlight = new Set<string>()
  * send it; a source that fails mid-way hands over to the next, which resumes where it stopped.
  * Resolves once `<destDir>/<name>.gguf` holds the file, verified and synced. Throws a
  * `ModelTransferError`: `invalid_model_name`, `invalid_fingerprint`, `transfer_in_progress`,
- * `transfer_aborted`, `destination_exists`, `insufficient_disk`, `disk_error`, or the last
- * source's failure (`model_unavailable`, `transfer_corrupt`, `transfer_truncated`, ...).
+ * `transfer_aborted`, `destination_exists`, `insufficient_disk`, `disk_error`,
+ * `model_invalid_file`, or the last source's failure (`model_unavailable`,
+ * `model_fingerprint_mismatch`, `transfer_truncated`, ...).
  */
 export async function fetchModel (host: Host, peers: string | readonly string[], opts: FetchModelOptions): Promise<FetchModelResult> {
   if (!isSafeModelName(opts.name)) throw new ModelTransferError(`'${opts.name.slice(0, 100)}' is not a valid model name`, 'invalid_model_name', 400)
@@ -176,6 +189,8 @@ class Transfer {
   private resumedFrom = 0
   private transferred = 0
   private destinationChecked = false
+  /** The last attempt was refused on the source's announcement, before any byte was written. */
+  private refusedAtHeader = false
 
   constructor (private readonly host: Host, private readonly paths: TransferPaths, private readonly opts: FetchModelOptions) {}
 
@@ -211,8 +226,17 @@ class Transfer {
           const e = asTransferError(err)
           attempts.push({ peer, code: e.code })
           log.debug('source failed', { peer, name: this.opts.name, code: e.code, at: this.size })
+          if (e.code === MODEL_FINGERPRINT_MISMATCH || e.code === MODEL_INVALID_FILE) {
+            log.warn('refused a source\'s model content', { peer, name: this.opts.name, code: e.code })
+            this.opts.onSourceRejected?.(peer, e.code, e.message)
+          }
+          if (FINAL_CODES.has(e.code)) {
+            await this.discard()
+            throw new ModelTransferError(e.message, e.code, e.status, attempts).withCause(e)
+          }
           if (LOCAL_CODES.has(e.code)) throw new ModelTransferError(e.message, e.code, e.status, attempts).withCause(e)
-          if (e.code === 'transfer_corrupt' || e.code === 'bad_offset') {
+          // A source that announced other content sent nothing: the verified prefix stays.
+          if ((e.code === MODEL_FINGERPRINT_MISMATCH && !this.refusedAtHeader) || e.code === 'bad_offset') {
             // Bytes that failed verification are never kept; a part longer than the file is not the file.
             await this.discard()
             // When the bad bytes may be an older prefix (not this source's), this source gets one clean try.
@@ -237,14 +261,21 @@ class Transfer {
 
   private async attempt (peer: string): Promise<FetchModelResult> {
     const { name, fingerprint, signal } = this.opts
-    const dl = await openBlob(this.host, peer, { name, fingerprint, offset: this.size, ...(this.expected != null ? { sha256: this.expected.sha256 } : {}) }, this.opts)
+    this.refusedAtHeader = false
+    // The fingerprint is the sha256 of the whole file: an honest source refuses at once when its file differs.
+    const dl = await openBlob(this.host, peer, { name, fingerprint, offset: this.size, sha256: fingerprint }, this.opts)
     let fh: FileHandle | undefined
     let done = false
     try {
-      if (this.expected != null && (dl.size !== this.expected.size || dl.sha256 !== this.expected.sha256)) {
+      if (dl.sha256 !== fingerprint) {
+        // What the source announces is checked against the command, never trusted: no byte is written.
+        this.refusedAtHeader = true
+        throw new BlobTransferError(`${peer} offers other content for '${name}' (sha256 ${dl.sha256.slice(0, 16)}…, expected ${fingerprint.slice(0, 16)}…)`, MODEL_FINGERPRINT_MISMATCH, 502, peer)
+      }
+      if (this.expected != null && dl.size !== this.expected.size) {
         throw new BlobTransferError(`${peer} holds other content for '${name}'`, 'content_mismatch', 409, peer)
       }
-      this.expected = { size: dl.size, sha256: dl.sha256 }
+      this.expected = { size: dl.size, sha256: fingerprint }
       if (!this.destinationChecked) {
         this.destinationChecked = true
         if (await this.destinationHolds(dl.size, dl.sha256)) {
@@ -283,15 +314,27 @@ class Transfer {
         throw diskError(err, 'syncing the partial file')
       }
       const digest = this.hash.copy().digest('hex')
-      if (this.size !== dl.size || digest !== dl.sha256) {
-        throw new BlobTransferError(`'${name}' does not match the sha256 its source announced`, 'transfer_corrupt', 502, peer)
+      if (this.size !== dl.size || digest !== fingerprint) {
+        throw new BlobTransferError(`'${name}' from ${peer} does not match fingerprint ${fingerprint.slice(0, 16)}…`, MODEL_FINGERPRINT_MISMATCH, 502, peer)
       }
+      await this.checkGguf(peer)
       done = true
-      const alreadyPresent = await this.install(dl.size, dl.sha256)
-      return this.result(peer, dl.size, dl.sha256, alreadyPresent)
+      const alreadyPresent = await this.install(dl.size, fingerprint)
+      return this.result(peer, dl.size, fingerprint, alreadyPresent)
     } finally {
       if (!done) dl.cancel()
       await fh?.close().catch(() => {})
+    }
+  }
+
+  /** Only a file with a valid GGUF header (magic, version, parsable metadata and tensors) is installed. */
+  private async checkGguf (peer: string): Promise<void> {
+    try {
+      await readGgufHeader(this.paths.part)
+    } catch (err) {
+      if (!(err instanceof GgufFormatError)) throw diskError(err, 'reading the partial file')
+      // The message without the staging path: it goes back to the command's issuer.
+      throw new BlobTransferError(`'${this.opts.name}' is not a valid GGUF file: ${err.message.slice(err.path.length + 2)}`, MODEL_INVALID_FILE, 422, peer).withCause(err)
     }
   }
 

@@ -15,6 +15,8 @@ export interface ModelSummary {
   state: 'loaded' | 'on_disk' | 'loading'
   /** Loaded for a deployment (a replica), not on demand. */
   pinned?: boolean
+  /** The peer this node pulled the file from, and when (absent for files it had itself). */
+  source?: { peer: string, at: string, fingerprint: string }
 }
 
 /**
@@ -31,6 +33,8 @@ export interface NodeSnapshot {
   servesPeers?: boolean
   /** Every deployment this node knows (replicated by gossip, last writer wins). */
   deployments?: Deployment[]
+  /** Peer ids this node sees run as two processes (a copied data dir): so the owner of one learns it. */
+  duplicateIds?: string[]
 }
 
 const num = { type: 'number' }
@@ -64,6 +68,7 @@ const schema = {
     },
     servesPeers: { type: 'boolean' },
     labels: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 128 } },
+    duplicateIds: { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 128 } },
     deployments: {
       type: 'array',
       maxItems: 1024,
@@ -76,9 +81,12 @@ const schema = {
           group: { type: 'string', minLength: 1, maxLength: 64 },
           strategy: { type: 'string', maxLength: 32 },
           constraints: { type: 'object' },
+          fingerprint: { type: 'string', pattern: '^[0-9a-f]{64}$' },
           updatedAt: { type: 'integer', minimum: 0 },
           origin: { type: 'string', maxLength: 128 },
-          deleted: { type: 'boolean' }
+          deleted: { type: 'boolean' },
+          /** The origin's signature (deployment-record.ts); checked when merged, refused and audited when missing. */
+          sig: { type: 'string', maxLength: 256 }
         }
       }
     },
@@ -97,7 +105,8 @@ const schema = {
           contextLength: nullableNum,
           fingerprint: str,
           state: { enum: ['loaded', 'on_disk', 'loading'] },
-          pinned: { type: 'boolean' }
+          pinned: { type: 'boolean' },
+          source: { type: 'object', required: ['peer', 'at', 'fingerprint'], properties: { peer: str, at: str, fingerprint: str } }
         }
       }
     }
@@ -122,6 +131,7 @@ export function summarizeModel (m: ModelFile, state: ModelSummary['state'] = 'on
     parameterCount: m.parameterCount,
     contextLength: m.contextLength,
     fingerprint: m.fingerprint,
+    ...(m.source != null ? { source: m.source } : {}),
     state
   }
 }

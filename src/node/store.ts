@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { Level } from 'level'
-import { ShepherdError } from '../errors.js'
+import { ShepherdError, storageError } from '../errors.js'
 import type { CommandStoreBackend } from './commands/index.js'
 import { pruneLog, type LogRetention, type PrunableLog } from './log-pruning.js'
 
@@ -40,6 +40,20 @@ export interface AuditEntry {
 type Json = Record<string, unknown> | unknown[] | string | number | boolean | null
 
 /**
+ * Every write of the store goes through here: a failure becomes a typed error (issue 11 item 5):
+ * `insufficient_storage` (507) when the disk is full (LevelDB says `IO error: ...: No space left
+ * on device`), `store_unavailable` (503) otherwise. Callers change memory only after it resolves.
+ * Measured on a full tmpfs: LevelDB refuses the write, and takes writes again once space is freed.
+ */
+async function written (write: Promise<unknown>, what: string): Promise<void> {
+  try {
+    await write
+  } catch (err) {
+    throw storageError(err, what)
+  }
+}
+
+/**
  * The one place for durable node state: a LevelDB database in the data dir, with a sublevel
  * per kind of record (`meta` for the identity key, `peers` for peers met before, more to come).
  */
@@ -75,7 +89,7 @@ export class Store {
   }
 
   async putMeta (key: string, value: Json): Promise<void> {
-    await this.meta.put(key, value, { sync: true } as any)
+    await written(this.meta.put(key, value, { sync: true } as any), `cannot save '${key}'`)
   }
 
   async knownPeers (): Promise<KnownPeer[]> {
@@ -83,7 +97,7 @@ export class Store {
   }
 
   async rememberPeer (peer: KnownPeer): Promise<void> {
-    await this.peers.put(peer.id, peer)
+    await written(this.peers.put(peer.id, peer), 'cannot remember a peer')
   }
 
   /** A named table of JSON records, for parts that keep their own (deployments, commands). */
@@ -91,8 +105,8 @@ export class Store {
     const sub = this.db.sublevel<string, V>(name, { valueEncoding: 'json' })
     return {
       get: async key => await sub.get(key),
-      put: async (key, value, opts) => { await sub.put(key, value, { sync: opts?.sync === true } as any) },
-      del: async key => { await sub.del(key) },
+      put: async (key, value, opts) => { await written(sub.put(key, value, { sync: opts?.sync === true } as any), `cannot write to '${name}'`) },
+      del: async key => { await written(sub.del(key), `cannot delete from '${name}'`) },
       values: async (opts = {}) => await sub.values({ reverse: opts.reverse === true, limit: opts.limit ?? -1, ...(opts.lt != null ? { lt: opts.lt } : {}) }).all(),
       entries: async () => await sub.iterator().all()
     }
@@ -100,7 +114,16 @@ export class Store {
 
   /** The backend of the command store (runs, terms, command audit): a LevelDB sublevel. */
   commandBackend (): CommandStoreBackend {
-    return this.db.sublevel<string, any>('commands', { valueEncoding: 'json' }) as unknown as CommandStoreBackend
+    const sub = this.db.sublevel<string, any>('commands', { valueEncoding: 'json' }) as unknown as CommandStoreBackend
+    // Writes fail typed (507 on a full disk, 503 otherwise) like every other write of the store.
+    return {
+      get: sub.get.bind(sub),
+      values: sub.values.bind(sub),
+      keys: sub.keys.bind(sub),
+      clear: sub.clear.bind(sub),
+      put: async (key, value, options) => { await written(sub.put(key, value, options), 'cannot write a command record') },
+      batch: async (ops, options) => { await written(sub.batch(ops, options), 'cannot write command records') }
+    }
   }
 
   private auditSeq = 0
@@ -110,7 +133,7 @@ export class Store {
   async appendAudit (entry: Omit<AuditEntry, 'at'>): Promise<void> {
     const at = Date.now()
     const key = `${at.toString().padStart(15, '0')}-${(this.auditSeq++).toString().padStart(9, '0')}`
-    await this.audit.put(key, { at, ...entry })
+    await written(this.audit.put(key, { at, ...entry }), 'cannot append to the audit log')
   }
 
   /** Deletes audit entries older than `retention.maxAgeMs`, then all but the newest `retention.maxEntries`. */

@@ -1,5 +1,5 @@
 /**
- * Wire format of `/shepherd/blob/1.0.0`. Every frame is a varint length, a one-byte kind and a
+ * Wire format of `/shepherd/blob/2.0.0`. Every frame is a varint length, a one-byte kind and a
  * payload: kind 0 is a JSON control frame (request, header, end, error), kind 1 is raw file
  * bytes. File bytes travel as they are, never as JSON or base64, so a transfer costs one copy
  * into the stream and no encoding.
@@ -8,7 +8,13 @@ import type { Stream } from '@libp2p/interface'
 import { Ajv, type ValidateFunction } from 'ajv'
 import { WireError } from '../errors.js'
 
-export const BLOB_PROTOCOL = '/shepherd/blob/1.0.0'
+/**
+ * 2.0.0: a fingerprint is the sha256 of the whole file (1.0.0: of its size and header), so a
+ * request's fingerprint is also the digest the bytes must have. Nodes of the two versions
+ * cannot name each other's files, so they do not talk. `BLOB_VERSION` is the frame schema's
+ * version, unchanged.
+ */
+export const BLOB_PROTOCOL = '/shepherd/blob/2.0.0'
 export const BLOB_VERSION = 1
 
 /** Largest request frame a server reads (a name, a fingerprint, an offset and a digest). */
@@ -32,7 +38,7 @@ export const DATA_FRAME_HEADROOM = MAX_VARINT_BYTES + 1
  * separator or a control character, and may not start with a dot (`.`, `..`, hidden files).
  */
 const MODEL_NAME_PATTERN = '^(?!\\.)[^/\\\\\\u0000-\\u001f\\u007f]{1,200}$'
-/** A model fingerprint (src/node/resources/models.ts): sha256, lowercase hex. */
+/** A model fingerprint (src/node/resources/content-hash.ts): sha256 of the file, lowercase hex. */
 const FINGERPRINT_PATTERN = '^[0-9a-f]{64}$'
 const SHA256_PATTERN = '^[0-9a-f]{64}$'
 

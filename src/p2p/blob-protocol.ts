@@ -1,5 +1,5 @@
 /**
- * `/shepherd/blob/1.0.0`: a node pulls a model file from a peer that has it. One stream per
+ * `/shepherd/blob/2.0.0`: a node pulls a model file from a peer that has it. One stream per
  * transfer. The requester sends one request frame; the holder answers a `header` (size and
  * sha256 of the whole file), then the bytes from the requested offset as data frames, then
  * `end`, or `error` at any point. Either side resetting the stream ends the transfer.

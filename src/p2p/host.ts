@@ -11,6 +11,7 @@ import { preSharedKey } from '@libp2p/pnet'
 import type { PrivateKey, PeerDiscovery, PeerId } from '@libp2p/interface'
 import type { TrustPolicy } from './trust.js'
 import { MAX_GOSSIP_FRAME_BYTES, MEMBERSHIP_TOPIC } from './constants.js'
+import { ADMISSION_PROTOCOL } from './admission-messages.js'
 import { lanDiscovery, type LanDiscoveryStats } from './lan-discovery.js'
 
 export interface HostOptions {
@@ -27,6 +28,9 @@ export interface HostOptions {
   /** Who may connect; checked once the remote's identity is proven (after noise). */
   trust?: TrustPolicy
 }
+
+/** Gossip score of a non-member: below `publishThreshold` (-50), above `graylistThreshold` (-80). */
+const NON_MEMBER_SCORE = -60
 
 export type Host = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>, ping: ReturnType<ReturnType<typeof ping>>, pubsub: ReturnType<ReturnType<typeof gossipsub>> }>
 
@@ -71,6 +75,12 @@ export async function createHost (opts: HostOptions): Promise<Host> {
         // validator) loses score fast and is graylisted, so its traffic is ignored. The delivery-rate
         // terms stay off: in a small LAN mesh honest peers are quiet, not failing.
         scoreParams: createPeerScoreParams({
+          // A peer that is no member scores between the publish and graylist thresholds: this node
+          // publishes and gossips nothing to it (its snapshots hold addresses, models, resources)
+          // and keeps it out of the topic mesh, yet still reads its subscriptions, so a peer that
+          // becomes a member is published to as soon as its score is recomputed (each heartbeat).
+          appSpecificScore: (peer: string) => opts.trust != null && !opts.trust.isMember(peer) ? NON_MEMBER_SCORE : 0,
+          appSpecificWeight: 1,
           topics: {
             [MEMBERSHIP_TOPIC]: createTopicScoreParams({
               topicWeight: 1,
@@ -92,17 +102,22 @@ export async function createHost (opts: HostOptions): Promise<Host> {
 }
 
 /**
- * Every protocol handler registered on this host (ours: openai, cmd, blob) first checks the
- * remote peer against the trust policy, so a peer denied after it connected gets no service
- * even on a stream opened before its connection was closed.
+ * Every protocol handler registered on this host (ours: openai, cmd, blob, ...) first checks that
+ * the remote peer is a member, so a peer that is none (pending, revoked) gets no service, even on
+ * a stream opened before its connection was closed. identify and ping are libp2p's own services
+ * (registered with the registrar, not here) and stay open.
  */
 function guardHandlers (host: Host, trust: TrustPolicy): void {
   const handle = host.handle.bind(host)
   host.handle = async (protocols, handler, options) => {
+    // Admission is how a peer that is no member asks to become one; every other protocol
+    // (inference, commands, blobs, votes, and any added later) serves members only.
+    const open = (Array.isArray(protocols) ? protocols : [protocols]).every(p => p === ADMISSION_PROTOCOL)
     const guarded: typeof handler = (stream, conn) => {
-      if (!trust.allows(conn.remotePeer.toString())) {
-        trust.emit('refused', conn.remotePeer.toString(), stream.protocol)
-        stream.abort(new Error('peer not trusted'))
+      const peer = conn.remotePeer.toString()
+      if (open ? !trust.allows(peer) : !trust.isMember(peer)) {
+        trust.emit('refused', peer, stream.protocol)
+        stream.abort(new Error('peer is no member of this mesh'))
         return
       }
       return handler(stream, conn)

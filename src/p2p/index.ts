@@ -9,6 +9,7 @@ export { decodeMembership, encodeMembership, type MembershipMessage, type DropRe
 export { createIdentity, encodeIdentity, decodeIdentity, peerIdOf } from './identity.js'
 export { MEMBERSHIP_TOPIC, MDNS_SERVICE_TAG, MAX_MEMBERSHIP_MESSAGE_BYTES } from './constants.js'
 export { isRefused } from './redialer.js'
+export { DuplicateIdentityDetector, DUPLICATE_IDENTITY_DEFAULTS, type DuplicateIdentity, type DuplicateIdentityOptions } from './duplicate-identity.js'
 export type { Host } from './host.js'
 export { InferenceService, RemoteError, type InferenceReply, type InferenceHandler, type ViolationListener } from './inference.js'
 export { isInferenceRequest, isInferenceResponse, type InferenceRequestFrame, type InferenceResponseFrame, type InferenceOp, type PassthroughRequest, type ErrorPayload } from './inference-messages.js'
@@ -26,5 +27,16 @@ export {
 } from './blob-protocol.js'
 export { BLOB_PROTOCOL, isSafeModelName, isFingerprint } from './blob-messages.js'
 export { reachableAddresses } from './addresses.js'
-export { TrustPolicy, type TrustState } from './trust.js'
+export { TrustPolicy, changedLists, type TrustState, type MembershipMode, type TrustLists, type TrustChange } from './trust.js'
+export { AdmissionService, AdmissionError, foundMesh, type AdmissionBackend } from './admission.js'
+export { ADMISSION_PROTOCOL, MAX_LEDGER_STATEMENTS, cleanName, signStatement, statementId, isStatement, type Statement } from './admission-messages.js'
+export { replay, applyStatements, adoption, withValidSignatures, type LedgerState, type MemberInfo } from './ledger.js'
+export { createInvite, decodeInvite, checkInvite, MAX_INVITE_TTL_MS, type InviteToken } from './invite.js'
+export { PendingPeers, MAX_PENDING_PEERS, type PendingPeer } from './pending-peers.js'
 export { generateSwarmKey, readSwarmKey, SwarmKeyError } from './swarm-key.js'
+export { stripControl, stripControlDeep, hasControl } from './text.js'
+export {
+  VOTE_PROTOCOL, MAX_TERM, MAX_CERT_VOTES, VOTE_SIGNING_DOMAIN, isVoteRequest, isVoteResponse, isLeaderCertificate, signVote, verifyVote,
+  type VoteStatement, type SignedVote, type LeaderCertificate, type VoteRequestFrame, type VoteResponseFrame
+} from './vote-messages.js'
+export { VoteService, requestVote, type VoteHandler } from './vote-protocol.js'

@@ -17,6 +17,7 @@ import { reachableAddresses } from './addresses.js'
 import { TokenBuckets } from './token-buckets.js'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { TrustPolicy } from './trust.js'
+import { ConnectionListenAddrs, DuplicateIdentityDetector, type DuplicateIdentity, type Observation } from './duplicate-identity.js'
 
 export interface MeshOptions<S> {
   privateKey: PrivateKey
@@ -74,6 +75,8 @@ export interface MeshEvents<S> extends PeerTableEvents<S> {
   'peer:addresses': [PeerRecord<S>]
   /** A peer's view of its groups' leadership (from its heartbeat). */
   'peer:lead': [peer: string, lead: Array<[group: string, term: number, leader: string]>]
+  /** The set of duplicate peer ids (see duplicate-identity.ts) changed: one was detected or cleared. */
+  'duplicates:changed': [ids: string[]]
 }
 
 function loadTuple (l: { active: number, queued: number }): [number, number] {
@@ -137,7 +140,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     return this.commandService
   }
 
-  /** `/shepherd/blob/1.0.0`: model files between nodes. */
+  /** `/shepherd/blob/2.0.0`: model files between nodes. */
   get blob (): BlobService {
     this.blobService ??= new BlobService(this.libp2p)
     return this.blobService
@@ -164,6 +167,65 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     return this.incarnation
   }
 
+  private duplicateIds?: DuplicateIdentityDetector
+  /** Peer ids two processes run as (a copied data dir), this node's own included (see duplicate-identity.ts). */
+  get duplicates (): DuplicateIdentityDetector {
+    this.duplicateIds ??= new DuplicateIdentityDetector(this.peerId, this.incarnation, this.incarnation)
+    return this.duplicateIds
+  }
+
+  /** Every duplicate mark now; none before the mesh started. */
+  duplicateList (): DuplicateIdentity[] {
+    return this.host == null ? [] : this.duplicates.list(Date.now())
+  }
+
+  /** The duplicate mark of `id` now (this node's own id included), or undefined. */
+  duplicateIdentity (id: string): DuplicateIdentity | undefined {
+    return this.host == null ? undefined : this.duplicates.get(id, Date.now())
+  }
+
+  /**
+   * Feeds one message's incarnation to the duplicate detector; true while `from` is marked. A
+   * marked id is ambiguous: its snapshot is dropped (so nothing routes to it) and no new one is
+   * taken until the mark clears. Named in the logs once per period.
+   */
+  private checkIdentity (from: string, inc: number, now: number): boolean {
+    const self = from === this.peerId
+    return this.onDuplicateEvidence(from, self ? this.duplicates.heardSelf(inc, now) : this.duplicates.heard(from, inc, now), now)
+  }
+
+  private readonly connectionAddrs = new ConnectionListenAddrs()
+  private lastDuplicates: string[] = []
+  /** Two open connections of `peer` to processes listening on disjoint addresses: two processes. */
+  private checkConnections (peer: PeerId, now: number): void {
+    const open = this.libp2p.getConnections(peer)
+    if (open.length < 2) return
+    const id = peer.toString()
+    if (this.connectionAddrs.conflict(id, open.map(c => c.id))) this.onDuplicateEvidence(id, this.duplicates.conflictingConnections(id, now), now)
+  }
+
+  /** A member (`by`) reports that it sees this node's own id run as two processes. */
+  reportDuplicateOfSelf (by: string): void {
+    if (this.host != null) this.onDuplicateEvidence(this.peerId, this.duplicates.reportedBy(by, Date.now()), Date.now())
+  }
+
+  /**
+   * Names a duplicate in the logs (once per period); when first seen, drops its snapshot and
+   * sends ours soon (it lists the id, so the id's owner learns it).
+   */
+  private onDuplicateEvidence (from: string, o: Observation, now: number): boolean {
+    const self = from === this.peerId
+    if (o.warn) {
+      const dup = this.duplicates.get(from, now)
+      this.log.warn(self ? 'another process runs with this node\'s peer id (a copied data dir?): give one of them a new data dir' : 'two processes run with one peer id (a copied data dir?): not routing to it', { peer: from, evidence: dup?.evidence, incarnations: dup?.incarnations, reportedBy: dup?.reportedBy })
+    }
+    if (o.detected && !self) {
+      this.table.patch(from, { snapshot: null, snapshotVersion: -1, snapshotAt: null })
+      this.scheduleSnapshot(20)
+    }
+    return o.duplicate
+  }
+
   addresses (): string[] {
     return this.libp2p.getMultiaddrs().map(ma => ma.toString())
   }
@@ -183,19 +245,30 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs, mdnsMaxIntervalMs: o.mdnsMaxIntervalMs, mdnsStats: this.stats.mdns, swarmKey: o.swarmKey, trust: o.trust })
     // A revoked peer is cut off at once; its record stays (shown as denied) and goes dead.
     o.trust?.on('revoked', peer => {
-      void host.hangUp(peerIdFromString(peer)).catch(() => {})
+      // A malformed id must not throw here (the change is made already): it has no connection to close.
+      if (peer !== host.peerId.toString()) void Promise.resolve().then(async () => { await host.hangUp(peerIdFromString(peer)) }).catch(() => {})
+    })
+    // A new member lacks our snapshot (we ignored each other until now). Gossipsub publishes to it
+    // once its score is recomputed (within a gossip heartbeat, 700 ms): send again after that.
+    o.trust?.on('member', () => {
+      this.heartbeat()
+      this.scheduleSnapshot(20)
+      setTimeout(() => { this.heartbeat(); this.scheduleSnapshot(0) }, 1000).unref()
     })
     const pubsub = host.services.pubsub
 
     pubsub.subscribe(MEMBERSHIP_TOPIC)
     // Validation happens before gossipsub forwards a message: invalid ones are rejected (the
     // delivering peer is penalised), a flooding origin is throttled (ignored, not forwarded).
-    pubsub.topicValidators.set(MEMBERSHIP_TOPIC, (_peer, msg) => {
+    pubsub.topicValidators.set(MEMBERSHIP_TOPIC, (source, msg) => {
       if (msg.type !== 'signed') return TopicValidatorResult.Reject
       const from = msg.from.toString()
-      if (this.opts.trust != null && !this.opts.trust.allows(from)) {
+      // State (heartbeats, snapshots, leadership views, leave) is taken from members only, and
+      // never relayed for anyone else. A non-member sending its own is penalised; a member that
+      // relays one (its view of membership may lag ours) is not.
+      if (this.opts.trust != null && !this.opts.trust.isMember(from)) {
         this.stats.dropped.untrusted++
-        return TopicValidatorResult.Reject
+        return source.toString() === from ? TopicValidatorResult.Reject : TopicValidatorResult.Ignore
       }
       if (!this.floodGuard.take(from)) {
         this.stats.dropped.rate_limited++
@@ -227,8 +300,11 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     })
     host.addEventListener('peer:connect', evt => { this.onConnect(evt.detail) })
     host.addEventListener('peer:disconnect', evt => { this.onDisconnect(evt.detail) })
+    host.addEventListener('connection:close', evt => { this.connectionAddrs.closed(evt.detail.id) })
     host.addEventListener('peer:identify', evt => {
       const id = evt.detail.peerId.toString()
+      this.connectionAddrs.identified(id, evt.detail.connection.id, evt.detail.listenAddrs.map(a => a.toString()))
+      this.checkConnections(evt.detail.peerId, Date.now())
       const addrs = reachableAddresses(evt.detail.listenAddrs.map(a => a.toString()))
       const rec = this.table.get(id)
       if (rec != null && addrs.length > 0) {
@@ -340,9 +416,15 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   onMessage (from: string, data: Uint8Array): void {
     this.stats.gossipBytesReceived += data.byteLength
     this.stats.messagesReceived++
-    if (from === this.host?.peerId.toString()) return
-    // Gossip is relayed: a denied peer's messages can arrive through a trusted one.
-    if (this.opts.trust != null && !this.opts.trust.allows(from)) {
+    if (from === this.host?.peerId.toString()) {
+      // Our own id on a message from elsewhere: another process runs with our key.
+      const own = this.decoded.get(data) ?? decodeMembership(data)
+      this.decoded.delete(data)
+      if (own.ok) this.checkIdentity(from, own.message.inc, Date.now())
+      return
+    }
+    // Gossip is relayed: a non-member's messages can arrive through a member.
+    if (this.opts.trust != null && !this.opts.trust.isMember(from)) {
       this.stats.dropped.untrusted++
       return
     }
@@ -360,6 +442,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     }
     const msg = decoded.message
     const now = Date.now()
+    const duplicate = this.checkIdentity(from, msg.inc, now)
     const prev = this.table.ensure(from, now)
     if (msg.t === 'leave') {
       const res = onLeave(prev, { incarnation: msg.inc, seq: msg.seq }, now)
@@ -391,7 +474,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (msg.t === 'snap') this.redialer?.addPeer(from, msg.addrs)
       this.redialer?.dialSoon(from)
     }
-    if (msg.t === 'snap' && msg.snap > rec.snapshotVersion) {
+    if (msg.t === 'snap' && msg.snap > rec.snapshotVersion && !duplicate) {
       const next = this.table.patch(from, { snapshot: msg.data as S, snapshotVersion: msg.snap, snapshotAt: now })
       if (next != null) this.table.emit('peer:snapshot', next)
     }
@@ -404,6 +487,17 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
 
   private tick (): void {
     const now = Date.now()
+    // A duplicate stays marked while both its connections stay open.
+    const seen = new Set<string>()
+    for (const c of this.host?.getConnections() ?? []) {
+      const id = c.remotePeer.toString()
+      if (!seen.has(id)) { seen.add(id); this.checkConnections(c.remotePeer, now) }
+    }
+    const dups = this.duplicateList().map(d => d.peer)
+    if (dups.join() !== this.lastDuplicates.join()) {
+      this.lastDuplicates = dups
+      this.emit('duplicates:changed', dups)
+    }
     const timings = { suspectAfterMs: this.opts.suspectAfterMs, deadAfterMs: this.opts.deadAfterMs }
     for (const rec of this.table.list()) {
       if (rec.lastSeen === 0) continue

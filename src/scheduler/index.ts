@@ -3,7 +3,7 @@
  * later which node runs which model (placement). Depends on src/node.
  */
 export { Router, type RouterOptions, type RouteResult } from './router.js'
-export { buildModelRegistry, type MeshModel, type ModelHost } from './model-registry.js'
+export { buildModelRegistry, chooseFingerprint, pinnedHosts, MIN_PIN_HEX, type MeshModel, type ModelHost, type FingerprintChoice, type RegistryPolicy } from './model-registry.js'
 export { orderHosts, type BalanceStrategy } from './balancer.js'
 export { CircuitBreaker } from './circuit-breaker.js'
 export { Reconciler, type ReconcilerOptions, type DeploymentStatus, type CommandSender } from './reconciler.js'

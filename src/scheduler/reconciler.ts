@@ -90,7 +90,7 @@ export class Reconciler {
   }
 
   status (d: Deployment): DeploymentStatus {
-    const fp = this.router.models().get(d.model)?.fingerprint
+    const fp = this.router.models().get(d.model)?.fingerprint ?? undefined
     const actual = this.replicasOn(this.members(d.group, ['alive', 'suspect']), d.model, fp).map(r => ({ nodeId: r.member.id, name: r.member.name, state: r.state }))
     return {
       desired: d.replicas,
@@ -130,7 +130,13 @@ export class Reconciler {
       this.lastError.set(d.model, `no node of the mesh has the model file '${d.model}'`)
       return
     }
-    const holding = this.replicasOn(counted, d.model, entry.fingerprint).map(r => r.member.id)
+    const fingerprint = entry.fingerprint
+    if (fingerprint == null) {
+      // Members hold different files under this name and nothing says which one: copy none.
+      this.lastError.set(d.model, `members hold different files named '${d.model}'; redeploy it with a fingerprint`)
+      return
+    }
+    const holding = this.replicasOn(counted, d.model, fingerprint).map(r => r.member.id)
     const pending = (this.pending.get(d.model) ?? []).filter(p => p.until > now && alive.has(p.node) && !holding.includes(p.node))
     this.pending.set(d.model, pending)
     const current = [...new Set([...holding, ...pending.map(p => p.node)])]
@@ -146,7 +152,7 @@ export class Reconciler {
       }))
       const decision = placeReplicas(candidates, {
         model: d.model,
-        fingerprint: entry.fingerprint,
+        fingerprint,
         sizeBytes: entry.sizeBytes,
         replicas: d.replicas,
         strategy: (d.strategy ?? 'resource-fit') as PlacementStrategy,
@@ -162,7 +168,7 @@ export class Reconciler {
         pending.push({ node: p.nodeId, until: now + this.opts.pendingTtlMs })
         this.stats.placed++
         this.log.info('placing replica', { model: d.model, node: p.nodeId, reason: p.reason })
-        void this.command(d, p.nodeId, 'load_model', { model: d.model, fingerprint: entry.fingerprint, sources: sources.filter(s => s !== p.nodeId).slice(0, 8), keepAliveMs: -1 }, term)
+        void this.command(d, p.nodeId, 'load_model', { model: d.model, fingerprint, sources: sources.filter(s => s !== p.nodeId).slice(0, 8), keepAliveMs: -1 }, term)
       }
     } else if (holding.length > d.replicas) {
       const extras = counted.filter(m => holding.includes(m.id))

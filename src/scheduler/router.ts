@@ -4,7 +4,7 @@ import type { InferenceReply, InferenceRequestFrame } from '../p2p/index.js'
 import type { MeshNode } from '../node/index.js'
 import { orderHosts, stateRank, type BalanceStrategy } from './balancer.js'
 import { CircuitBreaker } from './circuit-breaker.js'
-import { buildModelRegistry, type MeshModel, type ModelHost } from './model-registry.js'
+import { buildModelRegistry, pinnedHosts, type MeshModel, type ModelHost } from './model-registry.js'
 
 export interface RouterOptions {
   /** A strategy, or a getter when it can change at run time. */
@@ -55,6 +55,8 @@ export class Router {
   }
 
   private cached?: { at: number, models: Map<string, MeshModel> }
+  /** The fingerprint last chosen per model name: a later file that only ties it does not take over. */
+  private readonly chosen = new Map<string, string>()
 
   /**
    * Every model in the mesh with its replicas and conflicts. Rebuilt at most every 100 ms: it
@@ -64,18 +66,32 @@ export class Router {
   models (): Map<string, MeshModel> {
     const now = performance.now()
     if (this.cached == null || now - this.cached.at > 100) {
-      this.cached = { at: now, models: buildModelRegistry(this.node.self(), this.node.peers()) }
+      const models = buildModelRegistry(this.node.self(), this.node.peers(), {
+        deployed: name => this.node.deployments.get(name)?.fingerprint,
+        incumbent: name => this.chosen.get(name)
+      })
+      for (const name of this.chosen.keys()) if (!models.has(name)) this.chosen.delete(name)
+      for (const m of models.values()) if (m.fingerprint != null) this.chosen.set(m.name, m.fingerprint)
+      this.cached = { at: now, models }
     }
     return this.cached.models
   }
 
-  /** The hosts to try, best first. */
-  candidates (model: string): ModelHost[] {
+  /**
+   * The hosts to try, best first: those with the file the mesh chose for the name, or with the
+   * file the client pinned (`fingerprint`: a sha256 or a unique prefix of at least 12 hex digits).
+   */
+  candidates (model: string, fingerprint?: string): ModelHost[] {
     const entry = this.models().get(model)
     if (entry == null) throw new ModelNotFoundError(model)
-    const local = entry.hosts.find(h => h.local)
+    if (fingerprint == null && entry.fingerprint == null) {
+      const files = [...new Set(entry.conflicts.map(h => h.fingerprint.slice(0, 12)))].join(', ')
+      throw new ShepherdError(`Members serve different files named '${model}' (${files}) and none is deployed; pin one with the x-shepherd-model-fingerprint header`, { code: 'model_ambiguous', status: 409, param: 'model' })
+    }
+    const hosts = fingerprint != null ? pinnedHosts(entry, fingerprint) : entry.hosts
+    const local = hosts.find(h => h.local)
     const admission = this.node.hub.admission
-    const remote = entry.hosts.filter(h => !h.local && !this.breaker.isOpen(h.peerId))
+    const remote = hosts.filter(h => !h.local && !this.breaker.isOpen(h.peerId))
     const strategy = typeof this.opts.strategy === 'function' ? this.opts.strategy() : this.opts.strategy
     const ordered = orderHosts(remote, strategy, { inflight: id => this.inflight.get(id) ?? 0, counter: this.counter++ })
     // Local first while it has room and its copy is as ready as the best replica's: a local file
@@ -85,8 +101,9 @@ export class Router {
     return admission.active < admission.maxConcurrent && !readier ? [local, ...ordered] : [...ordered, local]
   }
 
-  async route (req: InferenceRequestFrame, signal: AbortSignal): Promise<RouteResult> {
-    const hosts = this.candidates(req.model)
+  /** Runs `req` on the best host; `opts.fingerprint` pins the file (see `candidates`). */
+  async route (req: InferenceRequestFrame, signal: AbortSignal, opts: { fingerprint?: string } = {}): Promise<RouteResult> {
+    const hosts = this.candidates(req.model, opts.fingerprint)
     if (hosts.length === 0) throw new NoHealthyHostError(req.model)
     let lastErr: unknown
     let attempts = 0

@@ -1,5 +1,5 @@
 /**
- * Fuzzing `/shepherd/blob/1.0.0` (src/p2p/blob-protocol.ts) between real libp2p hosts on
+ * Fuzzing `/shepherd/blob/2.0.0` (src/p2p/blob-protocol.ts) between real libp2p hosts on
  * loopback, with a real file served from a temp directory.
  *
  * Server side: raw streams carry random bytes, hostile texts, valid requests (for the served
@@ -43,7 +43,7 @@ const serverOpts = { maxControlBytes: MAX_BLOB_REQUEST_BYTES, maxDataBytes: 0 }
 const clientOpts = { maxControlBytes: MAX_BLOB_CONTROL_BYTES, maxDataBytes: MAX_BLOB_CHUNK_BYTES }
 const cuts = fc.array(fc.nat(), { maxLength: 4 })
 
-describe('fuzz: /shepherd/blob/1.0.0 between real hosts', () => {
+describe('fuzz: /shepherd/blob/2.0.0 between real hosts', () => {
   const watch = new ProcessWatch()
   let server: Host, client: Host, hostile: Host
   let service: BlobService

@@ -22,6 +22,7 @@ import { logSink, setLogSink } from '../../src/logger.js'
 import { decodeMembership, encodeMembership, type MembershipMessage } from '../../src/p2p/messages.js'
 import { createIdentity, peerIdOf } from '../../src/p2p/identity.js'
 import { isNodeSnapshot } from '../../src/node/snapshot.js'
+import { signDeployment } from '../../src/node/deployment-record.js'
 import { tempDir } from '../support/cluster.js'
 import { assertHeapBounded, checkAsync, heapUsed, ProcessWatch, sleep } from '../support/fuzz-harness.js'
 import { hostileBytes, hostileJsonValue, mutateBytes, mutated } from '../support/fuzz-arbitraries.js'
@@ -42,7 +43,9 @@ describe('fuzz: gossip into a real node, seen through its API', () => {
   before(async () => {
     watch.start()
     setLogSink(() => {})
-    const options = await resolveOptions({ env: {}, flags: { 'no-mdns': true, 'data-dir': await tempDir('shepherd-fuzz-gossip-'), listen: ['/ip4/127.0.0.1/tcp/0'], 'api-key': [KEY], name: 'gossip-node' } })
+    // Open mesh: the fake senders must count as members for their gossip to reach the decoders
+    // under test (membership gating has its own tests, test/integration/admission.test.ts).
+    const options = await resolveOptions({ env: {}, flags: { 'no-mdns': true, 'data-dir': await tempDir('shepherd-fuzz-gossip-'), listen: ['/ip4/127.0.0.1/tcp/0'], 'api-key': [KEY], name: 'gossip-node', open: true } })
     node = await MeshNode.create(options)
     await node.start()
     app = await buildApi({ node })
@@ -118,18 +121,21 @@ describe('fuzz: gossip into a real node, seen through its API', () => {
     })
 
     it('keeps its own snapshot valid for its peers however many deployments peers gossip', async () => {
-      const fake = peerIdOf(await createIdentity())
+      const key = await createIdentity()
+      const fake = peerIdOf(key)
       const before = node.deployments.list().length
       node.mesh.onMessage(fake, encodeMembership({ v: 1, t: 'hb', inc: 1, seq: 1, at: 1, name: 'deployer', groups: ['default'], snap: 0 }))
       for (let batch = 0; batch < 3; batch++) {
         // Each snapshot is valid (at most 1024 deployments), and names models no other one does.
-        const deployments = Array.from({ length: 600 }, (_, i) => ({ model: `gossiped-${batch}-${i}`, replicas: 1, group: 'default', updatedAt: 1, origin: fake, deleted: false }))
+        // Signed by their origin (a member in this open mesh), so they are merged, not refused.
+        const deployments = await Promise.all(Array.from({ length: 600 }, async (_, i) => await signDeployment(key, { model: `gossiped-${batch}-${i}`, replicas: 1, group: 'default', updatedAt: 1, origin: fake, deleted: false })))
         const data = { version: '1', resources: { cpu: { cores: 1 }, memory: { totalBytes: 1 }, disk: {}, gpus: [], llamacpp: [] }, models: [], api: null, deployments }
         assert.equal(isNodeSnapshot(data), true)
         node.mesh.onMessage(fake, encodeMembership({ v: 1, t: 'snap', inc: 1, seq: 2 + batch, at: 1, name: 'deployer', groups: ['default'], snap: 1 + batch, addrs: [], data } as MembershipMessage))
         await sleep(300)
       }
       await sleep(500)
+      assert.ok(node.deployments.list().length > before, 'the signed records were merged (the bound below is exercised)')
       const own = node.currentSnapshot()
       const bytes = encodeMembership({ v: 1, t: 'snap', inc: 1, seq: 1, at: 1, name: node.name, groups: node.mesh.groups, snap: 1, addrs: [], data: own as unknown as Record<string, unknown> })
       assert.ok(isNodeSnapshot(own), `the node now gossips ${own.deployments?.length ?? 0} deployments (it had ${before}): its peers refuse its snapshot`)

@@ -30,7 +30,7 @@ const KEY = 'sk-fuzz-0123456789abcdef'
 const BODY_LIMIT = 64 * 1024
 
 /** Statuses a client can get for what it sent; 5xx only where the mesh itself cannot serve (no host for a model). */
-const CLIENT_STATUSES = new Set([200, 201, 400, 401, 404, 405, 409, 413, 415, 429])
+const CLIENT_STATUSES = new Set([200, 201, 400, 401, 403, 404, 405, 409, 413, 415, 429])
 const MESH_STATUSES = new Set([502, 503, 504])
 
 type Route = { method: string, path: (p: string) => string, body?: fc.Arbitrary<unknown> }
@@ -255,14 +255,14 @@ describe('fuzz: HTTP API of a real node (fastify.inject)', () => {
     it(`refuses to join more groups than a heartbeat may carry (${MAX_GROUPS}), so the node stays valid on the wire`, async () => {
       const statuses: number[] = []
       for (let i = 0; i < MAX_GROUPS + 8; i++) {
-        const res = await app.inject({ method: 'POST', url: `/api/groups/many-${i}/join`, headers: auth })
+        const res = await app.inject({ method: 'POST', url: `/api/groups/many-${i}/join`, headers: auth, payload: {} })
         statuses.push(res.statusCode)
         if (res.statusCode >= 400) assertErrorShape(res.json(), 'join')
       }
       const heartbeat = { v: 1, t: 'hb', inc: 1, seq: 1, at: 1, name: node.name, groups: node.mesh.groups, snap: 1 } as MembershipMessage
       assert.equal(decodeMembership(encodeMembership(heartbeat)).ok, true, `the node announces ${node.mesh.groups.length} groups; peers drop its heartbeats (statuses ${statuses.join(',')})`)
       assert.ok(statuses.some(s => s >= 400 && s < 500), 'joins past the limit are refused')
-      for (let i = 0; i < MAX_GROUPS + 8; i++) await app.inject({ method: 'POST', url: `/api/groups/many-${i}/leave`, headers: auth })
+      for (let i = 0; i < MAX_GROUPS + 8; i++) await app.inject({ method: 'POST', url: `/api/groups/many-${i}/leave`, headers: auth, payload: {} })
     })
   })
 })

@@ -13,7 +13,8 @@ import { getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from
 const MODEL = 'tiny-chat'
 
 async function post (url: string, body: unknown, method = 'POST'): Promise<{ status: number, body: any }> {
-  const res = await fetch(url, { method, headers: body !== undefined ? { 'content-type': 'application/json' } : {}, body: body !== undefined ? JSON.stringify(body) : undefined })
+  // Every mutating call carries JSON, `{}` when there is nothing to say (the API refuses simple cross-site requests).
+  const res = await fetch(url, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body ?? {}) })
   return { status: res.status, body: await res.json() }
 }
 

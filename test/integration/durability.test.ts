@@ -78,7 +78,9 @@ describe('durability', () => {
   })
 
   it('keeps both audit logs bounded: a flood of bad frames and of commands leaves the newest entries only', async () => {
-    const node = await startNode({ name: 'bounded', args: ['--engine', 'none', '--group', 'solo', '--audit-max-entries', '20', '--prune-interval-ms', '200'] })
+    // Open mesh: the attacker must count as a member for its frames to reach the decoder (a
+    // non-member's streams are reset before it, with rate-limited audit entries: admission.test.ts).
+    const node = await startNode({ name: 'bounded', membership: 'open', args: ['--engine', 'none', '--group', 'solo', '--audit-max-entries', '20', '--prune-interval-ms', '200'] })
     all.push(node)
     const attacker = await newHost()
     try {

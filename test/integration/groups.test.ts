@@ -3,6 +3,9 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { getJson, startNode, stopNode, waitFor, type NodeProcess } from '../support/cluster.js'
 
+/** Mutating API calls carry JSON (the API refuses simple cross-site requests). */
+const JSON_BODY = { headers: { 'content-type': 'application/json' }, body: '{}' }
+
 async function leaders (nodes: NodeProcess[], group: string): Promise<Array<{ leader: string | null, term: number }>> {
   return await Promise.all(nodes.map(async n => {
     const g = await getJson(`${n.api}/api/groups/${group}`).catch(() => ({ leader: null, term: -1 }))
@@ -43,12 +46,12 @@ describe('groups and leader election', () => {
 
   it('joins and leaves groups through the API', async () => {
     const n3 = nodes[2]
-    const joined = await (await fetch(`${n3.api}/api/groups/gpu/join`, { method: 'POST' })).json() as any
+    const joined = await (await fetch(`${n3.api}/api/groups/gpu/join`, { method: 'POST', ...JSON_BODY })).json() as any
     assert.equal(joined.joined, true)
     await waitFor('others see g-3 in gpu', async () => (await getJson(`${nodes[0].api}/api/groups/gpu`)).members.some((m: any) => m.id === n3.id), 3000)
-    await fetch(`${n3.api}/api/groups/gpu/leave`, { method: 'POST' })
+    await fetch(`${n3.api}/api/groups/gpu/leave`, { method: 'POST', ...JSON_BODY })
     await waitFor('others see g-3 gone from gpu', async () => !(await getJson(`${nodes[0].api}/api/groups/gpu`)).members.some((m: any) => m.id === n3.id), 3000)
-    const bad = await fetch(`${n3.api}/api/groups/${encodeURIComponent('no/such')}/join`, { method: 'POST' })
+    const bad = await fetch(`${n3.api}/api/groups/${encodeURIComponent('no/such')}/join`, { method: 'POST', ...JSON_BODY })
     assert.equal(bad.status, 400)
     assert.equal((await bad.json() as any).error.param, 'name')
   })

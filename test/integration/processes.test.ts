@@ -1,7 +1,8 @@
 /**
  * run_llamacpp / stop_process: a signed command starts a real managed llama-server (built from the
  * llama.cpp source node-llama-cpp ships, cached by scripts/build-llama-server.sh) whose model the
- * mesh then serves; stop_process ends it, and only processes the node started can be stopped.
+ * mesh then serves; stop_process ends it, and only processes the node started can be stopped;
+ * a kill -9 of the node takes its llama-server with it.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -33,7 +34,7 @@ describe('run_llamacpp and stop_process with a real llama-server', () => {
 
   it('starts llama-server for a model, serves it through the mesh API, and stops it', async () => {
     assert.equal((await getJson(`${n.api}/v1/models`)).data.length, 0, 'no engine serves the file yet')
-    const started = await command(n.api, 'run_llamacpp', { model: 'tiny-chat', args: ['--ctx-size', '512'] })
+    const started = await command(n.api, 'run_llamacpp', { model: 'tiny-chat', args: ['--batch-size', '256'] })
     assert.equal(started.status, 'ok', JSON.stringify(started))
     const { pid, processId } = started.result
     assert.ok(alive(pid), 'the llama-server process runs')
@@ -52,5 +53,14 @@ describe('run_llamacpp and stop_process with a real llama-server', () => {
     assert.equal(stopped.status, 'ok', JSON.stringify(stopped))
     await waitFor('llama-server gone', () => !alive(pid), 8000)
     assert.equal((await getJson(`${n.api}/v1/models`)).data.length, 0)
+  })
+
+  it('a real llama-server started by a command dies with a kill -9 of its node', async () => {
+    const started = await command(n.api, 'run_llamacpp', { model: 'tiny-chat' })
+    assert.equal(started.status, 'ok', JSON.stringify(started))
+    const pid = started.result.pid as number
+    assert.ok(alive(pid))
+    await stopNode(n, 'SIGKILL')
+    await waitFor(`llama-server ${pid} gone after its node was killed`, () => !alive(pid), 5000, 50)
   })
 })

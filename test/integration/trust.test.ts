@@ -43,10 +43,10 @@ describe('private swarms and trust', () => {
     const [b, c, d] = await Promise.all([
       startNode({ name: 'p-b', args: [...boot, '--swarm-key', k1] }),
       startNode({ name: 'p-c', args: [...boot, '--swarm-key', k2] }),
-      startNode({ name: 'p-d', args: boot })
+      startNode({ name: 'p-d', args: boot, membership: 'admission' })
     ])
     all.push(b, c, d)
-    assert.match(d.stderr.join(''), /open LAN mesh/)
+    assert.match(d.stderr.join(''), /new nodes wait as pending/)
     await waitFor('A and B see each other', async () => (await peerIds(a)).includes(b.id) && (await peerIds(b)).includes(a.id), 8000)
     await new Promise(resolve => setTimeout(resolve, 2500)) // several redial rounds of C and D
     assert.deepEqual(await peerIds(a), [b.id])
@@ -64,7 +64,7 @@ describe('private swarms and trust', () => {
     all.push(e)
     const f = await startNode({ name: 't-f', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${e.p2pPort}`] })
     all.push(f)
-    await waitFor('E sees F', async () => (await getJson(`${e.api}/api/peers`)).peers.some((p: any) => p.id === f.id && p.status === 'alive' && p.trust === 'open'), 8000)
+    await waitFor('E sees F', async () => (await getJson(`${e.api}/api/peers`)).peers.some((p: any) => p.id === f.id && p.status === 'alive' && p.trust === 'member'), 8000)
     const res = await fetch(`${e.api}/api/trust`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ deny: [f.id] }) })
     assert.equal(res.status, 200)
     assert.deepEqual((await res.json() as any).deny, [f.id])

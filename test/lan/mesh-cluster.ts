@@ -14,6 +14,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NetnsLan } from '../support/netns.js'
+import { membershipArgs, type MembershipHarness } from '../support/cluster.js'
 import type { LanNode, NsProcess } from '../support/netns.js'
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -89,20 +90,26 @@ export interface ClusterOptions {
   extraArgs?: string[]
   /** Node index → flags for that node only (after `extraArgs`). */
   nodeArgs?: Record<number, string[]>
+  /**
+   * How the nodes become members of one mesh (see `MembershipHarness` in test/support/cluster.ts):
+   * by default they share one swarm key (unattended admission); a node whose flags name
+   * `--swarm-key` or `--open` gets exactly those.
+   */
+  membership?: MembershipHarness
 }
 
 const READY_LINE = /^shepherd-mesh (\S+) api=(\S+)$/
 
 export class MeshCluster {
   readonly nodes: MeshNode[] = []
-  private constructor (readonly lan: NetnsLan, private readonly root: string, private readonly startTimeoutMs: number, private readonly extraArgs: string[], private readonly nodeArgs: Record<number, string[]> = {}) {}
+  private constructor (readonly lan: NetnsLan, private readonly root: string, private readonly startTimeoutMs: number, private readonly extraArgs: string[], private readonly nodeArgs: Record<number, string[]> = {}, private readonly membership: MembershipHarness = 'swarm-key') {}
 
   /** Builds the LAN and starts every node in parallel; resolves when all printed their ready line. */
   static async start (opts: ClusterOptions): Promise<MeshCluster> {
     assertNodeBuilt()
     const lan = await NetnsLan.create({ nodes: opts.nodes })
     const root = await mkdtemp(join(tmpdir(), 'shepherd-lan-'))
-    const cluster = new MeshCluster(lan, root, opts.startTimeoutMs ?? 20_000, opts.extraArgs ?? [], opts.nodeArgs ?? {})
+    const cluster = new MeshCluster(lan, root, opts.startTimeoutMs ?? 20_000, opts.extraArgs ?? [], opts.nodeArgs ?? {}, opts.membership ?? 'swarm-key')
     try {
       for (const lanNode of lan.nodes) {
         const dataDir = join(root, `node-${lanNode.index}`)
@@ -151,7 +158,8 @@ export class MeshCluster {
       '--mdns-interval-ms', '1000'
     ]
     if (node.modelsDir != null) args.push('--models-dir', node.modelsDir)
-    args.push(...this.extraArgs, ...(this.nodeArgs[i] ?? []))
+    const own = [...this.extraArgs, ...(this.nodeArgs[i] ?? [])]
+    args.push(...await membershipArgs(this.membership, own), ...own)
     node.stderr = ''
     node.spawnedAt = performance.now()
     const proc = this.lan.spawn(i, process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: nodeEnv() })

@@ -23,7 +23,9 @@ describe('private swarms on a namespace LAN', { timeout: 90_000 }, () => {
     // 0,1: swarm one · 2,3: swarm two · 4: no key (an open node on the same LAN).
     cluster = await MeshCluster.start({
       nodes: 5,
-      nodeArgs: { 0: ['--swarm-key', k1], 1: ['--swarm-key', k1], 2: ['--swarm-key', k2], 3: ['--swarm-key', k2] }
+      nodeArgs: { 0: ['--swarm-key', k1], 1: ['--swarm-key', k1], 2: ['--swarm-key', k2], 3: ['--swarm-key', k2] },
+      // Node 4 runs the product default (admission, no key).
+      membership: 'admission'
     })
   })
   after(async () => { await cluster?.destroy() })

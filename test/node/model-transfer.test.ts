@@ -15,9 +15,16 @@ import { BLOB_PROTOCOL, BlobFrameReader, encodeControlFrame, encodeDataFrame, is
 import { BlobService } from '../../src/p2p/blob-protocol.js'
 import { defaultModelsDestDir, fetchModel, modelResolver, transferPaths, type FetchModelResult } from '../../src/node/model-transfer.js'
 import type { ModelFile } from '../../src/node/resources/types.js'
+import { buildGgufBuffer } from '../../src/node/resources/gguf-writer.js'
+import { hostileBlobSource } from '../support/hostile-blob.js'
 
-const FP = 'a1'.repeat(32)
 const MiB = 1024 * 1024
+
+/** A valid GGUF header followed by `size` random bytes (a reader checks the header, not the weights). */
+function ggufFile (size: number): Buffer {
+  const header = buildGgufBuffer({ metadata: [['general.architecture', 'llama'], ['general.name', 'transfer-test']], tensors: [] })
+  return Buffer.concat([header, randomBytes(size)])
+}
 
 async function newHost (): Promise<Host> {
   return await createHost({ privateKey: await createIdentity(), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, mdnsIntervalMs: 1000 })
@@ -26,6 +33,10 @@ async function newHost (): Promise<Host> {
 function sha256 (b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex')
 }
+
+const content = ggufFile(4 * MiB + 4321)
+/** A model's fingerprint is the sha256 of its whole file. */
+const FP = sha256(content)
 
 function modelFile (name: string, path: string, sizeBytes: number, fingerprint = FP): ModelFile {
   return { name, path, sizeBytes, fingerprint, architecture: 'llama', parameterCount: null, quantization: null, contextLength: null }
@@ -68,7 +79,6 @@ describe('model transfer between nodes', () => {
   let a: Host, b: Host, c: Host, fake: Host
   let svcA: BlobService, svcB: BlobService, svcC: BlobService
   let root: string
-  const content = randomBytes(4 * MiB + 4321)
   const models: { a: ModelFile[], b: ModelFile[], c: ModelFile[] } = { a: [], b: [], c: [] }
   let client: Host
   let dest = 0
@@ -147,7 +157,7 @@ describe('model transfer between nodes', () => {
     assert.equal(await exists(part), false)
   })
 
-  it('throws transfer_corrupt for bytes that do not match the announced sha256, and keeps nothing', async () => {
+  it('throws model_fingerprint_mismatch for bytes that do not match the fingerprint, and keeps nothing', async () => {
     // A source whose file rotted after it was hashed: same size and mtime, other bytes.
     const path = join(root, 'rotten.gguf')
     await writeFile(path, content)
@@ -168,7 +178,7 @@ describe('model transfer between nodes', () => {
 
       const destDir = await freshDest()
       const { part, final } = transferPaths(destDir, 'm', FP)
-      await assert.rejects(fetchModel(client, id(s), { name: 'm', fingerprint: FP, destDir }), (e: any) => e.code === 'transfer_corrupt' && e.attempts.length === 1)
+      await assert.rejects(fetchModel(client, id(s), { name: 'm', fingerprint: FP, destDir }), (e: any) => e.code === 'model_fingerprint_mismatch' && e.attempts.length === 1)
       assert.equal(await exists(final), false)
       assert.equal(await exists(part), false)
 
@@ -238,6 +248,69 @@ describe('model transfer between nodes', () => {
     assert.equal(await exists(p2.part), false)
   })
 
+  it('refuses a source that announces other content than the named fingerprint, before writing a byte', async () => {
+    const other = ggufFile(MiB)
+    const src = hostileBlobSource(other, { announce: 'true' })
+    await fake.handle(BLOB_PROTOCOL, src)
+    try {
+      const destDir = await freshDest()
+      const rejected: string[] = []
+      await assert.rejects(
+        fetchModel(client, id(fake), { name: 'm', fingerprint: FP, destDir, onSourceRejected: (peer, code) => { rejected.push(`${peer}:${code}`) } }),
+        (e: any) => e.code === 'model_fingerprint_mismatch' && e.attempts[0].peer === id(fake)
+      )
+      assert.deepEqual(rejected, [`${id(fake)}:model_fingerprint_mismatch`])
+      assert.deepEqual(await readdir(destDir), ['.partial'])
+      assert.deepEqual(await readdir(join(destDir, '.partial')), [], 'nothing written')
+      // An honest source after it completes the pull.
+      const res = await fetchModel(client, [id(fake), id(a)], { name: 'm', fingerprint: FP, destDir })
+      assert.equal(res.peer, id(a))
+      assert.equal(sha256(await readFile(res.path)), FP)
+    } finally {
+      await fake.unhandle(BLOB_PROTOCOL)
+    }
+  })
+
+  it('refuses a source that announces the named fingerprint and sends other bytes, and deletes them', async () => {
+    const other = ggufFile(2 * MiB)
+    await fake.handle(BLOB_PROTOCOL, hostileBlobSource(other, { announce: 'asked' }))
+    try {
+      const destDir = await freshDest()
+      const { part, final } = transferPaths(destDir, 'm', FP)
+      const rejected: string[] = []
+      await assert.rejects(
+        fetchModel(client, id(fake), { name: 'm', fingerprint: FP, destDir, onSourceRejected: (_peer, code) => { rejected.push(code) } }),
+        { code: 'model_fingerprint_mismatch' }
+      )
+      assert.deepEqual(rejected, ['model_fingerprint_mismatch'])
+      assert.equal(await exists(final), false)
+      assert.equal(await exists(part), false, 'the bad bytes are deleted')
+    } finally {
+      await fake.unhandle(BLOB_PROTOCOL)
+    }
+  })
+
+  it('installs only a valid GGUF: a script under its own true fingerprint is refused and deleted', async () => {
+    const script = Buffer.from('#!/bin/sh\necho pwned > /tmp/pwned\n')
+    const scriptFp = sha256(script)
+    await fake.handle(BLOB_PROTOCOL, hostileBlobSource(script, { announce: 'true' }))
+    try {
+      const destDir = await freshDest()
+      const { part, final } = transferPaths(destDir, 'totally-a-model', scriptFp)
+      const rejected: string[] = []
+      await assert.rejects(
+        fetchModel(client, id(fake), { name: 'totally-a-model', fingerprint: scriptFp, destDir, onSourceRejected: (_peer, code) => { rejected.push(code) } }),
+        (e: any) => e.code === 'model_invalid_file' && !String(e.message).includes(destDir)
+      )
+      assert.deepEqual(rejected, ['model_invalid_file'])
+      assert.equal(await exists(final), false)
+      assert.equal(await exists(part), false)
+      assert.deepEqual(await readdir(destDir), ['.partial'])
+    } finally {
+      await fake.unhandle(BLOB_PROTOCOL)
+    }
+  })
+
   it('skips sources that cannot help and says what each answered', async () => {
     const destDir = await freshDest()
     const res = await fetchModel(client, [id(fake), id(a)], { name: 'm', fingerprint: FP, destDir, connectTimeoutMs: 1000 })
@@ -286,10 +359,10 @@ describe('model transfer between nodes', () => {
   })
 
   it('measures loopback throughput of a 64 MB model against fs.copyFile', async () => {
-    const big = randomBytes(64 * MiB)
+    const big = ggufFile(64 * MiB)
     const src = join(root, 'a', 'big.gguf')
     await writeFile(src, big)
-    models.a.push(modelFile('big', src, big.byteLength))
+    models.a.push(modelFile('big', src, big.byteLength, sha256(big)))
     const st = await stat(src)
     await svcA.digests.sha256(src, st.size, st.mtimeMs) // the one-time hash is not part of the transfer
 
@@ -300,7 +373,7 @@ describe('model transfer between nodes', () => {
 
     const destDir = await freshDest()
     t = performance.now()
-    const res: FetchModelResult = await fetchModel(client, id(a), { name: 'big', fingerprint: FP, destDir })
+    const res: FetchModelResult = await fetchModel(client, id(a), { name: 'big', fingerprint: sha256(big), destDir })
     const fetchMs = performance.now() - t
     assert.equal(res.sha256, sha256(big))
     assert.equal(sha256(await readFile(res.path)), sha256(big))

@@ -1,5 +1,5 @@
 /**
- * `/shepherd/blob/1.0.0` between real libp2p hosts (tcp + noise + yamux) on loopback.
+ * `/shepherd/blob/2.0.0` between real libp2p hosts (tcp + noise + yamux) on loopback.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'

@@ -63,7 +63,7 @@ describe('CircuitBreaker', () => {
 
 function peer (id: string, models: Array<[string, string]>, fields: Partial<PeerView> = {}): PeerView {
   return {
-    id, name: id, status: 'alive', lastSeen: null, rttMs: 1, addresses: [], groups: [], connected: true, version: null, snapshotAt: null, load: null, labels: {}, trust: 'open', servesPeers: true,
+    id, name: id, status: 'alive', lastSeen: null, rttMs: 1, addresses: [], groups: [], connected: true, version: null, snapshotAt: null, load: null, labels: {}, trust: 'member', servesPeers: true,
     resources: null,
     models: models.map(([name, fingerprint]) => ({ name, fingerprint, sizeBytes: 1, architecture: 'llama', quantization: 'F16', parameterCount: 1, contextLength: 512, state: 'on_disk' as const })),
     ...fields

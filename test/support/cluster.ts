@@ -37,10 +37,44 @@ export async function tempDir (prefix = 'shepherd-test-'): Promise<string> {
 }
 
 /**
- * Starts `shepherd-mesh start` as a child process on loopback with mDNS off, and waits for its
- * ready line. Extra args are appended (e.g. `--bootstrap`).
+ * How a test's nodes become members of one mesh (issue 11 item 1):
+ * - `swarm-key` (default): every node of this test process gets one shared swarm key file, so
+ *   the nodes of one test form one private mesh and are members of each other (a documented
+ *   unattended admission mode), as every multi-node test expects;
+ * - `admission`: the product default, no key: each node founds its own mesh, newcomers are
+ *   pending until admitted;
+ * - `open`: `--open` (labs).
+ * A test that passes its own `--swarm-key` or `--open` in `args` gets exactly that.
  */
-export async function startNode (opts: { name: string, dataDir?: string, apiPort?: number, p2pPort?: number, args?: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number }): Promise<NodeProcess> {
+export type MembershipHarness = 'swarm-key' | 'admission' | 'open'
+
+let sharedKeyFile: Promise<string> | undefined
+
+/** The swarm key file the nodes of this test process share (created once, mode 0600). */
+export async function sharedSwarmKeyFile (): Promise<string> {
+  sharedKeyFile ??= (async () => {
+    const { generateSwarmKey } = await import('../../src/p2p/swarm-key.js')
+    const file = path.join(await tempDir('shepherd-test-key-'), 'swarm.key')
+    await fs.writeFile(file, generateSwarmKey(), { mode: 0o600 })
+    return file
+  })()
+  return await sharedKeyFile
+}
+
+/** The `start` flags that give a node `mode` membership (none when the args choose already). */
+export async function membershipArgs (mode: MembershipHarness, args: string[] = []): Promise<string[]> {
+  if (args.includes('--swarm-key') || args.includes('--open')) return []
+  if (mode === 'open') return ['--open']
+  if (mode === 'swarm-key') return ['--swarm-key', await sharedSwarmKeyFile()]
+  return []
+}
+
+/**
+ * Starts `shepherd-mesh start` as a child process on loopback with mDNS off, and waits for its
+ * ready line. Extra args are appended (e.g. `--bootstrap`). Nodes share this test's swarm key
+ * unless `membership` says otherwise.
+ */
+export async function startNode (opts: { name: string, dataDir?: string, apiPort?: number, p2pPort?: number, args?: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number, membership?: MembershipHarness }): Promise<NodeProcess> {
   const dataDir = opts.dataDir ?? await tempDir()
   const [apiPort, p2pPort] = opts.apiPort != null && opts.p2pPort != null ? [opts.apiPort, opts.p2pPort] : await freePorts(2)
   const args = [
@@ -51,6 +85,7 @@ export async function startNode (opts: { name: string, dataDir?: string, apiPort
     '--api-host', '127.0.0.1',
     '--api-port', String(apiPort),
     '--listen', `/ip4/127.0.0.1/tcp/${p2pPort}`,
+    ...await membershipArgs(opts.membership ?? 'swarm-key', opts.args),
     ...(opts.args ?? [])
   ]
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })

@@ -4,7 +4,7 @@
  * decoder accepts exactly the valid and refuses the broken, never throwing.
  */
 import fc from 'fast-check'
-import { LLAMACPP_ARG_RULES } from '../../src/node/commands/payloads.js'
+import { LLAMACPP_ARG_RULES, llamacppFlagKey } from '../../src/node/commands/payloads.js'
 import type { CommandType } from '../../src/p2p/command-messages.js'
 import { ascii, objectOf, type BreakSpec } from './fuzz-arbitraries.js'
 
@@ -298,9 +298,11 @@ const modelName = text(1, 256).map(s => s.replace(/[/\\\u0000-\u001f]/g, '_').re
 
 const argPair = fc.constantFrom(...Object.entries(LLAMACPP_ARG_RULES)).chain(([flag, rule]): fc.Arbitrary<string[]> => {
   if (rule === 'flag') return fc.constant([flag])
-  if (rule === 'int') return fc.integer({ min: -999_999_999, max: 999_999_999 }).map(n => [flag, String(n)])
-  if (rule === 'number') return fc.tuple(fc.integer({ min: -999_999_999, max: 999_999_999 }), fc.option(fc.integer({ min: 0, max: 999_999_999 }), { nil: undefined })).map(([i, f]) => [flag, f === undefined ? String(i) : `${i}.${f}`])
-  return fc.constantFrom(...rule).map(v => [flag, v])
+  if (Array.isArray(rule)) return fc.constantFrom(...(rule as readonly string[])).map(v => [flag, v])
+  if ('int' in rule) return fc.integer({ min: rule.int[0], max: rule.int[1] }).map(n => [flag, String(n)])
+  const [min, max] = (rule as { num: readonly [number, number] }).num
+  return fc.tuple(fc.integer({ min: Math.ceil(min), max: Math.floor(max) }), fc.option(fc.integer({ min: 0, max: 999_999_999 }), { nil: undefined }))
+    .map(([i, f]) => [flag, f === undefined || i >= max ? String(i) : `${i}.${f}`])
 })
 
 export const validPayloads: Record<CommandType, fc.Arbitrary<Record<string, unknown>>> = {
@@ -313,7 +315,7 @@ export const validPayloads: Record<CommandType, fc.Arbitrary<Record<string, unkn
   unload_model: fc.record({ model: modelName }),
   run_llamacpp: fc.record({
     model: modelName,
-    args: fc.array(argPair, { maxLength: 12 }).map(pairs => pairs.flat()),
+    args: fc.uniqueArray(argPair, { maxLength: 12, selector: pair => llamacppFlagKey(pair[0]) }).map(pairs => pairs.flat()),
     port: fc.integer({ min: 1024, max: 65535 })
   }, { requiredKeys: ['model'] }),
   stop_process: fc.oneof(fc.record({ pid: fc.integer({ min: 2, max: 4_194_304 }) }), fc.record({ processId: fc.string({ unit: fc.constantFrom(...'abcXYZ019._:-'), minLength: 1, maxLength: 128 }) })),

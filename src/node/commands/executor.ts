@@ -1,6 +1,6 @@
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PrivateKey } from '@libp2p/interface'
-import { ShepherdError } from '../../errors.js'
+import { InsufficientStorageError, ShepherdError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
 import {
   COMMAND_TYPES, COMMAND_VERSION, isCommandEnvelope, isCommandType, signResult, verifyCommand,
@@ -151,6 +151,9 @@ export class CommandExecutor implements CommandReceiver {
   async execute (env: CommandEnvelope, opts: { onOutput?: (line: string) => void } = {}): Promise<SignedResult> {
     const reply = await this.receive(env, { peer: this.selfId, onOutput: opts.onOutput ?? (() => {}) })
     if (reply.t === 'result') return reply.result
+    // A store fault is the node's own state, not a refusal: the operator gets 507/503, not 403.
+    if (reply.code === 'insufficient_storage') throw new InsufficientStorageError(reply.message)
+    if (reply.code === 'store_unavailable') throw new ShepherdError(reply.message, { code: 'store_unavailable', status: 503 })
     throw new CommandRefusedError(reply.code, reply.message)
   }
 
@@ -407,6 +410,8 @@ export class CommandExecutor implements CommandReceiver {
 }
 
 function storeUnavailable (err: unknown): never {
+  // The store's own typed errors (507 `insufficient_storage` on a full disk) say more: kept as they are.
+  if (err instanceof ShepherdError) throw err
   throw new ShepherdError('the command store is unavailable', { code: 'store_unavailable', status: 503 }).withCause(err)
 }
 

@@ -42,36 +42,33 @@ export interface CommandPayloads {
 /** The configuration keys a leader may change at run time: none of them touches identity, keys, paths or the network. */
 export const UPDATABLE_CONFIG_KEYS = ['keepAliveMs', 'maxConcurrency', 'maxQueue', 'requestTimeoutMs', 'routing', 'logLevel'] as const
 
-type ArgRule = 'flag' | 'int' | 'number' | readonly string[]
-const INT = 'int'
-const NUM = 'number'
+/** A flag, an integer or a number within bounds, or one of some words. */
+type ArgRule = 'flag' | { int: readonly [number, number] } | { num: readonly [number, number] } | readonly string[]
+const int = (min: number, max: number): ArgRule => ({ int: [min, max] })
+const num = (min: number, max: number): ArgRule => ({ num: [min, max] })
 const CACHE_TYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'iq4_nl', 'q5_0', 'q5_1'] as const
 
 /**
- * llama-server flags a command may pass, with the value each takes. Flags that name files,
- * hosts, keys or ports (`--model`, `--host`, `--api-key`, `--log-file`, `--lora`, `--slot-save-path`, ...)
- * are absent on purpose: the node chooses those itself.
+ * llama-server flags a command may pass, with the value each takes and its bounds. Flags that
+ * name files, hosts, keys or ports (`--model`, `--host`, `--api-key`, `--log-file`, `--lora`,
+ * `--slot-save-path`, ...) are absent on purpose, and so are those the node sizes itself
+ * (`--ctx-size`, `--parallel`, `--threads`: see `NODE_OWNED_LLAMACPP_FLAGS`): the node
+ * chooses those, and its own flags win on the command line (src/node/engines/llama-args.ts).
  */
 export const LLAMACPP_ARG_RULES: Readonly<Record<string, ArgRule>> = {
-  '-c': INT,
-  '--ctx-size': INT,
-  '-ngl': INT,
-  '--n-gpu-layers': INT,
-  '--gpu-layers': INT,
-  '-t': INT,
-  '--threads': INT,
-  '-tb': INT,
-  '--threads-batch': INT,
-  '-b': INT,
-  '--batch-size': INT,
-  '-ub': INT,
-  '--ubatch-size': INT,
-  '-np': INT,
-  '--parallel': INT,
-  '-n': INT,
-  '--n-predict': INT,
-  '-mg': INT,
-  '--main-gpu': INT,
+  '-ngl': int(0, 999),
+  '--n-gpu-layers': int(0, 999),
+  '--gpu-layers': int(0, 999),
+  '-tb': int(1, 64),
+  '--threads-batch': int(1, 64),
+  '-b': int(1, 8192),
+  '--batch-size': int(1, 8192),
+  '-ub': int(1, 8192),
+  '--ubatch-size': int(1, 8192),
+  '-n': int(-1, 1_000_000),
+  '--n-predict': int(-1, 1_000_000),
+  '-mg': int(0, 63),
+  '--main-gpu': int(0, 63),
   '-sm': ['none', 'layer', 'row'],
   '--split-mode': ['none', 'layer', 'row'],
   '-fa': ['on', 'off', 'auto'],
@@ -80,13 +77,13 @@ export const LLAMACPP_ARG_RULES: Readonly<Record<string, ArgRule>> = {
   '--cache-type-k': CACHE_TYPES,
   '-ctv': CACHE_TYPES,
   '--cache-type-v': CACHE_TYPES,
-  '--rope-freq-base': NUM,
-  '--rope-freq-scale': NUM,
-  '--temp': NUM,
-  '--top-k': INT,
-  '--top-p': NUM,
-  '--min-p': NUM,
-  '--repeat-penalty': NUM,
+  '--rope-freq-base': num(0, 100_000_000),
+  '--rope-freq-scale': num(0, 100),
+  '--temp': num(0, 10),
+  '--top-k': int(0, 1000),
+  '--top-p': num(0, 1),
+  '--min-p': num(0, 1),
+  '--repeat-penalty': num(0, 10),
   '--cont-batching': 'flag',
   '--no-cont-batching': 'flag',
   '--mlock': 'flag',
@@ -96,6 +93,25 @@ export const LLAMACPP_ARG_RULES: Readonly<Record<string, ArgRule>> = {
   '--embeddings': 'flag',
   '--reranking': 'flag',
   '--no-webui': 'flag'
+}
+
+/** Flags the node sizes itself: a command naming one is refused (it would override the node's choice). */
+export const NODE_OWNED_LLAMACPP_FLAGS: Readonly<Record<string, string>> = {
+  '-c': '--ctx-size', '--ctx-size': '--ctx-size',
+  '-np': '--parallel', '--parallel': '--parallel',
+  '-t': '--threads', '--threads': '--threads',
+  '-m': '--model', '--model': '--model',
+  '--host': '--host', '--port': '--port', '--alias': '--alias', '-a': '--alias'
+}
+
+/** Flags only the node's own operator may pass: `--mlock` pins every page of the model in RAM, which a remote issuer must not decide. */
+export const LOCAL_ONLY_LLAMACPP_FLAGS: readonly string[] = ['--mlock']
+
+/** Spellings of one flag, so `-ngl 1 --n-gpu-layers 2` counts as given twice. */
+const SAME_FLAG: Readonly<Record<string, string>> = {
+  '-ngl': '--n-gpu-layers', '--gpu-layers': '--n-gpu-layers', '-tb': '--threads-batch', '-b': '--batch-size', '-ub': '--ubatch-size',
+  '-n': '--n-predict', '-mg': '--main-gpu', '-sm': '--split-mode', '-fa': '--flash-attn', '-ctk': '--cache-type-k', '-ctv': '--cache-type-v',
+  '--embedding': '--embeddings'
 }
 
 const model = { type: 'string', pattern: MODEL_NAME_PATTERN }
@@ -185,17 +201,45 @@ export function checkPayload (type: CommandType, payload: unknown): PayloadCheck
 const INT_VALUE = /^-?\d{1,9}$/
 const NUM_VALUE = /^-?\d{1,9}(\.\d{1,9})?$/
 
-/** `args` is flags and their values as separate items: `['--ctx-size', '4096', '--mlock']`. */
-export function checkLlamacppArgs (args: readonly string[]): PayloadCheck {
+/**
+ * `args` is flags and their values as separate items: `['-ngl', '99', '--jinja']`. Each flag
+ * must be allowed, given once, with a value in bounds; a flag the node sizes itself is refused;
+ * with `remote` (an issuer other than this node), so are the local-only flags.
+ */
+export function checkLlamacppArgs (args: readonly string[], opts: { remote?: boolean } = {}): PayloadCheck {
+  const seen = new Set<string>()
   for (let i = 0; i < args.length; i++) {
     const flag = args[i]
+    if (Object.hasOwn(NODE_OWNED_LLAMACPP_FLAGS, flag)) return { ok: false, message: `llama-server flag '${flag}' is chosen by the node itself` }
     const rule = Object.hasOwn(LLAMACPP_ARG_RULES, flag) ? LLAMACPP_ARG_RULES[flag] : undefined
     if (rule == null) return { ok: false, message: `llama-server flag '${flag}' is not allowed` }
+    if (opts.remote === true && LOCAL_ONLY_LLAMACPP_FLAGS.includes(flag)) return { ok: false, message: `llama-server flag '${flag}' is allowed only to this node's own operator` }
+    const canon = llamacppFlagKey(flag)
+    if (seen.has(canon)) return { ok: false, message: `llama-server flag '${flag}' is given more than once` }
+    seen.add(canon)
     if (rule === 'flag') continue
     const value = args[++i]
     if (value == null) return { ok: false, message: `llama-server flag '${flag}' needs a value` }
-    const ok = rule === INT ? INT_VALUE.test(value) : rule === NUM ? NUM_VALUE.test(value) : (rule as readonly string[]).includes(value)
-    if (!ok) return { ok: false, message: `'${value}' is not a valid value for '${flag}'` }
+    if (!valueOk(rule, value)) return { ok: false, message: `'${value}' is not a valid value for '${flag}'${bounds(rule)}` }
   }
   return { ok: true }
+}
+
+/** One name for all spellings of a flag (`-ngl` and `--gpu-layers` are `--n-gpu-layers`). */
+export function llamacppFlagKey (flag: string): string {
+  return Object.hasOwn(SAME_FLAG, flag) ? SAME_FLAG[flag] : flag
+}
+
+function valueOk (rule: Exclude<ArgRule, 'flag'>, value: string): boolean {
+  if (Array.isArray(rule)) return rule.includes(value)
+  const [min, max] = 'int' in rule ? (rule as { int: readonly [number, number] }).int : (rule as { num: readonly [number, number] }).num
+  if (!('int' in rule ? INT_VALUE : NUM_VALUE).test(value)) return false
+  const n = Number(value)
+  return n >= min && n <= max
+}
+
+function bounds (rule: Exclude<ArgRule, 'flag'>): string {
+  if (Array.isArray(rule)) return ` (one of ${rule.join(', ')})`
+  const [min, max] = 'int' in rule ? (rule as { int: readonly [number, number] }).int : (rule as { num: readonly [number, number] }).num
+  return ` (${min} to ${max})`
 }

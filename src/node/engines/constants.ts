@@ -19,7 +19,18 @@ export const REQUEST_LIMITS = {
   /** Stop sequences per request (OpenAI allows 4; llama.cpp more). */
   maxStopSequences: 16,
   /** Inputs per embeddings request (OpenAI's limit). */
-  maxEmbeddingInputs: 2048
+  maxEmbeddingInputs: 2048,
+  /**
+   * Bounds on a `response_format` JSON schema, checked before any grammar is built from it: a
+   * grammar's size and build time grow with the schema's, and repetition bounds (`maxLength`,
+   * `maxItems`) expand into that many grammar rules. Real structured-output schemas are far
+   * below these (OpenAI allows 5,000 properties and 10 levels of nesting).
+   */
+  maxSchemaNodes: 5000,
+  maxSchemaDepth: 32,
+  /** Characters of property names, enum and const strings together (OpenAI allows 120,000). */
+  maxSchemaChars: 120_000,
+  maxSchemaRepeat: 1000
 } as const
 
 export const EMBEDDED_DEFAULTS = {

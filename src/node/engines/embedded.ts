@@ -46,6 +46,7 @@ import { BadRequestError, InsufficientMemoryError, ModelNotFoundError, ShepherdE
 import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
 import { holdRequest } from './request-hold.js'
+import { grammarFor } from './json-grammar.js'
 import { scanModelsDirs } from './model-dirs.js'
 import { raceSignal } from './race-signal.js'
 import { defaultThreads } from './constants.js'
@@ -368,6 +369,11 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     return health
   }
 
+  /** See `Engine.setKeepAlive`. */
+  setKeepAlive (ms: number): void {
+    this.opts.keepAliveMs = ms
+  }
+
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
@@ -464,11 +470,11 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   private async generate<Piece> (
     req: { model: string, keepAliveMs?: number },
     signal: AbortSignal | undefined,
-    prepare: (lm: LoadedModel) => GenerationJob<Piece>
+    prepare: (lm: LoadedModel) => Promise<GenerationJob<Piece>>
   ): Promise<GenerationResult> {
     const lease = await this.use(req.model, signal)
     try {
-      const job = prepare(lease.lm)
+      const job = await prepare(lease.lm)
       const seq = await lease.lm.pool.acquire(lease.signal)
       try {
         return await job.run(seq, lease.signal)
@@ -491,7 +497,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       first: () => Chunk | undefined
       piece: (piece: Piece) => Chunk
       last: (result: GenerationResult) => Chunk[]
-      prepare: (lm: LoadedModel) => GenerationJob<Piece>
+      prepare: (lm: LoadedModel) => Promise<GenerationJob<Piece>>
     }
   ): AsyncGenerator<Chunk> {
     // Aborted when the consumer stops iterating early, which must stop generation too.
@@ -500,7 +506,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     let seq: LlamaContextSequence | undefined
     let generation: Promise<GenerationResult> | undefined
     try {
-      const job = shape.prepare(lease.lm)
+      const job = await shape.prepare(lease.lm)
       seq = await lease.lm.pool.acquire(lease.signal)
       const queue = new AsyncQueue<Piece>()
       generation = job.run(seq, lease.signal, piece => { queue.push(piece) })
@@ -554,7 +560,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     }
   }
 
-  private prepareChat (lm: LoadedModel, req: ParsedChatRequest): GenerationJob<ChatCompletionChunkDelta> {
+  private async prepareChat (lm: LoadedModel, req: ParsedChatRequest): Promise<GenerationJob<ChatCompletionChunkDelta>> {
     const history: ChatHistoryItem[] = req.messages.map((m): ChatHistoryItem =>
       m.role === 'assistant' ? { type: 'model', response: [m.content] } : { type: m.role, text: m.content })
     // A trailing assistant message is a prefix the model continues; otherwise a new turn opens.
@@ -563,6 +569,8 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     const chatWrapper = lm.chatWrapper
     const promptTokens = chatWrapper.generateContextState({ chatHistory: rendered }).contextText.tokenize(lm.model.tokenizer).length
     const sampling = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'messages'))
+    // Structured output: the grammar only lets through text that parses (and fits the schema).
+    const grammar = req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'chat')
     return {
       run: async (seq, signal, push) => {
         const chat = new (nlc().LlamaChat)({ contextSequence: seq, chatWrapper, autoDisposeSequence: false })
@@ -570,6 +578,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
         try {
           const res = await chat.generateResponse(history, {
             ...sampling,
+            ...(grammar !== undefined ? { grammar } : {}),
             signal,
             onResponseChunk: (chunk: LlamaChatResponseChunk) => {
               if (chunk.type === undefined) push?.({ content: chunk.text })
@@ -593,7 +602,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     }
   }
 
-  private prepareText (lm: LoadedModel, req: ParsedCompletionRequest): GenerationJob<string> {
+  private async prepareText (lm: LoadedModel, req: ParsedCompletionRequest): Promise<GenerationJob<string>> {
     const bos = beginningToken(lm.model)
     let tokens: Token[]
     if (typeof req.prompt === 'string') {
@@ -606,6 +615,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     const promptTokens = tokens.length + (bos !== null ? 1 : 0)
     const sampling = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'prompt'))
     const echo = req.echo ? (typeof req.prompt === 'string' ? req.prompt : lm.model.detokenize(tokens)) : ''
+    const grammar = req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'completion')
     return {
       run: async (seq, signal, push) => {
         if (echo.length > 0) push?.(echo)
@@ -614,6 +624,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
         try {
           const res = await completion.generateCompletionWithMeta(tokens, {
             ...sampling,
+            ...(grammar !== undefined ? { grammar } : {}),
             signal,
             // The budget already keeps generation inside the context; no shifting, and the
             // whole prompt is kept (the default would cut one longer than 90% of the context).

@@ -17,7 +17,7 @@
  * - Answers are rebuilt into exactly the OpenAI shapes the embedded engine returns (our model
  *   id, no llama.cpp extras), so a client cannot tell which engine served it.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { createInterface } from 'node:readline'
@@ -28,6 +28,9 @@ import type { LlamacppBackend, LlamacppBuild } from '../resources/types.js'
 import type { ModelEntry } from './embedded.js'
 import { OpenAIHttpClient } from './openai-http.js'
 import { parseChatRequest, parseCompletionRequest, parseEmbeddingRequest } from './openai-request.js'
+import { upstreamChatFormat, upstreamSchema, type ResponseFormat } from './response-format.js'
+import { mergeLlamaServerArgs } from './llama-args.js'
+import { spawnTied, type TiedChild } from './tied-child.js'
 import { embeddingObject, newResponseId, normalizeVector, unixNow, usage, type ResponseHeader } from './openai-response.js'
 import type {
   ChatCompletion,
@@ -124,7 +127,10 @@ export interface LlamaServerEngineOptions extends MemoryBudgetOptions {
   gpuLayers?: number | 'auto' | 'all'
   /** Picks each child's port. Default: one the OS says is free. */
   pickPort?: (host: string) => Promise<number>
-  /** Appended to every child's command line. */
+  /**
+   * Added to every child's command line, after the engine's own flags; a flag the engine sets
+   * itself (model, host, port, threads, context, slots...) is dropped from these: the node's win.
+   */
   extraArgs?: string[]
   /** Added to the children's environment. */
   env?: Record<string, string>
@@ -164,6 +170,8 @@ interface ExitInfo {
 
 interface RunningProcess {
   child: ChildProcess
+  /** Tied to this node (dies with it, kill -9 included); `kill` signals its process group. */
+  tied: TiedChild
   pid: number
   port: number
   client: OpenAIHttpClient
@@ -202,17 +210,6 @@ interface Lease {
   release: (keepAliveMs: number | undefined) => void
 }
 
-/** Every child of every engine, killed if this process exits without stopping them. */
-const liveChildren = new Set<ChildProcess>()
-let exitHookInstalled = false
-
-function installExitHook (): void {
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.once('exit', () => {
-    for (const child of liveChildren) child.kill('SIGKILL')
-  })
-}
 
 
 const sleep = async (ms: number, signal?: AbortSignal): Promise<void> => {
@@ -367,6 +364,14 @@ export function toTextChunks (value: unknown, model: string, includeUsage: boole
 }
 
 /** Fields this engine handles itself, never sent to the child. */
+/**
+ * Structured output on llama-server's `/v1/completions`: it reads no `response_format` there,
+ * only its own `json_schema` field.
+ */
+function completionFormat (format: ResponseFormat | undefined): Record<string, unknown> {
+  return { response_format: undefined, json_schema: format === undefined ? undefined : upstreamSchema(format) }
+}
+
 function forwardable (body: object, model: string, extra: Record<string, unknown>): Record<string, unknown> {
   const { keep_alive: _keepAlive, echo: _echo, suffix: _suffix, best_of: _bestOf, ...rest } = body as Record<string, unknown>
   return { ...rest, ...extra, model }
@@ -548,19 +553,24 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     await Promise.allSettled([...this.instances.values()].map(async inst => { await this.stop(inst) }))
   }
 
+  /** See `Engine.setKeepAlive`. An engine made to run until stopped (keep-alive `Infinity`: run_llamacpp's) keeps running. */
+  setKeepAlive (ms: number): void {
+    if (this.opts.keepAliveMs !== Infinity) this.opts.keepAliveMs = ms
+  }
+
   // ---- OpenAI calls -------------------------------------------------------------------
 
   async chat (body: ChatCompletionRequest, options: EngineCallOptions = {}): Promise<ChatCompletion> {
     const req = parseChatRequest(body)
     return await this.withSlot(req.model, 'generate', req.keepAliveMs, options.signal, async (lease) => {
-      const raw = await lease.client.postJson('/v1/chat/completions', forwardable(body, req.model, { stream: false, stream_options: undefined }), { signal: lease.signal, model: req.model })
+      const raw = await lease.client.postJson('/v1/chat/completions', forwardable(body, req.model, { stream: false, stream_options: undefined, response_format: upstreamChatFormat(req.responseFormat) }), { signal: lease.signal, model: req.model })
       return toChatCompletion(raw, req.model)
     })
   }
 
   async * chatStream (body: ChatCompletionRequest, options: EngineCallOptions = {}): AsyncGenerator<ChatCompletionChunk> {
     const req = parseChatRequest(body)
-    const forward = forwardable(body, req.model, { stream: true, stream_options: { include_usage: req.includeUsage } })
+    const forward = forwardable(body, req.model, { stream: true, stream_options: { include_usage: req.includeUsage }, response_format: upstreamChatFormat(req.responseFormat) })
     yield * this.streamFrom(req.model, req.keepAliveMs, options.signal, '/v1/chat/completions', forward, async function * (raw) {
       yield * toChatChunks(raw, req.model, req.includeUsage)
     })
@@ -570,14 +580,14 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     const req = parseCompletionRequest(body)
     return await this.withSlot(req.model, 'generate', req.keepAliveMs, options.signal, async (lease) => {
       const echo = req.echo ? await this.promptText(lease, req.prompt) : ''
-      const forward = forwardable(body, req.model, { prompt: req.prompt, max_tokens: req.sampling.maxTokens, stream: false, stream_options: undefined })
+      const forward = forwardable(body, req.model, { prompt: req.prompt, max_tokens: req.sampling.maxTokens, stream: false, stream_options: undefined, ...completionFormat(req.responseFormat) })
       return toTextCompletion(await lease.client.postJson('/v1/completions', forward, { signal: lease.signal, model: req.model }), req.model, echo)
     })
   }
 
   async * completionStream (body: CompletionRequest, options: EngineCallOptions = {}): AsyncGenerator<TextCompletionChunk> {
     const req = parseCompletionRequest(body)
-    const forward = forwardable(body, req.model, { prompt: req.prompt, max_tokens: req.sampling.maxTokens, stream: true, stream_options: { include_usage: req.includeUsage } })
+    const forward = forwardable(body, req.model, { prompt: req.prompt, max_tokens: req.sampling.maxTokens, stream: true, stream_options: { include_usage: req.includeUsage }, ...completionFormat(req.responseFormat) })
     let echo: string | undefined = req.echo ? '' : undefined
     const self = this
     yield * this.streamFrom(req.model, req.keepAliveMs, options.signal, '/v1/completions', forward, async function * (raw, lease) {
@@ -808,7 +818,7 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
       // A generative model declares no pooling; its last token embeds the input, as the embedded engine does it.
       if (typeof pooling !== 'number' || pooling <= 0) args.push('--pooling', 'last')
     }
-    return [...args, ...this.opts.extraArgs]
+    return mergeLlamaServerArgs(args, this.opts.extraArgs)
   }
 
   /**
@@ -869,15 +879,16 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     // A key per child keeps other local processes (and web pages, llama-server allowing any
     // CORS origin) from using it; in the environment, not on the command line, which anyone sees.
     const apiKey = randomBytes(24).toString('hex')
-    const child = spawn(build.path, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.opts.env, LLAMA_API_KEY: apiKey } })
-    installExitHook()
-    liveChildren.add(child)
+    // Tied to this node: a node killed with -9 takes its children with it.
+    const tied = spawnTied(build.path, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.opts.env, LLAMA_API_KEY: apiKey } })
+    const child = tied.child
     for (const stream of [child.stdout, child.stderr]) {
       if (stream === null) continue
       createInterface({ input: stream, crlfDelay: Infinity }).on('line', line => { ring.push(prefix + line) })
     }
     const proc: RunningProcess = {
       child,
+      tied,
       pid: child.pid ?? -1,
       port,
       client: new OpenAIHttpClient({
@@ -890,7 +901,6 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
         const done = (info: ExitInfo): void => {
           if (proc.exit !== undefined) return
           proc.exit = info
-          liveChildren.delete(child)
           ring.push(`${prefix}[shepherd] exited (${info.signal ?? `code ${String(info.code)}`})`)
           resolve(info)
         }
@@ -1007,8 +1017,8 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   /** SIGTERM, then SIGKILL after the grace period; resolves once the child is gone. */
   private async kill (proc: RunningProcess): Promise<void> {
     if (proc.exit !== undefined) return
-    proc.child.kill('SIGTERM')
-    const timer = setTimeout(() => { if (proc.exit === undefined) proc.child.kill('SIGKILL') }, this.opts.stopGraceMs)
+    proc.tied.kill('SIGTERM')
+    const timer = setTimeout(() => { if (proc.exit === undefined) proc.tied.kill('SIGKILL') }, this.opts.stopGraceMs)
     try {
       await proc.exited
     } finally {

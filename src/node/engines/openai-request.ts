@@ -6,6 +6,7 @@
 import { BadRequestError } from '../../errors.js'
 import { REQUEST_LIMITS, SAMPLING_DEFAULTS } from './constants.js'
 import { parseKeepAlive } from './keep-alive.js'
+import { parseResponseFormat, type ResponseFormat } from './response-format.js'
 
 export interface SamplingParams {
   temperature: number
@@ -38,6 +39,8 @@ export interface ParsedChatRequest extends RequestCommon {
   messages: NormalizedMessage[]
   sampling: SamplingParams
   includeUsage: boolean
+  /** Structured output the engine enforces with a grammar; absent for plain text. */
+  responseFormat?: ResponseFormat
 }
 
 export interface ParsedCompletionRequest extends RequestCommon {
@@ -45,6 +48,8 @@ export interface ParsedCompletionRequest extends RequestCommon {
   echo: boolean
   sampling: SamplingParams
   includeUsage: boolean
+  /** Structured output (a llama.cpp extension on completions; Ollama's `format` with `raw`). */
+  responseFormat?: ResponseFormat
 }
 
 export interface ParsedEmbeddingRequest extends RequestCommon {
@@ -145,13 +150,20 @@ function refuseUnsupported (body: Body): void {
   if (Array.isArray(body.functions) && body.functions.length > 0) {
     throw new BadRequestError('functions are not supported by this engine', 'functions', 'unsupported_parameter')
   }
-  const format = body.response_format as { type?: unknown } | null | undefined
-  if (format != null && format.type !== 'text') {
-    throw new BadRequestError('Only response_format {type: "text"} is supported by this engine', 'response_format', 'unsupported_parameter')
+  // llama.cpp's own constraint fields would reach llama-server unchecked (and the embedded engine
+  // would ignore them): structured output goes through the checked response_format only.
+  for (const key of ['grammar', 'json_schema']) {
+    if (present(body, key)) throw new BadRequestError(`${key} is not supported; use response_format`, key, 'unsupported_parameter')
   }
   if (body.logprobs === true || (typeof body.logprobs === 'number' && body.logprobs > 0)) {
     throw new BadRequestError('logprobs are not supported by this engine', 'logprobs', 'unsupported_parameter')
   }
+}
+
+/** `response_format`, validated (see response-format.ts); absent when it asks for plain text. */
+function withResponseFormat (body: Body): { responseFormat?: ResponseFormat } {
+  const format = parseResponseFormat(body.response_format)
+  return format === undefined ? {} : { responseFormat: format }
 }
 
 function messageText (content: unknown, index: number): string {
@@ -197,7 +209,8 @@ export function parseChatRequest (raw: unknown): ParsedChatRequest {
     keepAliveMs: parseKeepAliveField(body),
     messages: normalized,
     sampling: parseSampling(body, ['max_completion_tokens', 'max_tokens']),
-    includeUsage: parseIncludeUsage(body)
+    includeUsage: parseIncludeUsage(body),
+    ...withResponseFormat(body)
   }
 }
 
@@ -229,7 +242,8 @@ export function parseCompletionRequest (raw: unknown): ParsedCompletionRequest {
     echo: boolean(body, 'echo') ?? false,
     // The legacy completions API defaults max_tokens to 16; clients rely on it being short.
     sampling: { ...parseSampling(body, ['max_tokens']), maxTokens: integer(body, 'max_tokens', 1) ?? 16 },
-    includeUsage: parseIncludeUsage(body)
+    includeUsage: parseIncludeUsage(body),
+    ...withResponseFormat(body)
   }
 }
 

@@ -26,7 +26,7 @@ export interface EngineModel {
   state: EngineModelState
   /** File size on disk, or memory held when loaded, when known. */
   sizeBytes?: number
-  /** Cheap identity of the model file, when known (see `ModelFile.fingerprint`). */
+  /** Identity of the model file (sha256 of its content), when known (see `ModelFile.fingerprint`). */
   fingerprint?: string
   /** Tokens one request can use: the loaded context size, else the trained length when known. */
   contextLength?: number
@@ -90,6 +90,11 @@ export interface Engine {
   health: () => Promise<EngineHealth>
   /** Releases everything the engine holds; it serves nothing afterwards. */
   close: () => Promise<void>
+  /**
+   * Changes the default idle time before an unused model unloads (`update_config keepAliveMs`);
+   * it applies from each model's next idle period. Engines without idle unloads omit it.
+   */
+  setKeepAlive?: (ms: number) => void
 
   chat: (body: ChatCompletionRequest, options?: EngineCallOptions) => Promise<ChatCompletion>
   chatStream: (body: ChatCompletionRequest, options?: EngineCallOptions) => AsyncIterable<ChatCompletionChunk>

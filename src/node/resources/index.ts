@@ -7,6 +7,7 @@ export { ResourceMonitor, type ResourceMonitorOptions, type ResourceSnapshot, ty
 export { GgufFormatError, readGgufHeader, quantizationOf, tensorByteSize, GGML_TYPE_NAMES, LLAMA_FTYPE_NAMES } from './gguf.js'
 export type { GgufHeader, GgufTensorInfo, GgufMetadataValue, GgufArraySummary, GgufValueTypeName, ReadGgufHeaderOptions } from './gguf.js'
 export { scanModels, ModelScanCache, type ScanModelsOptions } from './models.js'
+export { ContentHashCache, type ContentHashCacheOptions, type HashedFile, type ModelSource } from './content-hash.js'
 export { collectSystem, SystemCollector, type CollectSystemOptions, type SystemSnapshot } from './system.js'
 export { cachedGraphics, detectGpus, gpusFromControllers, vendorOf, type DetectGpusOptions, type GpuDetection } from './gpus.js'
 export {

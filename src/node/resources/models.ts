@@ -1,11 +1,14 @@
 /**
  * Finds the GGUF models a node can serve. Scans are meant to repeat every few seconds, so each
- * file's header is read once and remembered by (path, size, mtime).
+ * file's header is read once and remembered by (path, size, mtime). A model's fingerprint is the
+ * sha256 of its whole content (content-hash.ts): files up to `inlineHashBytes` are hashed during
+ * the scan; bigger ones are hashed in the background and listed only once their hash is known
+ * (a model is never announced under a fingerprint that is not its content's).
  */
-import { createHash } from 'node:crypto'
 import { readdir, realpath, stat } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { createLogger, type Logger } from '../../logger.js'
+import { ContentHashCache, type HashedFile } from './content-hash.js'
 import { GgufFormatError, readGgufHeader, type GgufHeader } from './gguf.js'
 import type { ModelFile } from './types.js'
 
@@ -56,17 +59,23 @@ export interface ScanModelsOptions {
   cache?: ModelScanCache
   /** How many levels of subdirectories to enter below each dir. Default 1. */
   depth?: number
+  /** Content hashes; pass the same one on every scan. Defaults to a process-wide, in-memory one. */
+  hashes?: ContentHashCache
+  /**
+   * Models up to this size are hashed during the scan; bigger ones in the background (listed
+   * once hashed). 64 MiB hashes in well under a second even on a Raspberry Pi's SD card.
+   */
+  inlineHashBytes?: number
   log?: Logger
 }
 
 const defaultCache = new ModelScanCache()
+const defaultHashes = new ContentHashCache()
+export const DEFAULT_INLINE_HASH_BYTES = 64 * 1024 * 1024
 const defaultLog = createLogger('resources:models')
 
-interface Found {
-  path: string
+interface Found extends HashedFile {
   real: string
-  size: number
-  mtimeMs: number
 }
 
 async function walk (dir: string, depth: number, out: Found[], visited: Set<string>, log: Logger): Promise<void> {
@@ -101,7 +110,7 @@ async function walk (dir: string, depth: number, out: Found[], visited: Set<stri
     } else if (st.isFile() && name.toLowerCase().endsWith('.gguf')) {
       let fileReal = path
       try { fileReal = await realpath(path) } catch {}
-      out.push({ path, real: fileReal, size: st.size, mtimeMs: st.mtimeMs })
+      out.push({ path, real: fileReal, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino })
     }
   }
 }
@@ -120,10 +129,6 @@ async function headerOf (f: Found, cache: ModelScanCache, log: Logger): Promise<
   return header
 }
 
-function fingerprintOf (sizeBytes: number, headerSha256: string): string {
-  return createHash('sha256').update(`gguf:${sizeBytes}:${headerSha256}`).digest('hex')
-}
-
 /**
  * Lists the GGUF models in `dirs` (each dir plus `depth` levels of subdirs). Unreadable dirs
  * are skipped with a warning, files that are not valid GGUF are skipped, the same file reached
@@ -132,6 +137,9 @@ function fingerprintOf (sizeBytes: number, headerSha256: string): string {
  */
 export async function scanModels (dirs: string[], opts: ScanModelsOptions = {}): Promise<ModelFile[]> {
   const cache = opts.cache ?? defaultCache
+  const hashes = opts.hashes ?? defaultHashes
+  const inlineHashBytes = opts.inlineHashBytes ?? DEFAULT_INLINE_HASH_BYTES
+  await hashes.load()
   const log = opts.log ?? defaultLog
   const depth = opts.depth ?? 1
 
@@ -184,6 +192,21 @@ export async function scanModels (dirs: string[], opts: ScanModelsOptions = {}):
       }
     }
 
+    let content = hashes.lookup(parts)
+    if (content === undefined) {
+      if (sizeBytes > inlineHashBytes) {
+        if (!hashes.pending(parts)) log.info('hashing model before announcing it', { path: f.path, sizeBytes })
+        hashes.schedule(parts)
+        continue
+      }
+      try {
+        content = { sha256: await hashes.hash(parts) }
+      } catch (err) {
+        log.warn('skipping model that could not be hashed', { path: f.path, err: err as Error })
+        continue
+      }
+    }
+
     models.push({
       name,
       path: f.path,
@@ -192,10 +215,12 @@ export async function scanModels (dirs: string[], opts: ScanModelsOptions = {}):
       parameterCount,
       quantization: header.quantization,
       contextLength: header.contextLength,
-      fingerprint: fingerprintOf(sizeBytes, header.headerSha256)
+      fingerprint: content.sha256,
+      ...(content.source != null ? { source: content.source } : {})
     })
   }
   cache.retain(new Set(files.map(f => f.path)))
+  hashes.retain(new Set(files.map(f => f.path)))
   models.sort((a, b) => a.name.localeCompare(b.name) || a.path.localeCompare(b.path))
   return models
 }

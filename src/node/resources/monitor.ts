@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../../logger.js'
 import { execRunner, type ExecRunner } from './exec.js'
 import { cachedGraphics, detectGpus, type DetectGpusOptions, type GpuDetection } from './gpus.js'
 import { findLlamacppBuilds } from './llamacpp.js'
+import { ContentHashCache } from './content-hash.js'
 import { ModelScanCache, scanModels } from './models.js'
 import { SystemCollector, type SystemSnapshot } from './system.js'
 import type { GpuInfo, ModelFile, NodeResources } from './types.js'
@@ -29,6 +30,8 @@ export interface ResourceMonitorOptions {
   dataDir: string
   /** Dirs scanned for GGUF models. */
   modelsDirs?: string[]
+  /** Sidecar where model content hashes are persisted (in the data dir); none: kept in memory. */
+  modelHashFile?: string
   /** llama-server binaries or dirs holding one. */
   llamacppPaths?: string[]
   /** Also look for llama-server on PATH. Default true. */
@@ -100,6 +103,8 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
   private readonly log: Logger
   private readonly system = new SystemCollector()
   private readonly modelCache = new ModelScanCache()
+  /** Full-content model fingerprints; a pull records the hash it verified (and its source) here. */
+  readonly contentHashes: ContentHashCache
   private readonly timers: NodeJS.Timeout[] = []
   private readonly inFlight = new Map<string, Promise<void>>()
   private readonly graphics: NonNullable<DetectGpusOptions['graphics']>
@@ -121,6 +126,12 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
     this.log = options.log ?? createLogger('resources:monitor')
     this.graphics = cachedGraphics(options.graphics)
     this.current = { resources: { ...emptySystem(), gpus: [], llamacpp: [] }, models: [] }
+    this.contentHashes = new ContentHashCache({
+      ...(options.modelHashFile != null ? { file: options.modelHashFile } : {}),
+      log: this.log,
+      // A big model hashed in the background is listed (and announced) by the scan that follows.
+      onHashed: () => { if (this.running) void this.run(['models'], true) }
+    })
   }
 
   /** The latest picture (defaults until the first refresh completes). */
@@ -195,7 +206,7 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
           break
         }
         case 'models': {
-          const models = await scanModels(this.opts.modelsDirs ?? [], { cache: this.modelCache, log: this.log })
+          const models = await scanModels(this.opts.modelsDirs ?? [], { cache: this.modelCache, hashes: this.contentHashes, log: this.log })
           this.current = { ...this.current, models }
           break
         }

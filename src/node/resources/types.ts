@@ -2,6 +2,8 @@
  * What a node has. This is the content of a gossiped resource snapshot (seed 000 §1.2,
  * NodeResources), re-cast with byte and percentage units throughout.
  */
+import type { ModelSource } from './content-hash.js'
+
 export interface CpuInfo {
   model: string
   cores: number
@@ -75,8 +77,10 @@ export interface ModelFile {
   /** e.g. `Q4_K_M`, `F16`, from `general.file_type`. */
   quantization: string | null
   contextLength: number | null
-  /** Cheap identity of the file: sha256 of size + header metadata (not a full-file hash). */
+  /** Identity of the model: sha256 of its whole content (all parts, in order, for a split model), lowercase hex. */
   fingerprint: string
+  /** Where the file came from, when this node pulled it from a peer (see content-hash.ts). */
+  source?: ModelSource
 }
 
 export interface NodeResources {

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { checkPayload, LLAMACPP_ARG_RULES } from '../../../src/node/commands/index.js'
+import { checkLlamacppArgs } from '../../../src/node/commands/payloads.js'
 import { COMMAND_TYPES, type CommandType } from '../../../src/p2p/command-messages.js'
 
 const valid: Array<[CommandType, unknown]> = [
@@ -8,7 +9,7 @@ const valid: Array<[CommandType, unknown]> = [
   ['load_model', { model: 'Qwen2.5 7B Instruct Q4_K_M', keepAliveMs: 0 }],
   ['unload_model', { model: 'tiny-chat' }],
   ['run_llamacpp', { model: 'tiny-chat' }],
-  ['run_llamacpp', { model: 'tiny-chat', args: ['--ctx-size', '8192', '-ngl', '99', '--mlock', '-fa', 'on', '--temp', '0.7', '-ctk', 'q8_0'], port: 18080 }],
+  ['run_llamacpp', { model: 'tiny-chat', args: ['-ngl', '99', '--mlock', '-b', '512', '-fa', 'on', '--temp', '0.7', '-ctk', 'q8_0'], port: 18080 }],
   ['stop_process', { pid: 4242 }],
   ['stop_process', { processId: 'llama-server:tiny-chat' }],
   ['scan_models', {}],
@@ -29,16 +30,26 @@ const invalid: Array<[CommandType, unknown, RegExp]> = [
   ['load_model', { model: 'm', keepAliveMs: -2 }, /keepAliveMs/],
   ['load_model', { model: 'm', extra: 1 }, /additional/],
   ['unload_model', { model: 7 }, /string/],
-  ['run_llamacpp', { model: 'm', args: ['--model', 'other.gguf'] }, /not allowed/],
+  ['run_llamacpp', { model: 'm', args: ['--model', 'other.gguf'] }, /chosen by the node/],
   ['run_llamacpp', { model: 'm', args: ['--ctx-size', '/etc/passwd'] }, /pattern/],
-  ['run_llamacpp', { model: 'm', args: ['--host', '0.0.0.0'] }, /not allowed/],
+  ['run_llamacpp', { model: 'm', args: ['--host', '0.0.0.0'] }, /chosen by the node/],
   ['run_llamacpp', { model: 'm', args: ['--api-key', 'k'] }, /not allowed/],
-  ['run_llamacpp', { model: 'm', args: ['--ctx-size'] }, /needs a value/],
-  ['run_llamacpp', { model: 'm', args: ['--ctx-size', 'lots'] }, /not a valid value/],
+  ['run_llamacpp', { model: 'm', args: ['--temp'] }, /needs a value/],
+  ['run_llamacpp', { model: 'm', args: ['-b', 'lots'] }, /not a valid value/],
+  // The node sizes these itself: a command cannot override them (issue 11 item 4).
+  ['run_llamacpp', { model: 'm', args: ['--ctx-size', '999999999'] }, /chosen by the node/],
+  ['run_llamacpp', { model: 'm', args: ['-c', '512'] }, /chosen by the node/],
+  ['run_llamacpp', { model: 'm', args: ['--parallel', '512'] }, /chosen by the node/],
+  ['run_llamacpp', { model: 'm', args: ['--threads', '512'] }, /chosen by the node/],
+  ['run_llamacpp', { model: 'm', args: ['-tb', '512'] }, /1 to 64/],
+  ['run_llamacpp', { model: 'm', args: ['-ngl', '1000'] }, /0 to 999/],
+  ['run_llamacpp', { model: 'm', args: ['--temp', '99'] }, /0 to 10/],
+  ['run_llamacpp', { model: 'm', args: ['-ngl', '1', '--gpu-layers', '2'] }, /more than once/],
+  ['run_llamacpp', { model: 'm', args: ['--jinja', '--jinja'] }, /more than once/],
   ['run_llamacpp', { model: 'm', args: ['-fa', 'maybe'] }, /not a valid value/],
   ['run_llamacpp', { model: 'm', args: ['--ctx-size', '4096 --host'] }, /pattern/],
   ['run_llamacpp', { model: 'm', args: ['toString'] }, /not allowed/],
-  ['run_llamacpp', { model: 'm', args: new Array(65).fill('--mlock') }, /more than 64/],
+  ['run_llamacpp', { model: 'm', args: new Array(65).fill('--jinja') }, /more than 64/],
   ['run_llamacpp', { model: 'm', port: 80 }, /port/],
   ['stop_process', {}, /fewer than 1/],
   ['stop_process', { pid: 1 }, /pid must be >= 2/],
@@ -81,5 +92,12 @@ describe('command payload schemas', () => {
     for (const flag of Object.keys(LLAMACPP_ARG_RULES)) {
       assert.doesNotMatch(flag, /model|host|port|key|file|path|lora|mmproj|slot|ssl|url|log|alias|chat-template/, flag)
     }
+  })
+
+  it('refuses --mlock from a remote issuer and allows it to the local operator', () => {
+    assert.deepEqual(checkLlamacppArgs(['--mlock'], { remote: false }), { ok: true })
+    const remote = checkLlamacppArgs(['-ngl', '10', '--mlock'], { remote: true })
+    assert.equal(remote.ok, false)
+    assert.match((remote as { message: string }).message, /only to this node's own operator/)
   })
 })

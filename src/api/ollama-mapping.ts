@@ -83,7 +83,10 @@ export function mapOptions (raw: unknown): Record<string, unknown> {
   return out
 }
 
-/** `format`: `"json"` or a JSON schema, as OpenAI's `response_format`; the engine may refuse it. */
+/**
+ * `format`: `"json"` or a JSON schema, as OpenAI's `response_format`, which both local engines
+ * enforce with a grammar; a schema they cannot enforce is refused there, naming `format`.
+ */
 function mapFormat (b: Body): Record<string, unknown> {
   if (!present(b, 'format') || b.format === '') return {}
   if (b.format === 'json') return { response_format: { type: 'json_object' } }

@@ -37,7 +37,8 @@ function installOllamaErrors (app: FastifyInstance): void {
 /** An engine's refusal of `response_format` is about the request's `format`: say so in Ollama's terms. */
 function inOllamaTerms (err: unknown): unknown {
   if (err instanceof ShepherdError && err.status === 400 && err.param === 'response_format') {
-    return new BadRequestError(`format is not supported by the engine serving this model: ${err.message}`, 'format', 'unsupported_parameter')
+    // The engines enforce format with a grammar; what they refuse is a schema (or part of one) it cannot express.
+    return new BadRequestError(`format: ${err.message.replace(/^response_format: /, '')}`, 'format', err.code)
   }
   return err
 }

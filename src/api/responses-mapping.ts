@@ -1,14 +1,13 @@
 /**
- * OpenAI's Responses API (`POST /v1/responses`) mapped onto the OpenAI chat request the router
- * already carries, and chat output mapped back into Responses objects and stream events. Pure
- * functions: every refusal is a `BadRequestError` whose `param` names the field the way OpenAI's
+ * OpenAI's Responses API (`POST /v1/responses`) requests mapped onto the OpenAI chat request the
+ * router already carries (the way back, chat output into Responses objects and stream events, is
+ * responses-output.ts). Pure functions: every refusal is a `BadRequestError` whose `param` names the field the way OpenAI's
  * API does (`input[2].content[0].type`).
  *
  * Stateless and text only: nothing is stored, so `previous_response_id`, `conversation` and item
  * references are refused; tools, images, files and reasoning are refused with a 400 naming the
  * parameter rather than dropped, so a client never gets an answer to a question it did not ask.
  */
-import { randomBytes } from 'node:crypto'
 import { BadRequestError } from '../errors.js'
 
 /** Bounds that protect the node; OpenAI's own limits where it states them. */
@@ -66,6 +65,12 @@ function asObject (v: unknown, param: string): Body {
   return v as Body
 }
 
+/** A client's value quoted in a message, cut short: a hostile value must not make a huge error. */
+function shown (v: unknown): string {
+  const s = typeof v === 'string' ? `'${v}'` : JSON.stringify(v) ?? String(v)
+  return s.length > 80 ? `${s.slice(0, 80)}…` : s
+}
+
 function typeName (v: unknown): string {
   if (v === null) return 'null'
   if (Array.isArray(v)) return 'an array'
@@ -113,7 +118,7 @@ function partText (raw: unknown, param: string): string {
   if (type === 'input_image' || type === 'input_file' || type === 'input_audio') {
     throw unsupported(`${param}.type`, `Content of type '${type}' is not supported by this server; only text ('input_text', 'output_text').`)
   }
-  throw bad(`${param}.type`, `Invalid value for '${param}.type': '${String(type)}' is not a supported content type; expected 'input_text' or 'output_text'.`, 'invalid_value')
+  throw bad(`${param}.type`, `Invalid value for '${param}.type': ${shown(type ?? null)} is not a supported content type; expected 'input_text' or 'output_text'.`, 'invalid_value')
 }
 
 function contentText (content: unknown, param: string): string {
@@ -140,7 +145,7 @@ function inputMessages (input: unknown): Array<{ role: string, content: string }
     const type = item.type ?? 'message'
     if (type === 'message') {
       if (typeof item.role !== 'string' || !ROLES.has(item.role)) {
-        throw bad(`${param}.role`, `Invalid value for '${param}.role': expected one of 'user', 'system', 'developer' or 'assistant', but got ${JSON.stringify(item.role ?? null)} instead.`, 'invalid_value')
+        throw bad(`${param}.role`, `Invalid value for '${param}.role': expected one of 'user', 'system', 'developer' or 'assistant', but got ${shown(item.role ?? null)} instead.`, 'invalid_value')
       }
       if (!present(item, 'content')) throw bad(`${param}.content`, `Missing required parameter: '${param}.content'.`, 'missing_required_parameter')
       // Chat templates know `system`; OpenAI's `developer` role is the same instruction slot.
@@ -149,7 +154,7 @@ function inputMessages (input: unknown): Array<{ role: string, content: string }
     if (typeof type === 'string' && TOOL_ITEMS.has(type)) throw unsupported(`${param}.type`, `Input items of type '${type}' are not supported: tool calling is not available on this server yet.`)
     if (type === 'reasoning') throw unsupported(`${param}.type`, "Input items of type 'reasoning' are not supported: this server does not produce reasoning items.")
     if (type === 'item_reference') throw unsupported(`${param}.type`, "Input items of type 'item_reference' are not supported: this server does not store responses; send the items themselves.")
-    throw bad(`${param}.type`, `Invalid value for '${param}.type': '${String(type)}' is not a supported input item type.`, 'invalid_value')
+    throw bad(`${param}.type`, `Invalid value for '${param}.type': ${shown(type)} is not a supported input item type.`, 'invalid_value')
   })
 }
 
@@ -170,7 +175,7 @@ function parseMetadata (b: Body): Record<string, string> {
 function parseFormat (b: Body): { format: Body, responseFormat?: Body } {
   if (!present(b, 'text')) return { format: { type: 'text' } }
   const text = asObject(b.text, 'text')
-  for (const k of Object.keys(text)) if (k !== 'format' && k !== 'verbosity') throw bad(`text.${k}`, `Unknown parameter: 'text.${k}'.`, 'unknown_parameter')
+  for (const k of Object.keys(text)) if (k !== 'format' && k !== 'verbosity') throw bad(`text.${k.slice(0, 64)}`, `Unknown parameter: 'text.${k.slice(0, 64)}'.`, 'unknown_parameter')
   // Verbosity steers OpenAI's reasoning models; an engine here has no such knob, so only the default is honest.
   if (present(text, 'verbosity') && text.verbosity !== 'medium') throw unsupported('text.verbosity', "Only text.verbosity 'medium' is supported by this server.")
   if (!present(text, 'format')) return { format: { type: 'text' } }
@@ -187,12 +192,12 @@ function parseFormat (b: Body): { format: Body, responseFormat?: Body } {
     const jsonSchema: Body = { name, schema, ...(description !== undefined ? { description } : {}), ...(present(f, 'strict') ? { strict: f.strict } : {}) }
     return { format: { type: 'json_schema', ...jsonSchema }, responseFormat: { type: 'json_schema', json_schema: jsonSchema } }
   }
-  throw bad('text.format.type', `Invalid value for 'text.format.type': expected one of 'text', 'json_object' or 'json_schema', but got ${JSON.stringify(f.type ?? null)} instead.`, 'invalid_value')
+  throw bad('text.format.type', `Invalid value for 'text.format.type': expected one of 'text', 'json_object' or 'json_schema', but got ${shown(f.type ?? null)} instead.`, 'invalid_value')
 }
 
 /** Everything that needs tools, storage, background jobs or reasoning: refused by name. */
 function refuseUnsupported (b: Body): void {
-  for (const k of Object.keys(b)) if (!KNOWN.has(k)) throw bad(k, `Unknown parameter: '${k}'.`, 'unknown_parameter')
+  for (const k of Object.keys(b)) if (!KNOWN.has(k)) throw bad(k.slice(0, 64), `Unknown parameter: '${k.slice(0, 64)}'.`, 'unknown_parameter')
   if (present(b, 'tools')) {
     if (!Array.isArray(b.tools)) throw bad('tools', `Invalid type for 'tools': expected an array, but got ${typeName(b.tools)} instead.`, 'invalid_type')
     if (b.tools.length > 0) throw unsupported('tools', 'tools are not supported by this server yet (tool calling is not available on its engines).')
@@ -213,7 +218,7 @@ function refuseUnsupported (b: Body): void {
     if (!Array.isArray(b.include)) throw bad('include', `Invalid type for 'include': expected an array, but got ${typeName(b.include)} instead.`, 'invalid_type')
     b.include.forEach((v, i) => {
       // Encrypted reasoning is asked for by stateless clients (Codex, Agents with store: false); there is none to include.
-      if (v !== 'reasoning.encrypted_content') throw unsupported(`include[${i}]`, `include value ${JSON.stringify(v)} is not supported by this server.`)
+      if (v !== 'reasoning.encrypted_content') throw unsupported(`include[${i}]`, `include value ${shown(v)} is not supported by this server.`)
     })
   }
   if (numberIn(b, 'top_logprobs', 0, 20, true) !== undefined && (b.top_logprobs as number) > 0) throw unsupported('top_logprobs', 'top_logprobs are not supported by this server.')
@@ -263,156 +268,5 @@ export function parseResponsesRequest (raw: unknown, opts: { maxOutputTokens?: n
     stream,
     echo: { instructions, maxOutputTokens: maxOutputTokens ?? null, temperature: temperature ?? 1, topP: topP ?? 1, metadata, store, format, user, safetyIdentifier, promptCacheKey, parallelToolCalls },
     body
-  }
-}
-
-function randomId (prefix: string): string {
-  return prefix + randomBytes(24).toString('hex')
-}
-
-/** `resp_` and 48 hex characters, like OpenAI's ids. */
-export const responseId = (): string => randomId('resp_')
-/** `msg_` and 48 hex characters, like OpenAI's output message ids. */
-export const outputMessageId = (): string => randomId('msg_')
-
-export interface ResponseUsage {
-  input_tokens: number
-  input_tokens_details: { cached_tokens: number }
-  output_tokens: number
-  output_tokens_details: { reasoning_tokens: number }
-  total_tokens: number
-}
-
-export function usageOf (input: number, output: number): ResponseUsage {
-  return { input_tokens: input, input_tokens_details: { cached_tokens: 0 }, output_tokens: output, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: input + output }
-}
-
-export type ResponseStatus = 'in_progress' | 'completed' | 'incomplete' | 'failed'
-
-/** The status a finished chat generation gives: a length stop means the output limit was reached. */
-export function statusOf (finishReason: string): 'completed' | 'incomplete' {
-  return finishReason === 'length' ? 'incomplete' : 'completed'
-}
-
-export interface OutputMessage {
-  id: string
-  type: 'message'
-  status: 'in_progress' | 'completed' | 'incomplete'
-  role: 'assistant'
-  content: Array<{ type: 'output_text', text: string, annotations: [], logprobs: [] }>
-}
-
-export function outputText (text: string): OutputMessage['content'][number] {
-  return { type: 'output_text', text, annotations: [], logprobs: [] }
-}
-
-export function outputMessage (id: string, status: OutputMessage['status'], text: string | null): OutputMessage {
-  return { id, type: 'message', status, role: 'assistant', content: text === null ? [] : [outputText(text)] }
-}
-
-export interface ResponseState {
-  id: string
-  createdAt: number
-  model: string
-  status: ResponseStatus
-  output: OutputMessage[]
-  usage: ResponseUsage | null
-  error?: { code: string, message: string } | null
-  /** Seconds since the epoch; set once the response is finished. */
-  completedAt?: number | null
-}
-
-/**
- * A whole response object, with every field OpenAI's API returns (the SDK's `Response` type marks
- * most of them required). `output_text` is left to the SDKs, which compute it from `output`.
- */
-export function responseObject (s: ResponseState, echo: ResponseEcho): Record<string, unknown> {
-  return {
-    id: s.id,
-    object: 'response',
-    created_at: s.createdAt,
-    status: s.status,
-    background: false,
-    completed_at: s.status === 'completed' ? (s.completedAt ?? null) : null,
-    error: s.error ?? null,
-    incomplete_details: s.status === 'incomplete' ? { reason: 'max_output_tokens' } : null,
-    instructions: echo.instructions,
-    max_output_tokens: echo.maxOutputTokens,
-    max_tool_calls: null,
-    model: s.model,
-    output: s.output,
-    parallel_tool_calls: echo.parallelToolCalls,
-    previous_response_id: null,
-    prompt_cache_key: echo.promptCacheKey,
-    reasoning: { effort: null, summary: null },
-    safety_identifier: echo.safetyIdentifier,
-    service_tier: 'default',
-    store: echo.store,
-    temperature: echo.temperature,
-    text: { format: echo.format, verbosity: 'medium' },
-    tool_choice: 'auto',
-    tools: [],
-    top_logprobs: 0,
-    top_p: echo.topP,
-    truncation: 'disabled',
-    usage: s.usage,
-    user: echo.user,
-    metadata: echo.metadata
-  }
-}
-
-/** One server-sent event: OpenAI names each event and repeats its type in the data. */
-export function sse (data: { type: string } & Record<string, unknown>): string {
-  return `event: ${data.type}\ndata: ${JSON.stringify(data)}\n\n`
-}
-
-/**
- * The event sequence of one streamed response, numbered as OpenAI numbers it (`sequence_number`
- * from 0). Holds the text so far, so the `.done` events and the final response repeat it whole.
- * One output message with one text part: output_index and content_index are always 0.
- */
-export class ResponseEventStream {
-  private seq = 0
-  private text = ''
-  private readonly msgId: string
-
-  constructor (private readonly state: Omit<ResponseState, 'status' | 'output' | 'usage'>, private readonly echo: ResponseEcho, msgId = outputMessageId()) {
-    this.msgId = msgId
-  }
-
-  private event (type: string, fields: Record<string, unknown>): string {
-    return sse({ type, ...fields, sequence_number: this.seq++ })
-  }
-
-  private response (status: ResponseStatus, output: OutputMessage[], usage: ResponseUsage | null, extra: Partial<ResponseState> = {}): Record<string, unknown> {
-    return responseObject({ ...this.state, status, output, usage, ...extra }, this.echo)
-  }
-
-  /** `response.created`, `response.in_progress`, and the empty message and text part. */
-  start (): string {
-    return this.event('response.created', { response: this.response('in_progress', [], null) }) +
-      this.event('response.in_progress', { response: this.response('in_progress', [], null) }) +
-      this.event('response.output_item.added', { output_index: 0, item: outputMessage(this.msgId, 'in_progress', null) }) +
-      this.event('response.content_part.added', { item_id: this.msgId, output_index: 0, content_index: 0, part: outputText('') })
-  }
-
-  delta (text: string): string {
-    this.text += text
-    return this.event('response.output_text.delta', { item_id: this.msgId, output_index: 0, content_index: 0, delta: text, logprobs: [] })
-  }
-
-  /** The `.done` events and `response.completed` (or `response.incomplete` when the output limit stopped it). */
-  finish (finishReason: string, usage: ResponseUsage, completedAt: number): string {
-    const status = statusOf(finishReason)
-    const item = outputMessage(this.msgId, status, this.text)
-    return this.event('response.output_text.done', { item_id: this.msgId, output_index: 0, content_index: 0, text: this.text, logprobs: [] }) +
-      this.event('response.content_part.done', { item_id: this.msgId, output_index: 0, content_index: 0, part: outputText(this.text) }) +
-      this.event('response.output_item.done', { output_index: 0, item }) +
-      this.event(status === 'completed' ? 'response.completed' : 'response.incomplete', { response: this.response(status, [item], usage, { completedAt }) })
-  }
-
-  /** The stream broke after it started: an `error` event, which the SDKs raise as an error. */
-  error (code: string | null, message: string, param: string | null = null): string {
-    return this.event('error', { code, message, param })
   }
 }

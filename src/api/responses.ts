@@ -6,7 +6,8 @@
 import { openStream } from './stream-response.js'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { BadRequestError, ShepherdError } from '../errors.js'
-import { outputMessage, outputMessageId, parseResponsesRequest, responseId, responseObject, ResponseEventStream, statusOf, usageOf, type ParsedResponsesRequest } from './responses-mapping.js'
+import { parseResponsesRequest, type ParsedResponsesRequest } from './responses-mapping.js'
+import { outputMessage, outputMessageId, responseId, responseObject, ResponseEventStream, statusOf, usageOf } from './responses-output.js'
 import { chatEvents, routeCall, streamError, type ChatEvent, type ForeignApiOptions, type RoutedCall } from './inference-call.js'
 
 /**

@@ -9,6 +9,7 @@ import http from 'node:http'
 import { installApiKeys } from './auth.js'
 import { installBrowserGuards } from './browser-guards.js'
 import { installResponseSanitizer } from './sanitize.js'
+import { installBodyDepthLimit } from './body-depth.js'
 import { errorSchema, installErrorHandler } from './errors.js'
 import { inspectionRoutes } from './inspection.js'
 import { groupRoutes } from './groups.js'
@@ -63,6 +64,7 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   installCors(app, opts.node.options.corsOrigins)
   installApiKeys(app, opts.node.options.apiKeys)
   installRateLimit(app, opts.node.options.rateLimitPerMin)
+  installBodyDepthLimit(app)
   const scheduler = opts.scheduler ?? new Scheduler(opts.node)
   await app.register(inspectionRoutes(opts.node))
   await app.register(groupRoutes(opts.node))

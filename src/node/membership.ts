@@ -51,6 +51,14 @@ export class Membership {
   private readonly log = createLogger('node:membership')
   /** Audit entries per peer: a flood of bad frames or refused streams cannot fill the log. */
   private readonly auditGuard = new TokenBuckets(0.2, 5)
+  /**
+   * All peers together: fresh peer ids cost nothing, so a per-peer limit alone lets one machine
+   * cycling ids write ~25 entries a second and wash the real ones out of the bounded audit log.
+   * One every 5 s with a burst of 30 is at most ~17k a day (the log keeps 100k by default: days of
+   * a flood); what is dropped is counted in the next entry.
+   */
+  private readonly auditAll = new TokenBuckets(0.2, 30)
+  private auditSuppressed = 0
   /** Invite secrets (sha256) used or being used by this process: single use holds under concurrency. */
   private readonly invitesClaimed = new Set<string>()
 
@@ -135,10 +143,14 @@ export class Membership {
     await this.service?.stop()
   }
 
-  /** Rate-limited audit entry (per peer). */
+  /** Rate-limited audit entry (per peer, and for all peers together; see `auditAll`). */
   audit (peer: string, kind: string, detail: string): void {
     if (!this.auditGuard.take(peer)) return
-    void this.store.appendAudit({ kind, peer, detail, verdict: 'rejected' }).catch(() => {})
+    if (!this.auditAll.take('all')) { this.auditSuppressed++; return }
+    const suppressed = this.auditSuppressed
+    this.auditSuppressed = 0
+    const note = suppressed > 0 ? ` (${suppressed} more refusals not recorded: audit rate limit)` : ''
+    void this.store.appendAudit({ kind, peer, detail: detail + note, verdict: 'rejected' }).catch(() => {})
   }
 
   /** Members, pending and revoked peers, newest first within each. */

@@ -63,7 +63,9 @@ export class Store {
   /** Opens (creating if needed) the store in `dataDir`, with one clear error per failure case. */
   static async open (dataDir: string): Promise<Store> {
     try {
-      await fs.mkdir(dataDir, { recursive: true })
+      // The store holds the node's private key: a new data dir is the owner's alone (other local
+      // users could otherwise read the key and run as this node, a member of its mesh).
+      await fs.mkdir(dataDir, { recursive: true, mode: 0o700 })
       await fs.access(dataDir, fs.constants.R_OK | fs.constants.W_OK)
     } catch (err: any) {
       throw new StoreError(`data dir ${dataDir} is not usable: ${err.code ?? err.message}`, 'data_dir_unusable', err)

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { Ajv, type ValidateFunction } from 'ajv'
 import type { PrivateKey } from '@libp2p/interface'
 import { canonicalJson, signObject, verifyObject } from './signing.js'
+import { stripControl } from './text.js'
 
 /**
  * Wire types of membership (issue 11 item 1): signed ledger statements and the frames of the
@@ -126,6 +127,5 @@ export async function verifyStatement (s: Statement): Promise<boolean> {
 
 /** Strips control characters (terminal escapes) and bounds a peer-chosen name before it is shown. */
 export function cleanName (name: string): string {
-  // eslint-disable-next-line no-control-regex
-  return name.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, '').slice(0, MAX_MEMBER_NAME)
+  return stripControl(name).slice(0, MAX_MEMBER_NAME)
 }

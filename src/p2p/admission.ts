@@ -11,7 +11,7 @@ import {
 } from './admission-messages.js'
 import { FramedStream } from './framing.js'
 import type { Host } from './host.js'
-import { adoption, applyStatements, withValidSignatures, type LedgerState } from './ledger.js'
+import { TOFU_WINDOW_MS, adoption, applyStatements, withValidSignatures, type LedgerState } from './ledger.js'
 import { TokenBuckets } from './token-buckets.js'
 import type { TrustPolicy } from './trust.js'
 import { checkInvite, type InviteToken } from './invite.js'
@@ -167,8 +167,16 @@ export class AdmissionService extends EventEmitter<AdmissionEvents> {
           return 'merged'
         }
       }
-      const adopted = adoption(own, this.opts.selfId, valid, opts)
-      if (adopted == null) return 'ignored'
+      const adopted = adoption(own, this.opts.selfId, valid, { ...opts, now: Date.now() })
+      if (adopted == null) {
+        // Refused only because trust on first use has ended: say so (an operator may be waiting for it).
+        const late = opts.inviter == null ? adoption(own, this.opts.selfId, valid, opts) : undefined
+        if (late != null) {
+          this.log.warn(`not joining the mesh that admits this node: trust on first use ends ${TOFU_WINDOW_MS / 60_000} min after this node founded its own mesh; join it with an invite (shepherd-mesh invite, then start --join)`, { mesh: late.mesh, from })
+          this.opts.backend.audit(from, `offered mesh ${late.mesh}: not adopted (trust on first use ended)`)
+        }
+        return 'ignored'
+      }
       await this.commit(adopted, 'adopted')
       this.log.info('joined a mesh', { mesh: adopted.mesh, from, members: adopted.members.size, invited: opts.inviter != null })
       return 'adopted'

@@ -119,8 +119,13 @@ export function applyStatements (state: LedgerState, incoming: Statement[], now:
  * but itself) and the other ledger counts it as a member. With `inviter` (an invite), the ledger
  * must also count the inviter as a member and its admit of `self` must be the inviter's: then
  * nothing is taken on first use, and being alone is not required.
+ *
+ * With `now`, trust on first use also ends `TOFU_WINDOW_MS` after this node's mesh was founded:
+ * any peer that can connect may offer a lone node a ledger that admits it, so without the window
+ * a node that has served alone for days (the first machine, with the models) would be taken
+ * over by the first LAN peer to push one. A node started a while ago joins with an invite.
  */
-export function adoption (own: LedgerState | undefined, self: string, theirs: Statement[], opts: { inviter?: string, mesh?: string } = {}): LedgerState | undefined {
+export function adoption (own: LedgerState | undefined, self: string, theirs: Statement[], opts: { inviter?: string, mesh?: string, now?: number } = {}): LedgerState | undefined {
   const next = replay(theirs, opts.mesh)
   if (next == null || !next.members.has(self)) return undefined
   if (own != null && next.mesh === own.mesh) return undefined
@@ -128,8 +133,13 @@ export function adoption (own: LedgerState | undefined, self: string, theirs: St
     return next.members.has(opts.inviter) && next.members.get(self)?.by === opts.inviter ? next : undefined
   }
   const alone = own == null || [...own.members.keys()].every(m => m === self)
-  return alone ? next : undefined
+  const founded = [...(own?.statements.values() ?? [])].find(s => s.t === 'found')?.at
+  const fresh = own == null || opts.now == null || (founded != null && founded >= opts.now - TOFU_WINDOW_MS)
+  return alone && fresh ? next : undefined
 }
+
+/** How long after its founding a lone node still adopts the first mesh that admits it (trust on first use). */
+export const TOFU_WINDOW_MS = 30 * 60_000
 
 /** The statements whose signatures hold; `forged` counts the others. */
 export async function withValidSignatures (statements: Statement[]): Promise<{ valid: Statement[], forged: Statement[] }> {

@@ -520,6 +520,13 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     const id = peer.toString()
     const rec = this.table.get(id)
     if (rec == null) return
+    if (rec.lastSeen === 0) {
+      // Never heard from (a pending peer, or one that left before its first heartbeat): nothing of
+      // it is worth keeping, and a peer cycling fresh ids must not grow this table for ever.
+      this.table.delete(id)
+      this.redialer?.dialNow(id)
+      return
+    }
     this.table.apply(rec, onDisconnected(rec, Date.now()))
     // A crashed process leaves a closed port: one immediate redial tells crash from hiccup.
     if (rec.status !== 'left') this.redialer?.dialNow(id)

@@ -9,11 +9,12 @@
 
 /**
  * C0 controls (U+0000-U+001F, tab and newline included: a newline in a name is a fake row),
- * DEL and C1 controls (U+007F-U+009F: U+009B is a one-byte CSI), and the bidi embeddings,
+ * DEL and C1 controls (U+007F-U+009F: U+009B is a one-byte CSI), the line and paragraph separators
+ * (U+2028-U+2029: line breaks to some terminals) and the bidi embeddings,
  * overrides and isolates (U+202A-U+202E, U+2066-U+2069).
  */
-const CONTROL = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g
-const HAS_CONTROL = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028-\u202e\u2066-\u2069]/g
+const HAS_CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028-\u202e\u2066-\u2069]/
 
 /** True when `s` holds a character that {@link stripControl} removes. */
 export function hasControl (s: string): boolean {

@@ -1,10 +1,12 @@
 /**
- * The Responses API mapping (src/api/responses-mapping.ts): pure functions, driven directly.
+ * The Responses API mapping (src/api/responses-mapping.ts, requests) and output shapes
+ * (src/api/responses-output.ts, objects and stream events): pure functions, driven directly.
  */
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { BadRequestError } from '../../src/errors.js'
-import { outputMessage, parseResponsesRequest, responseId, responseObject, ResponseEventStream, RESPONSES_LIMITS, statusOf, usageOf } from '../../src/api/responses-mapping.js'
+import { parseResponsesRequest, RESPONSES_LIMITS } from '../../src/api/responses-mapping.js'
+import { outputMessage, responseId, responseObject, ResponseEventStream, statusOf, usageOf } from '../../src/api/responses-output.js'
 
 const base = { model: 'm', input: 'hi' }
 
@@ -140,6 +142,27 @@ describe('parseResponsesRequest', () => {
     refused({ ...base, text: { format: { type: 'json_schema', name: 'ok' } } }, 'text.format.schema', 'invalid_type')
     refused({ ...base, text: { other: 1 } }, 'text.other', 'unknown_parameter')
     refused({ ...base, tools: 'all' }, 'tools', 'invalid_type')
+  })
+
+  it('keeps error messages and params short whatever the client sends', () => {
+    const huge = 'x'.repeat(100_000)
+    const cases: unknown[] = [
+      { ...base, include: [Array.from({ length: 5000 }, (_, i) => i)] },
+      { ...base, [huge]: 1 },
+      { ...base, text: { [huge]: 1 } },
+      { ...base, input: [{ role: huge, content: 'x' }] },
+      { ...base, input: [{ type: huge }] },
+      { ...base, input: [{ role: 'user', content: [{ type: huge }] }] },
+      { ...base, text: { format: { type: huge } } }
+    ]
+    for (const body of cases) {
+      assert.throws(() => parseResponsesRequest(body), (err: unknown) => {
+        assert.ok(err instanceof BadRequestError)
+        assert.ok(err.message.length < 400, err.message.slice(0, 200))
+        assert.ok((err.param ?? '').length <= 100, err.param ?? '')
+        return true
+      })
+    }
   })
 })
 

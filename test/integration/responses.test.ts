@@ -9,7 +9,9 @@ import assert from 'node:assert/strict'
 import path from 'node:path'
 import OpenAI from 'openai'
 import { createOpenAI } from '@ai-sdk/openai'
-import { generateText, streamText } from 'ai'
+import { APICallError, generateObject, generateText, streamText } from 'ai'
+import { zodTextFormat } from 'openai/helpers/zod'
+import { z } from 'zod'
 import { createTinyModel, TINY_MODEL } from '../support/tiny-model.js'
 import { getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
 
@@ -179,19 +181,31 @@ describe('Responses API across the mesh', () => {
     assert.equal(events.at(-2).item.status, 'incomplete')
   })
 
-  it('passes text.format json_schema to the engine: valid JSON, or the engine\'s 400 naming text.format', async () => {
-    const schema = { type: 'object', properties: { answer: { type: 'string' } }, required: ['answer'], additionalProperties: false }
+  it('passes text.format json_schema to the engine: valid JSON, or the engine\'s 400 naming text.format', async (t) => {
+    // Bounded (enum, boolean), so a grammar closes the JSON well within the output limit.
+    const schema = { type: 'object', properties: { answer: { type: 'string', enum: ['yes', 'no'] }, sure: { type: 'boolean' } }, required: ['answer', 'sure'], additionalProperties: false }
+    let r: Awaited<ReturnType<typeof client.responses.create>> & { output_text: string }
     try {
-      const r = await client.responses.create({ ...ask, max_output_tokens: 64, text: { format: { type: 'json_schema', name: 'reply', schema, strict: true } } })
-      const parsed = JSON.parse(r.output_text)
-      assert.equal(typeof parsed.answer, 'string')
-      assert.deepEqual(r.text?.format, { type: 'json_schema', name: 'reply', schema, strict: true })
+      r = await client.responses.create({ ...ask, max_output_tokens: 400, text: { format: { type: 'json_schema', name: 'reply', schema, strict: true } } })
     } catch (err: any) {
+      // An engine without structured output: its refusal, named as a Responses client knows it.
       assert.ok(err instanceof OpenAI.BadRequestError, String(err))
       assert.equal(err.param, 'text.format')
       assert.match(err.message, /text\.format/)
       assert.doesNotMatch(err.message, /response_format/)
+      t.diagnostic(`the engine refused json_schema: ${String(err.message)}`)
+      return
     }
+    assert.equal(r.status, 'completed')
+    const parsed = JSON.parse(r.output_text)
+    assert.ok(['yes', 'no'].includes(parsed.answer), r.output_text)
+    assert.equal(typeof parsed.sure, 'boolean')
+    assert.deepEqual(r.text?.format, { type: 'json_schema', name: 'reply', schema, strict: true })
+    t.diagnostic(`the engine honoured json_schema: ${r.output_text}`)
+    // The SDK's own structured-output path: a zod schema in, a typed object out.
+    const typed = await client.responses.parse({ ...ask, max_output_tokens: 400, text: { format: zodTextFormat(z.object({ answer: z.enum(['yes', 'no']), sure: z.boolean() }), 'reply') } })
+    assert.ok(typed.output_parsed != null && ['yes', 'no'].includes(typed.output_parsed.answer), typed.output_text)
+    assert.equal(typeof typed.output_parsed.sure, 'boolean')
   })
 
   it('answers on the host directly too (the local path)', async () => {
@@ -212,6 +226,18 @@ describe('Responses API across the mesh', () => {
     assert.match(res.response.id, /^resp_/)
     const streamed = streamText({ model: provider(MODEL), prompt: 'Hello there', temperature: 0, maxOutputTokens: 16, maxRetries: 0 })
     assert.equal(await streamed.text, whole.output_text)
+    // Structured output through the same provider (text.format json_schema), where the engine has it.
+    let obj
+    try {
+      obj = await generateObject({ model: provider(MODEL), schema: z.object({ answer: z.enum(['yes', 'no']), sure: z.boolean() }), prompt: 'Are you sure?', maxOutputTokens: 400, maxRetries: 0 })
+    } catch (err: any) {
+      assert.ok(APICallError.isInstance(err), String(err))
+      assert.equal(err.statusCode, 400)
+      assert.match(err.message, /text\.format/)
+      return
+    }
+    assert.ok(['yes', 'no'].includes(obj.object.answer))
+    assert.equal(typeof obj.object.sure, 'boolean')
   })
 
   it('refuses hostile and unsupported requests in OpenAI\'s error shape, and keeps serving', async () => {
@@ -269,6 +295,33 @@ describe('Responses API across the mesh', () => {
     const still = await client.responses.create({ ...ask, max_output_tokens: 2 })
     assert.equal(still.object, 'response')
     assert.ok(await getJson(`${a.api}/healthz`) != null)
+  })
+
+  it('ends a stream whose host dies mid-answer with an error event, and keeps serving', async (t) => {
+    // A third node serves a model of its own, so the entry node has no other host to turn to.
+    const dir = await tempDir('shepherd-models-resp-doomed-')
+    await createTinyModel(path.join(dir, 'tiny-doomed.gguf'))
+    const c = await startNode({ name: 'host-c', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--threads', '1', '--models-dir', dir] })
+    nodes.push(c)
+    await waitFor('A to see C\'s model', async () => (await client.models.list()).data.some(m => m.id === 'tiny-doomed'), 15_000)
+    await client.responses.create({ model: 'tiny-doomed', input: 'warm up', max_output_tokens: 1 })
+    const events: any[] = []
+    const started = Date.now()
+    for await (const ev of await client.responses.create({ model: 'tiny-doomed', input: 'Go on and on', max_output_tokens: 480, stream: true })) {
+      events.push(ev)
+      if (ev.type === 'response.created') c.child.kill('SIGKILL')
+    }
+    const types = events.map(e => e.type)
+    assert.equal(types[0], 'response.created')
+    assert.ok(!types.includes('response.completed') && !types.includes('response.incomplete'), `the answer finished before the kill landed (${Date.now() - started} ms): ${types.length} events`)
+    const last = events.at(-1)
+    assert.equal(last.type, 'error', types.slice(-3).join(','))
+    assertShape(last, { type: 'string', code: ['string', 'null'], message: 'string', param: ['string', 'null'], sequence_number: 'integer' }, 'error event')
+    assert.equal(last.sequence_number, events.length - 1)
+    t.diagnostic(`after ${events.length - 1} events: ${JSON.stringify(last)}`)
+    const r = await client.responses.create({ ...ask, max_output_tokens: 3 })
+    assert.equal(r.object, 'response')
+    assert.equal(a.child.exitCode, null)
   })
 
   it('survives clients that leave in the middle of a stream', async () => {

@@ -7,27 +7,44 @@
  * - One invite token presented by two peers at the same moment: exactly one is admitted.
  * - Credentials given as flags (`--api-key`, `--join`) do not stay readable in `ps`.
  * - A peer-chosen name with C1 and bidi controls does not reach stderr raw through a log line.
+ * - A lone node that has served for a while is not taken over by a stranger's ledger that
+ *   "admits" it (trust on first use ends TOFU_WINDOW_MS after its founding).
+ * - A new data dir (it holds the node key) is readable by its owner only.
+ * - A non-member cycling fresh peer ids does not grow the node's peer table, nor wash the audit
+ *   log with refusals.
  */
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs/promises'
 import { peerIdFromString } from '@libp2p/peer-id'
+import type { PrivateKey } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Store } from '../../src/node/store.js'
 import { Membership } from '../../src/node/membership.js'
 import { createHost, type Host } from '../../src/p2p/host.js'
 import { createIdentity, peerIdOf } from '../../src/p2p/identity.js'
 import { ADMISSION_PROTOCOL, MAX_ADMISSION_FRAME_BYTES, isAdmissionResponse, signStatement, type AdmissionRequest, type AdmissionResponse, type Statement } from '../../src/p2p/admission-messages.js'
-import { replay } from '../../src/p2p/ledger.js'
+import { TOFU_WINDOW_MS, replay } from '../../src/p2p/ledger.js'
+import { foundMesh } from '../../src/p2p/admission.js'
+import { statementId } from '../../src/p2p/admission-messages.js'
+import { Mesh } from '../../src/p2p/mesh.js'
+import { TrustPolicy } from '../../src/p2p/trust.js'
 import { FramedStream } from '../../src/p2p/framing.js'
 import { maskSecretArgs } from '../../src/cli/start.js'
 import { createLogger, logSink, setLogSink } from '../../src/logger.js'
 import { startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
 
-async function victim (hosts: Host[]): Promise<{ m: Membership, host: Host, store: Store, self: string }> {
+async function victim (hosts: Host[], foundedAgoMs = 0): Promise<{ m: Membership, host: Host, store: Store, self: string }> {
   const key = await createIdentity()
   const self = peerIdOf(key)
   const store = await Store.open(await tempDir('shepherd-review-'))
+  if (foundedAgoMs > 0) {
+    // A node that founded its mesh a while ago (what Membership.open does at a first start, back then).
+    const mesh = 'ab'.repeat(16)
+    const found = await signStatement(key, { v: 1, t: 'found', mesh, subject: self, issuer: self, name: 'victim', at: Date.now() - foundedAgoMs })
+    await store.table<Statement>('ledger').put(statementId(found), found)
+    await store.putMeta('membership', { mesh })
+  }
   const m = await Membership.open({ store, key, selfId: self, name: 'victim', mode: 'admission', allow: [], deny: [] })
   const host = await createHost({ privateKey: key, listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, mdnsIntervalMs: 1000, trust: m.trust })
   hosts.push(host)
@@ -36,8 +53,8 @@ async function victim (hosts: Host[]): Promise<{ m: Membership, host: Host, stor
 }
 
 /** A hostile raw host (no trust policy, no admission service) connected to `target`. */
-async function hostile (hosts: Host[], target: Host): Promise<Host> {
-  const h = await createHost({ privateKey: await createIdentity(), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, mdnsIntervalMs: 1000 })
+async function hostile (hosts: Host[], target: Host, privateKey?: PrivateKey): Promise<Host> {
+  const h = await createHost({ privateKey: privateKey ?? await createIdentity(), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, mdnsIntervalMs: 1000 })
   hosts.push(h)
   await h.dial(multiaddr(`${target.getMultiaddrs()[0].toString()}`))
   return h
@@ -60,7 +77,7 @@ describe('trust review: ledger, invites and secrets under attack', () => {
   const nodes: NodeProcess[] = []
   after(async () => {
     await Promise.all(nodes.map(async n => { await stopNode(n, 'SIGKILL') }))
-    await Promise.all(hosts.map(async h => { await h.stop().catch(() => {}) }))
+    await Promise.all(hosts.map(async h => { try { await h.stop() } catch {} }))
     await Promise.all(stores.map(async s => { try { await s.close() } catch {} }))
   })
 
@@ -155,5 +172,98 @@ describe('trust review: ledger, invites and secrets under attack', () => {
     // eslint-disable-next-line no-control-regex
     assert.ok(!/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/.test(lines[0]), `no raw control in ${JSON.stringify(lines[0])}`)
     assert.equal(JSON.parse(lines[0]).detail, `deployment '${hostileName}'`, 'the JSON still decodes to the same value')
+  })
+
+  it('a non-member cycling fresh peer ids leaves nothing in the peer table once it hangs up', async () => {
+    const trust = new TrustPolicy({ mode: 'admission' })
+    const mesh = new Mesh({
+      privateKey: await createIdentity(), name: 'victim', groups: ['default'], listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [], mdns: false, mdnsIntervalMs: 1000,
+      heartbeatMs: 200, suspectAfterMs: 1000, deadAfterMs: 2000, snapshotIntervalMs: 5000, pingIntervalMs: 5000, redialMinMs: 200, redialMaxMs: 1000, trust,
+      snapshotVersion: () => 1, snapshotData: () => ({}), validateSnapshot: (d: unknown): d is Record<string, unknown> => typeof d === 'object' && d !== null
+    })
+    await mesh.start()
+    try {
+      const target = mesh.libp2p.getMultiaddrs()[0].toString()
+      for (let i = 0; i < 20; i++) {
+        const h = await createHost({ privateKey: await createIdentity(), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, mdnsIntervalMs: 1000 })
+        await h.dial(multiaddr(target)).catch(err => { throw new Error(`dial ${i}: ${String(err)}`) })
+        await waitFor('the connection on the victim', () => mesh.libp2p.getConnections(h.peerId).length > 0, 5000)
+        await h.stop()
+        // libp2p refuses more than 5 inbound connections a second from one address.
+        await new Promise(resolve => setTimeout(resolve, 250))
+      }
+      await waitFor('every hostile id forgotten', () => mesh.libp2p.getConnections().length === 0 && mesh.table.list().length === 0, 10_000)
+        .catch(() => { assert.fail(`${mesh.table.list().length} peer records left behind by 20 ids that never said anything`) })
+    } finally {
+      await mesh.stop()
+    }
+  })
+
+  it('a non-member cycling fresh peer ids cannot flood the audit log with refusals', async () => {
+    const v = await victim(hosts)
+    stores.push(v.store)
+    let served = 0
+    await v.host.handle('/shepherd/cmd/1.0.0', stream => { served++; stream.abort(new Error('test')) })
+    const target = v.host.getMultiaddrs()[0].toString()
+    const attempt = async (): Promise<void> => {
+      const h = await createHost({ privateKey: await createIdentity(), listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, mdnsIntervalMs: 1000 })
+      try {
+        await h.dial(multiaddr(target))
+        for (let i = 0; i < 5; i++) {
+          const s = await h.dialProtocol(v.host.peerId, '/shepherd/cmd/1.0.0').catch(() => undefined)
+          s?.abort(new Error('done'))
+        }
+        await new Promise(resolve => setTimeout(resolve, 50))
+      } finally {
+        await h.stop()
+      }
+      // libp2p refuses more than 5 inbound connections a second from one address.
+      await new Promise(resolve => setTimeout(resolve, 250))
+    }
+    for (let i = 0; i < 12; i++) await attempt()
+    assert.equal(served, 0, 'no stream of a non-member reached the handler')
+    const refusals = async (): Promise<Array<{ detail?: string }>> => (await v.store.auditLog(1000)).filter(e => e.kind === 'untrusted_peer')
+    const flood = await refusals()
+    assert.ok(flood.length >= 10, `refusals are audited (${flood.length})`)
+    assert.ok(flood.length <= 31, `60 refusals by 12 fresh ids wrote ${flood.length} audit entries`)
+    // Later, one more refusal is recorded and says how many were not.
+    await new Promise(resolve => setTimeout(resolve, 5500))
+    await attempt()
+    const { value: note } = await waitFor('the suppression note', async () => (await refusals()).find(e => /more refusals not recorded/.test(String(e.detail))), 5000)
+    assert.match(String(note.detail), /\((\d+) more refusals not recorded/)
+  })
+
+  it('a stranger cannot take over a lone node that has served for a while by "admitting" it into its own mesh', async () => {
+    // The attack: a non-member founds its own mesh, signs an admit of the victim and pushes it.
+    const offer = async (v: { host: Host, self: string }): Promise<{ x: Host, mesh: string }> => {
+      const key = await createIdentity()
+      const x = await hostile(hosts, v.host, key)
+      const xId = x.peerId.toString()
+      const own = await foundMesh(key, xId, 'attacker')
+      const admit = await signStatement(key, { v: 1, t: 'admit', mesh: own.mesh, subject: v.self, issuer: xId, name: 'victim', at: Date.now() + 1 })
+      const res = await ask(x, v.self, { v: 1, t: 'push', statements: [...own.statements.values(), admit] })
+      assert.equal(res.t, 'ok')
+      return { x, mesh: own.mesh }
+    }
+    const old = await victim(hosts, TOFU_WINDOW_MS + 60_000)
+    stores.push(old.store)
+    const before = old.m.trust.ledger?.mesh
+    const a = await offer(old)
+    assert.equal(old.m.trust.ledger?.mesh, before, 'the node stays in its own mesh')
+    assert.ok(!old.m.trust.isMember(a.x.peerId.toString()), 'the stranger is no member')
+    await waitFor('an audit entry', async () => (await old.store.auditLog(50)).find(e => e.peer === a.x.peerId.toString() && /trust on first use ended/.test(String(e.detail))), 5000)
+    // A node started just now still adopts the first mesh that admits it (the README's one-command
+    // join): the same push takes it, which is what the window leaves open.
+    const fresh = await victim(hosts)
+    stores.push(fresh.store)
+    const b = await offer(fresh)
+    assert.equal(fresh.m.trust.ledger?.mesh, b.mesh)
+  })
+
+  it('a new data dir, which holds the node\'s private key, is the owner\'s alone', async () => {
+    const dir = `${await tempDir('shepherd-review-')}/data`
+    const store = await Store.open(dir)
+    stores.push(store)
+    assert.equal((await fs.stat(dir)).mode & 0o777, 0o700)
   })
 })

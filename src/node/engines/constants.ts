@@ -30,7 +30,9 @@ export const REQUEST_LIMITS = {
   maxSchemaDepth: 32,
   /** Characters of property names, enum and const strings together (OpenAI allows 120,000). */
   maxSchemaChars: 120_000,
-  maxSchemaRepeat: 1000
+  maxSchemaRepeat: 1000,
+  /** Tokens one `logit_bias` may name (OpenAI's own limit is lower; 256 bans every byte token). */
+  maxLogitBias: 1024
 } as const
 
 export const EMBEDDED_DEFAULTS = {

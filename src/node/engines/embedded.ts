@@ -47,6 +47,7 @@ import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
 import { holdRequest } from './request-hold.js'
 import { grammarFor } from './json-grammar.js'
+import { tokenBiasOption } from './logit-bias.js'
 import { scanModelsDirs } from './model-dirs.js'
 import { raceSignal } from './race-signal.js'
 import { defaultThreads } from './constants.js'
@@ -568,7 +569,10 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     lm.chatWrapper ??= nlc().resolveChatWrapper(lm.model)
     const chatWrapper = lm.chatWrapper
     const promptTokens = chatWrapper.generateContextState({ chatHistory: rendered }).contextText.tokenize(lm.model.tokenizer).length
-    const sampling = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'messages'))
+    const sampling = {
+      ...this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'messages')),
+      ...tokenBiasOption(nlc().TokenBias, lm.model, req.sampling.logitBias)
+    }
     // Structured output: the grammar only lets through text that parses (and fits the schema).
     const grammar = req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'chat')
     return {
@@ -613,7 +617,10 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       if (bos !== null && tokens[0] === bos) tokens = tokens.slice(1)
     }
     const promptTokens = tokens.length + (bos !== null ? 1 : 0)
-    const sampling = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'prompt'))
+    const sampling = {
+      ...this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'prompt')),
+      ...tokenBiasOption(nlc().TokenBias, lm.model, req.sampling.logitBias)
+    }
     const echo = req.echo ? (typeof req.prompt === 'string' ? req.prompt : lm.model.detokenize(tokens)) : ''
     const grammar = req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'completion')
     return {

@@ -8,15 +8,17 @@ import { BadRequestError } from '../../errors.js'
 import type { JsonSchema, ResponseFormat } from './response-format.js'
 
 /**
- * node-llama-cpp's number rules let an exponent follow an integer (`95E-5` is no integer) and
- * run to 16 digits (`1e999` parses as Infinity, which no schema accepts). These are the rules
- * with the exponent removed from integers and kept to two digits for fractions, so every
+ * node-llama-cpp's number rules let an exponent follow an integer (`95E-5` is no integer),
+ * run exponents to 16 digits (`1e999` parses as Infinity, which no schema accepts) and write
+ * 16-digit integers (past `Number.MAX_SAFE_INTEGER`). These are the rules with integers of at
+ * most 15 digits and no exponent (`MAX_INTEGER`), and fractions with 2-digit exponents, so every
  * number the grammar allows is a finite JSON number of its type.
  */
 const EXPONENT = ' ([eE] [-+]? ("0" | [1-9] [0-9]{0,15}))?'
-const NUMBER_RULES: Array<[rule: string, exponent: string]> = [
-  ['integer-number-rule ::= ', ''],
-  ['fractional-number-rule ::= ', ' ([eE] [-+]? [0-9]{1,2})?']
+const INTEGER = '"-"? ("0" | [1-9] [0-9]{0,15})'
+const NUMBER_RULES: Array<[rule: string, replace: (body: string) => string]> = [
+  ['integer-number-rule ::= ', body => body.replace(INTEGER, '"-"? ("0" | [1-9] [0-9]{0,14})')],
+  ['fractional-number-rule ::= ', body => body + ' ([eE] [-+]? [0-9]{1,2})?']
 ]
 
 /** The GBNF of node-llama-cpp's JSON schema grammar with its number rules fixed (see `NUMBER_RULES`). */
@@ -24,8 +26,8 @@ export function fixNumberRules (gbnf: string): string {
   return gbnf.split('\n').map(line => {
     const rule = NUMBER_RULES.find(([head]) => line.startsWith(head))
     if (rule === undefined) return line
-    if (!line.endsWith(EXPONENT)) throw new Error(`node-llama-cpp's number rule changed: ${line}`)
-    return line.slice(0, -EXPONENT.length) + rule[1]
+    if (!line.endsWith(EXPONENT) || !line.startsWith(rule[0] + INTEGER)) throw new Error(`node-llama-cpp's number rule changed: ${line}`)
+    return rule[1](line.slice(0, -EXPONENT.length))
   }).join('\n')
 }
 

@@ -22,6 +22,8 @@ export interface SamplingParams {
   presencePenalty: number
   /** 1 = off. */
   repeatPenalty: number
+  /** `logit_bias` as [token id, bias from -100 to 100]; absent when none. */
+  logitBias?: Array<[token: number, bias: number]>
 }
 
 export interface RequestCommon {
@@ -110,8 +112,28 @@ function parseStop (body: Body): string[] {
   return (list as string[]).filter(s => s.length > 0)
 }
 
+function parseLogitBias (body: Body): Array<[number, number]> | undefined {
+  if (!present(body, 'logit_bias')) return undefined
+  const raw = body.logit_bias
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new BadRequestError('logit_bias must be an object of token ids to biases', 'logit_bias')
+  const entries = Object.entries(raw as Body)
+  if (entries.length > REQUEST_LIMITS.maxLogitBias) throw new BadRequestError(`logit_bias takes at most ${REQUEST_LIMITS.maxLogitBias} tokens`, 'logit_bias')
+  const out = entries.map(([key, bias]): [number, number] => {
+    if (!/^\d{1,9}$/.test(key)) throw new BadRequestError(`logit_bias key '${key.slice(0, 32)}' is not a token id`, 'logit_bias')
+    if (typeof bias !== 'number' || !Number.isFinite(bias) || bias < -100 || bias > 100) {
+      throw new BadRequestError('logit_bias values must be numbers from -100 to 100', 'logit_bias')
+    }
+    return [Number(key), bias]
+  })
+  return out.length > 0 ? out : undefined
+}
+
 function parseKeepAliveField (body: Body): number | undefined {
   return present(body, 'keep_alive') ? parseKeepAlive(body.keep_alive) : undefined
+}
+
+function optional<K extends string, V> (key: K, value: V | undefined): { [P in K]?: V } {
+  return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V }
 }
 
 function parseSampling (body: Body, maxTokensKeys: string[]): SamplingParams {
@@ -131,7 +153,8 @@ function parseSampling (body: Body, maxTokensKeys: string[]): SamplingParams {
     maxTokens,
     frequencyPenalty: number(body, 'frequency_penalty', -2, 2) ?? 0,
     presencePenalty: number(body, 'presence_penalty', -2, 2) ?? 0,
-    repeatPenalty: number(body, 'repeat_penalty', 0, 10) ?? 1
+    repeatPenalty: number(body, 'repeat_penalty', 0, 10) ?? 1,
+    ...optional('logitBias', parseLogitBias(body))
   }
 }
 

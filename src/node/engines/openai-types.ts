@@ -52,8 +52,21 @@ export interface SamplingRequestFields {
    * `'1h30m'`, a number of seconds, `0` to unload right after, negative to keep it loaded.
    */
   keep_alive?: string | number | null
+  /** Token id (as a string) → bias from -100 to 100, added to the token's logit. */
+  logit_bias?: Record<string, number> | null
+  /**
+   * Structured output, enforced by a grammar (see response-format.ts for the schema subset).
+   * On text completions it is a llama.cpp extension (Ollama's `format` with `raw: true`).
+   */
+  response_format?: ResponseFormatParam | null
   [key: string]: unknown
 }
+
+/** OpenAI's `response_format`. */
+export type ResponseFormatParam =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema', json_schema: { name: string, schema?: Record<string, unknown>, strict?: boolean | null, description?: string } }
 
 export interface ChatCompletionRequest extends SamplingRequestFields {
   messages: ChatMessage[]

@@ -8,7 +8,8 @@
  * - objects: `properties`, `required`, `additionalProperties`
  * - arrays: `items` with `minItems`/`maxItems`, or `prefixItems` alone (a tuple)
  * - strings: `minLength`/`maxLength`, `format` date-time, date or time
- * - numbers, integers, booleans, null; `enum`, `const`; `anyOf`/`oneOf`; a `type` list
+ * - numbers, integers (bounds only when wider than ±`MAX_INTEGER`, as zod's `.int()` sends),
+ *   booleans, null; `enum`, `const`; `anyOf`/`oneOf`; a `type` list
  * - `$defs` (or `definitions`) at the root and `$ref` to them, recursion included
  * - annotations (`title`, `description`, `default`, `examples`, ...) are accepted and ignored.
  * Refused, because the output could then break the schema: `pattern`, other string formats,
@@ -62,7 +63,7 @@ const TYPE_KEYWORDS: Record<string, Set<string>> = {
   array: new Set(['items', 'prefixItems', 'minItems', 'maxItems']),
   string: new Set(['minLength', 'maxLength', 'format']),
   number: new Set(),
-  integer: new Set(),
+  integer: new Set(['minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum']),
   boolean: new Set(),
   null: new Set()
 }
@@ -86,6 +87,9 @@ const REFUSED_WHY: Record<string, string> = {
   contains: 'contains cannot be enforced by the grammar',
   nullable: 'use anyOf with {"type": "null"} or a type list instead'
 }
+
+/** The largest integer the grammars write (15 digits): every such integer is a safe JavaScript integer. */
+export const MAX_INTEGER = 999_999_999_999_999
 
 const DEF_NAME = /^[A-Za-z0-9_.-]{1,64}$/
 const SCHEMA_NAME = /^[A-Za-z0-9_-]{1,64}$/
@@ -142,7 +146,8 @@ function walk (raw: unknown, at: string, depth: number, w: Walk): JsonSchema {
   const s = raw
   if (depth > 0 && (s.$defs !== undefined || s.definitions !== undefined)) unsupported(`${at}: $defs are supported only at the schema's root`)
   // Keywords known to be out of reach are named first, whatever else the node holds.
-  const known = Object.keys(s).find(key => REFUSED_WHY[key] !== undefined)
+  const integer = s.type === 'integer' || (Array.isArray(s.type) && s.type.includes('integer'))
+  const known = Object.keys(s).find(key => REFUSED_WHY[key] !== undefined && !(integer && TYPE_KEYWORDS.integer.has(key)))
   if (known !== undefined) unsupported(`${at}.${known} is not supported: ${REFUSED_WHY[known]}`)
   const rootKeys = depth === 0 ? ['$defs', 'definitions'] : []
 
@@ -224,6 +229,17 @@ function typed (s: JsonSchema, type: string, at: string, depth: number, w: Walk)
     } else {
       if (s.items !== undefined) out.items = walk(s.items, `${at}.items`, depth + 1, w)
       boundPair(s, 'minItems', 'maxItems', at, out)
+    }
+  } else if (type === 'integer') {
+    // Integers are at most 15 digits on both grammars (see json-grammar.ts), so bounds at or
+    // beyond ±(10^15 - 1) hold whatever is written: zod's `.int()` sends ±MAX_SAFE_INTEGER.
+    for (const [key, sign] of [['minimum', -1], ['exclusiveMinimum', -1], ['maximum', 1], ['exclusiveMaximum', 1]] as const) {
+      const v = s[key]
+      if (v === undefined) continue
+      if (typeof v !== 'number' || !Number.isFinite(v)) refuse(`${at}.${key} must be a number`)
+      if (v * sign < MAX_INTEGER + (key.startsWith('exclusive') ? 1 : 0)) {
+        unsupported(`${at}.${key} is not supported: integer bounds narrower than ±${MAX_INTEGER} cannot be enforced by the grammar`)
+      }
     }
   } else if (type === 'string') {
     boundPair(s, 'minLength', 'maxLength', at, out)

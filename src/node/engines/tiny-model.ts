@@ -12,6 +12,13 @@ export interface TinyModelOptions {
   seed?: number
   /** Embedding width. Defaults to 64; must be a multiple of the head count (4). */
   nEmbd?: number
+  /**
+   * `false` writes `tokenizer.ggml.add_space_prefix = false`: no space is put before text that
+   * follows a special token. llama-server's chat grammars (structured output) start with the
+   * generation prompt `<|im_start|>assistant\n` and fail when it tokenizes as `" as"...`.
+   * Unset leaves the key out (and the file's bytes as they always were).
+   */
+  addSpacePrefix?: boolean
 }
 
 /** Shape of the model `createTinyModel` writes, for tests that check dimensions. */
@@ -190,6 +197,7 @@ export async function createTinyModel (path: string, opts: TinyModelOptions = {}
       ['tokenizer.ggml.eos_token_id', { type: 'uint32', value: vocab.ids.eos }],
       ['tokenizer.ggml.add_bos_token', true],
       ['tokenizer.ggml.add_eos_token', false],
+      ...(opts.addSpacePrefix === false ? [['tokenizer.ggml.add_space_prefix', false] as [string, boolean]] : []),
       ['tokenizer.chat_template', CHATML_TEMPLATE]
     ],
     tensors

@@ -90,7 +90,10 @@ describe('parseResponseFormat', () => {
   it('refuses what a grammar cannot enforce, naming the keyword', () => {
     refused({ type: 'string', pattern: '^a+$' }, 'unsupported_parameter', /schema\.pattern is not supported/)
     refused({ type: 'string', format: 'email' }, 'unsupported_parameter', /format 'email'/)
-    refused({ type: 'integer', minimum: 1 }, 'unsupported_parameter', /minimum is not supported: numeric bounds/)
+    refused({ type: 'integer', minimum: 1 }, 'unsupported_parameter', /minimum is not supported: integer bounds narrower/)
+    refused({ type: 'number', maximum: 1e300 }, 'unsupported_parameter', /maximum is not supported: numeric bounds/)
+    // zod's .int() bounds hold for every integer the grammar writes: accepted.
+    assert.deepEqual(checkJsonSchema({ type: 'integer', minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }), { type: 'integer' })
     refused({ allOf: [{ type: 'object' }] }, 'unsupported_parameter', /allOf/)
     refused({ type: 'object', properties: { a: {} } }, 'unsupported_parameter', /schema\.properties\.a must declare type/)
     refused({ type: 'object', properties: { a: true } }, 'unsupported_parameter', /boolean schemas/)
@@ -132,7 +135,7 @@ describe('upstream (llama-server) forms', () => {
 })
 
 describe('fixNumberRules', () => {
-  it('takes exponents off integers and bounds them on fractions', () => {
+  it('keeps integers safe (15 digits, no exponent) and fraction exponents to 2 digits', () => {
     const gbnf = [
       'root ::= "{" integer-number-rule "}"',
       'integer-number-rule ::= "-"? ("0" | [1-9] [0-9]{0,15}) ([eE] [-+]? ("0" | [1-9] [0-9]{0,15}))?',
@@ -140,7 +143,7 @@ describe('fixNumberRules', () => {
     ].join('\n')
     assert.deepEqual(fixNumberRules(gbnf).split('\n'), [
       'root ::= "{" integer-number-rule "}"',
-      'integer-number-rule ::= "-"? ("0" | [1-9] [0-9]{0,15})',
+      'integer-number-rule ::= "-"? ("0" | [1-9] [0-9]{0,14})',
       'fractional-number-rule ::= "-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?'
     ])
     assert.throws(() => fixNumberRules('integer-number-rule ::= [0-9]+'), /number rule changed/)

@@ -32,7 +32,12 @@ export const REQUEST_LIMITS = {
   maxSchemaChars: 120_000,
   maxSchemaRepeat: 1000,
   /** Tokens one `logit_bias` may name (OpenAI's own limit is lower; 256 bans every byte token). */
-  maxLogitBias: 1024
+  maxLogitBias: 1024,
+  /** Tools (or legacy functions) per request: OpenAI's own limit. Each schema is bounded as above. */
+  maxTools: 128,
+  maxToolDescriptionChars: 16_384,
+  /** Calls one grammar-enforced reply may hold with `parallel_tool_calls`. */
+  maxParallelToolCalls: 8
 } as const
 
 export const EMBEDDED_DEFAULTS = {

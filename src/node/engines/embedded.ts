@@ -19,6 +19,7 @@ import type {
   ChatHistoryItem,
   ChatWrapper,
   Llama,
+  LlamaChat,
   LlamaChatResponseChunk,
   LlamaContext,
   LlamaContextSequence,
@@ -47,6 +48,7 @@ import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
 import { holdRequest } from './request-hold.js'
 import { grammarFor } from './json-grammar.js'
+import { chatHistory, chatModelFunctions, forcedCallInstructions, forcedCallSchema, forcedIsArray, ToolCallCollector, type ParamsChunk } from './tool-calls.js'
 import { tokenBiasOption } from './logit-bias.js'
 import { scanModelsDirs } from './model-dirs.js'
 import { raceSignal } from './race-signal.js'
@@ -74,6 +76,8 @@ import {
   chatCompletion,
   chatUsageChunk,
   embeddingObject,
+  legacyFunctionChunk,
+  legacyFunctionCompletion,
   newResponseId,
   normalizeVector,
   textChunk,
@@ -87,6 +91,7 @@ import type {
   ChatCompletion,
   ChatCompletionChunk,
   ChatCompletionChunkDelta,
+  ChatCompletionChunkToolCall,
   ChatCompletionRequest,
   CompletionRequest,
   EmbeddingRequest,
@@ -390,14 +395,21 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     const req = parseChatRequest(body)
     const header = this.header('chatcmpl', req.model)
     const result = await this.generate(req, options.signal, lm => this.prepareChat(lm, req))
-    return chatCompletion(header, result)
+    const completion = chatCompletion(header, result)
+    return req.legacyFunctions === true ? legacyFunctionCompletion(completion) : completion
   }
 
   async * chatStream (body: ChatCompletionRequest, options: EngineCallOptions = {}): AsyncGenerator<ChatCompletionChunk> {
     const req = parseChatRequest(body)
+    const chunks = this.chatChunks(req, options.signal)
+    if (req.legacyFunctions !== true) yield * chunks
+    else for await (const chunk of chunks) yield legacyFunctionChunk(chunk)
+  }
+
+  private async * chatChunks (req: ParsedChatRequest, signal: AbortSignal | undefined): AsyncGenerator<ChatCompletionChunk> {
     const header = this.header('chatcmpl', req.model)
     const usage = req.includeUsage
-    yield * this.stream<ChatCompletionChunkDelta, ChatCompletionChunk>(req, options.signal, {
+    yield * this.stream<ChatCompletionChunkDelta, ChatCompletionChunk>(req, signal, {
       first: () => chatChunk(header, { role: 'assistant', content: '' }, null, usage),
       piece: delta => chatChunk(header, delta, null, usage),
       last: result => [
@@ -562,42 +574,79 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   }
 
   private async prepareChat (lm: LoadedModel, req: ParsedChatRequest): Promise<GenerationJob<ChatCompletionChunkDelta>> {
-    const history: ChatHistoryItem[] = req.messages.map((m): ChatHistoryItem =>
-      m.role === 'assistant' ? { type: 'model', response: [m.content] } : { type: m.role, text: m.content })
-    // A trailing assistant message is a prefix the model continues; otherwise a new turn opens.
+    // `tool_choice: "none"` offers no tools; "required" or a named function forces a call by grammar.
+    const tools = req.toolChoice?.type === 'none' ? undefined : req.tools
+    const choice = req.toolChoice
+    const forced = tools !== undefined && choice !== undefined && (choice.type === 'required' || choice.type === 'function') ? choice : undefined
+    const parallel = req.parallelToolCalls ?? true
+    let history = chatHistory(req.messages)
+    if (forced !== undefined && tools !== undefined) {
+      const instructions = forcedCallInstructions(tools, forced, parallel)
+      const first = history[0]
+      history = first?.type === 'system'
+        ? [{ type: 'system', text: `${first.text}\n\n${instructions}` }, ...history.slice(1)]
+        : [{ type: 'system', text: instructions }, ...history]
+    }
+    // Offered through the model's own template (node-llama-cpp's function calling) when not forced.
+    const functions = tools !== undefined && forced === undefined ? chatModelFunctions(tools) : undefined
+    // A trailing assistant message (or tool results) is a prefix the model continues; otherwise a new turn opens.
     const rendered: ChatHistoryItem[] = history.at(-1)?.type === 'model' ? history : [...history, { type: 'model', response: [] }]
     lm.chatWrapper ??= nlc().resolveChatWrapper(lm.model)
     const chatWrapper = lm.chatWrapper
-    const promptTokens = chatWrapper.generateContextState({ chatHistory: rendered }).contextText.tokenize(lm.model.tokenizer).length
+    const promptTokens = chatWrapper.generateContextState({ chatHistory: rendered, availableFunctions: functions, documentFunctionParams: true })
+      .contextText.tokenize(lm.model.tokenizer).length
+    const { customStopTriggers, ...baseSampling } = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'messages'))
     const sampling = {
-      ...this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'messages')),
+      ...baseSampling,
+      // A stop sequence would cut a forced call's JSON short.
+      ...(customStopTriggers !== undefined && forced === undefined ? { customStopTriggers } : {}),
       ...tokenBiasOption(nlc().TokenBias, lm.model, req.sampling.logitBias)
     }
-    // Structured output: the grammar only lets through text that parses (and fits the schema).
-    const grammar = req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'chat')
+    // Structured output or a forced call: the grammar only lets through text that parses (and fits the schema).
+    const grammar = forced !== undefined && tools !== undefined
+      ? await grammarFor(lm.model.llama, { type: 'json_schema', name: 'tool_calls', schema: {}, strict: true, grammarSchema: forcedCallSchema(tools, forced, parallel) }, 'chat')
+        .catch((err: unknown) => { throw err instanceof BadRequestError ? new BadRequestError(err.message.replace(/^response_format/, 'tools'), 'tools', err.code) : err })
+      : req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'chat')
     return {
       run: async (seq, signal, push) => {
         const chat = new (nlc().LlamaChat)({ contextSequence: seq, chatWrapper, autoDisposeSequence: false })
         const before = seq.tokenMeter.getState()
+        const collector = new ToolCallCollector(forced === undefined ? undefined : { array: forcedIsArray(forced, parallel) })
+        const pushCalls = (deltas: ChatCompletionChunkToolCall[]): void => { if (deltas.length > 0) push?.({ tool_calls: deltas }) }
+        // node-llama-cpp takes either a grammar or functions, never both.
+        const constraint = functions !== undefined
+          ? {
+              functions,
+              documentFunctionParams: true,
+              ...(parallel ? {} : { maxParallelFunctionCalls: 1 }),
+              onFunctionCallParamsChunk: (chunk: ParamsChunk) => { pushCalls(collector.params(chunk)) }
+            }
+          : grammar !== undefined ? { grammar } : {}
         try {
           const res = await chat.generateResponse(history, {
             ...sampling,
-            ...(grammar !== undefined ? { grammar } : {}),
+            ...constraint,
             signal,
             onResponseChunk: (chunk: LlamaChatResponseChunk) => {
-              if (chunk.type === undefined) push?.({ content: chunk.text })
-              else if (chunk.segmentType === 'thought') push?.({ reasoning_content: chunk.text })
+              if (chunk.type === undefined) {
+                if (collector.forced) pushCalls(collector.text(chunk.text))
+                else push?.({ content: chunk.text })
+              } else if (chunk.segmentType === 'thought') push?.({ reasoning_content: chunk.text })
             }
-          })
+          } as Parameters<LlamaChat['generateResponse']>[1])
           const reasoning = res.fullResponse
             .map(item => typeof item !== 'string' && item.segmentType === 'thought' ? item.text : '')
             .join('')
+          const { calls, deltas } = collector.finish(res.functionCalls as Array<{ functionName: string, params: unknown }> | undefined)
+          pushCalls(deltas)
+          const finishReason = finishReasonOf(res.metadata.stopReason)
           return {
-            text: res.response,
+            text: collector.forced ? '' : res.response,
             reasoning,
-            finishReason: finishReasonOf(res.metadata.stopReason),
+            finishReason: calls.length > 0 && finishReason !== 'length' ? 'tool_calls' : finishReason,
             promptTokens,
-            completionTokens: seq.tokenMeter.diff(before).usedOutputTokens
+            completionTokens: seq.tokenMeter.diff(before).usedOutputTokens,
+            ...(calls.length > 0 ? { toolCalls: calls } : {})
           }
         } finally {
           chat.dispose()

@@ -20,7 +20,9 @@ const FLAGS: readonly FlagSpec[] = [
   { names: ['-np', '--parallel'], value: true },
   { names: ['-ngl', '--n-gpu-layers', '--gpu-layers'], value: true },
   { names: ['--embedding', '--embeddings'], value: false },
-  { names: ['--pooling'], value: true }
+  { names: ['--pooling'], value: true },
+  // Tool calling needs the Jinja template: an extra `--no-jinja` would silently turn it off.
+  { names: ['--jinja', '--no-jinja'], value: false }
 ]
 
 const BY_NAME = new Map<string, FlagSpec>(FLAGS.flatMap(f => f.names.map(n => [n, f] as const)))

@@ -28,14 +28,14 @@ import type { LlamacppBackend, LlamacppBuild } from '../resources/types.js'
 import type { ModelEntry } from './embedded.js'
 import { OpenAIHttpClient } from './openai-http.js'
 import { parseChatRequest, parseCompletionRequest, parseEmbeddingRequest } from './openai-request.js'
-import { upstreamChatFormat, upstreamSchema, type ResponseFormat } from './response-format.js'
+import { upstreamSchema, type ResponseFormat } from './response-format.js'
+import { ChatStreamMapper, finishReason, int, toChatCompletion, upstreamChatFields, usageOf } from './llama-tools.js'
 import { mergeLlamaServerArgs } from './llama-args.js'
 import { spawnTied, type TiedChild } from './tied-child.js'
-import { embeddingObject, newResponseId, normalizeVector, unixNow, usage, type ResponseHeader } from './openai-response.js'
+import { embeddingObject, legacyFunctionChunk, legacyFunctionCompletion, newResponseId, normalizeVector, unixNow, usage, type ResponseHeader } from './openai-response.js'
 import type {
   ChatCompletion,
   ChatCompletionChunk,
-  ChatCompletionChunkDelta,
   ChatCompletionRequest,
   CompletionRequest,
   CompletionUsage,
@@ -241,21 +241,6 @@ export function selectLlamacppBuild (builds: readonly LlamacppBuild[], order: re
     .sort((a, b) => rank(a) - rank(b) || (b.build ?? -1) - (a.build ?? -1))[0]
 }
 
-const FINISH_REASONS = new Set<FinishReason>(['stop', 'length', 'tool_calls', 'content_filter', 'function_call'])
-
-function finishReason (value: unknown): FinishReason {
-  return FINISH_REASONS.has(value as FinishReason) ? value as FinishReason : 'stop'
-}
-
-function int (value: unknown): number {
-  return typeof value === 'number' && Number.isFinite(value) ? Math.max(0, Math.round(value)) : 0
-}
-
-function usageOf (value: unknown): CompletionUsage {
-  const u = value as { prompt_tokens?: unknown, completion_tokens?: unknown } | null | undefined
-  return usage(int(u?.prompt_tokens), int(u?.completion_tokens))
-}
-
 /** The identity of a response, its model replaced by ours. */
 function headerOf (raw: Record<string, unknown>, prefix: 'chatcmpl' | 'cmpl', model: string): ResponseHeader {
   let id = typeof raw.id === 'string' && raw.id !== '' ? raw.id : newResponseId(prefix)
@@ -280,57 +265,7 @@ function firstChoice (raw: Record<string, unknown>): Record<string, unknown> | u
   return Array.isArray(choices) && choices.length > 0 ? asRecord(choices[0]) : undefined
 }
 
-/** A llama-server chat completion as an exact OpenAI one. */
-export function toChatCompletion (value: unknown, model: string): ChatCompletion {
-  const raw = asRecord(value)
-  const header = headerOf(raw, 'chatcmpl', model)
-  const choice = firstChoice(raw) ?? {}
-  const message = (choice.message ?? {}) as { content?: unknown, reasoning_content?: unknown }
-  const reasoning = typeof message.reasoning_content === 'string' ? message.reasoning_content : ''
-  return {
-    id: header.id,
-    object: 'chat.completion',
-    created: header.created,
-    model,
-    choices: [{
-      index: 0,
-      message: {
-        role: 'assistant',
-        content: typeof message.content === 'string' ? message.content : '',
-        refusal: null,
-        ...(reasoning !== '' ? { reasoning_content: reasoning } : {})
-      },
-      logprobs: null,
-      finish_reason: finishReason(choice.finish_reason)
-    }],
-    usage: usageOf(raw.usage)
-  }
-}
-
-/**
- * A llama-server chat chunk as OpenAI ones: zero, one, or (a choice chunk carrying usage) two.
- * `includeUsage` is whether the client asked for usage: then every chunk has `usage: null` but
- * the last, which has no choices and the totals.
- */
-export function toChatChunks (value: unknown, model: string, includeUsage: boolean): ChatCompletionChunk[] {
-  const raw = asRecord(value)
-  const header = headerOf(raw, 'chatcmpl', model)
-  const out: ChatCompletionChunk[] = []
-  const base = { id: header.id, object: 'chat.completion.chunk' as const, created: header.created, model }
-  const choice = firstChoice(raw)
-  if (choice !== undefined) {
-    const d = (choice.delta ?? {}) as { role?: unknown, content?: unknown, reasoning_content?: unknown }
-    const delta: ChatCompletionChunkDelta = {}
-    if (d.role === 'assistant') delta.role = 'assistant'
-    if (typeof d.content === 'string') delta.content = d.content
-    else if (delta.role !== undefined) delta.content = ''
-    if (typeof d.reasoning_content === 'string') delta.reasoning_content = d.reasoning_content
-    const finish = choice.finish_reason == null ? null : finishReason(choice.finish_reason)
-    out.push({ ...base, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }], ...(includeUsage ? { usage: null } : {}) })
-  }
-  if (includeUsage && raw.usage != null) out.push({ ...base, choices: [], usage: usageOf(raw.usage) })
-  return out
-}
+export { toChatCompletion, toChatChunks } from './llama-tools.js'
 
 /** A llama-server text completion as an exact OpenAI one; `echo` is the prompt to put first. */
 export function toTextCompletion (value: unknown, model: string, echo = ''): TextCompletion {
@@ -561,18 +496,22 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   // ---- OpenAI calls -------------------------------------------------------------------
 
   async chat (body: ChatCompletionRequest, options: EngineCallOptions = {}): Promise<ChatCompletion> {
-    const req = parseChatRequest(body)
+    const req = parseChatRequest(body, { logprobs: true })
+    const up = upstreamChatFields(req)
     return await this.withSlot(req.model, 'generate', req.keepAliveMs, options.signal, async (lease) => {
-      const raw = await lease.client.postJson('/v1/chat/completions', forwardable(body, req.model, { stream: false, stream_options: undefined, response_format: upstreamChatFormat(req.responseFormat) }), { signal: lease.signal, model: req.model })
-      return toChatCompletion(raw, req.model)
+      const raw = await lease.client.postJson('/v1/chat/completions', forwardable(body, req.model, { ...up.fields, stream: false, stream_options: undefined }), { signal: lease.signal, model: req.model })
+      const completion = toChatCompletion(raw, req.model, up.forced)
+      return req.legacyFunctions === true ? legacyFunctionCompletion(completion) : completion
     })
   }
 
   async * chatStream (body: ChatCompletionRequest, options: EngineCallOptions = {}): AsyncGenerator<ChatCompletionChunk> {
-    const req = parseChatRequest(body)
-    const forward = forwardable(body, req.model, { stream: true, stream_options: { include_usage: req.includeUsage }, response_format: upstreamChatFormat(req.responseFormat) })
+    const req = parseChatRequest(body, { logprobs: true })
+    const up = upstreamChatFields(req)
+    const forward = forwardable(body, req.model, { ...up.fields, stream: true, stream_options: { include_usage: req.includeUsage } })
+    const mapper = new ChatStreamMapper(req.model, req.includeUsage, up.forced)
     yield * this.streamFrom(req.model, req.keepAliveMs, options.signal, '/v1/chat/completions', forward, async function * (raw) {
-      yield * toChatChunks(raw, req.model, req.includeUsage)
+      for (const chunk of mapper.map(raw)) yield req.legacyFunctions === true ? legacyFunctionChunk(chunk) : chunk
     })
   }
 
@@ -809,7 +748,9 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
       '--threads', String(this.opts.threads),
       // Slots split the context evenly: each gets `perSlot` tokens.
       '--ctx-size', String(perSlot * this.opts.parallel),
-      '--parallel', String(this.opts.parallel)
+      '--parallel', String(this.opts.parallel),
+      // The model's own chat template (Jinja): tool calling and its call parser need it.
+      '--jinja'
     ]
     const gpuLayers = this.opts.gpuLayers ?? (this.build?.backend === 'cpu' ? undefined : 'all')
     if (gpuLayers !== undefined) args.push('--n-gpu-layers', String(gpuLayers === 'all' ? 999 : gpuLayers))

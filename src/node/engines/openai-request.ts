@@ -7,6 +7,8 @@ import { BadRequestError } from '../../errors.js'
 import { REQUEST_LIMITS, SAMPLING_DEFAULTS } from './constants.js'
 import { parseKeepAlive } from './keep-alive.js'
 import { parseResponseFormat, type ResponseFormat } from './response-format.js'
+import type { ChatCompletionMessageToolCall, ToolChoice, ToolDefinition } from './openai-types.js'
+import { checkToolTurns, parseMessageToolCalls, parseToolFields } from './tool-request.js'
 
 export interface SamplingParams {
   temperature: number
@@ -32,9 +34,17 @@ export interface RequestCommon {
   keepAliveMs?: number
 }
 
+/**
+ * A history message. `tool` messages carry a tool's result (`toolCallId` names the call it
+ * answers; `name` the function, found from the assistant call when the message did not say);
+ * assistant messages may carry the calls they made (`toolCalls`, arguments as JSON text).
+ */
 export interface NormalizedMessage {
-  role: 'system' | 'user' | 'assistant'
+  role: 'system' | 'user' | 'assistant' | 'tool'
   content: string
+  toolCalls?: ChatCompletionMessageToolCall[]
+  toolCallId?: string
+  name?: string
 }
 
 export interface ParsedChatRequest extends RequestCommon {
@@ -43,6 +53,19 @@ export interface ParsedChatRequest extends RequestCommon {
   includeUsage: boolean
   /** Structured output the engine enforces with a grammar; absent for plain text. */
   responseFormat?: ResponseFormat
+  /** Validated tools (`tools` or legacy `functions`); absent when none were given. */
+  tools?: ToolDefinition[]
+  /** Absent when no tools; `auto` when tools came without a choice. */
+  toolChoice?: ToolChoice
+  /** `parallel_tool_calls` (default true): may one reply hold several calls. Absent when no tools. */
+  parallelToolCalls?: boolean
+  /**
+   * The tools came as legacy `functions`: the answer carries `message.function_call` and
+   * `finish_reason: "function_call"` instead (see `legacyFunctionCompletion` / `legacyFunctionChunk`).
+   */
+  legacyFunctions?: true
+  /** `logprobs: true` with its `top_logprobs` (0 when absent); only for engines that can (`ChatCapabilities`). */
+  logprobs?: { topLogprobs: number }
 }
 
 export interface ParsedCompletionRequest extends RequestCommon {
@@ -166,21 +189,35 @@ function parseIncludeUsage (body: Body): boolean {
 }
 
 /** Features a text-only local engine cannot honour; refused rather than silently ignored. */
-function refuseUnsupported (body: Body): void {
-  if (Array.isArray(body.tools) && body.tools.length > 0) {
-    throw new BadRequestError('tools are not supported by this engine', 'tools', 'unsupported_parameter')
-  }
-  if (Array.isArray(body.functions) && body.functions.length > 0) {
-    throw new BadRequestError('functions are not supported by this engine', 'functions', 'unsupported_parameter')
-  }
+function refuseUnsupported (body: Body, allowLogprobs = false): void {
   // llama.cpp's own constraint fields would reach llama-server unchecked (and the embedded engine
   // would ignore them): structured output goes through the checked response_format only.
   for (const key of ['grammar', 'json_schema']) {
     if (present(body, key)) throw new BadRequestError(`${key} is not supported; use response_format`, key, 'unsupported_parameter')
   }
+  if (allowLogprobs) return
   if (body.logprobs === true || (typeof body.logprobs === 'number' && body.logprobs > 0)) {
     throw new BadRequestError('logprobs are not supported by this engine', 'logprobs', 'unsupported_parameter')
   }
+  const top = body.top_logprobs
+  if (typeof top === 'number' && top > 0) throw new BadRequestError('top_logprobs are not supported by this engine', 'top_logprobs', 'unsupported_parameter')
+}
+
+/** What an engine can do beyond the common request (see `parseChatRequest`). */
+export interface ChatCapabilities {
+  /** Chat `logprobs` / `top_logprobs` (llama-server); refused with a 400 when false. */
+  logprobs?: boolean
+}
+
+/** Chat `logprobs: true` and `top_logprobs` (0-20, OpenAI's bounds; only with logprobs). */
+function parseLogprobs (body: Body): { logprobs?: { topLogprobs: number } } {
+  const on = boolean(body, 'logprobs') ?? false
+  const top = integer(body, 'top_logprobs', 0, 20)
+  if (!on) {
+    if (top !== undefined && top > 0) throw new BadRequestError('top_logprobs requires logprobs: true', 'top_logprobs')
+    return {}
+  }
+  return { logprobs: { topLogprobs: top ?? 0 } }
 }
 
 /** `response_format`, validated (see response-format.ts); absent when it asks for plain text. */
@@ -208,33 +245,59 @@ const ROLES: Record<string, NormalizedMessage['role']> = {
   system: 'system',
   developer: 'system',
   user: 'user',
-  assistant: 'assistant'
+  assistant: 'assistant',
+  tool: 'tool',
+  // The legacy function-calling result turn.
+  function: 'tool'
+}
+
+function normalizeMessage (m: unknown, i: number): NormalizedMessage {
+  const msg = m as Body | null
+  if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) throw new BadRequestError('each message must be an object', `messages[${i}]`)
+  const role = typeof msg.role === 'string' ? ROLES[msg.role] : undefined
+  if (role === undefined) {
+    throw new BadRequestError(`messages[${i}].role '${String(msg.role).slice(0, 32)}' is not supported; use system, developer, user, assistant or tool`, `messages[${i}].role`)
+  }
+  const content = messageText(msg.content, i)
+  if (role === 'assistant') {
+    const toolCalls = parseMessageToolCalls(msg, i)
+    return toolCalls === undefined ? { role, content } : { role, content, toolCalls }
+  }
+  if (role !== 'tool') return { role, content }
+  if (msg.role === 'function') {
+    if (typeof msg.name !== 'string') throw new BadRequestError(`messages[${i}].name is required on a function message`, `messages[${i}].name`)
+    return { role, content, name: msg.name }
+  }
+  if (typeof msg.tool_call_id !== 'string' || msg.tool_call_id.length === 0) {
+    throw new BadRequestError(`messages[${i}].tool_call_id is required on a tool message`, `messages[${i}].tool_call_id`)
+  }
+  return { role, content, toolCallId: msg.tool_call_id, ...(typeof msg.name === 'string' ? { name: msg.name } : {}) }
 }
 
 /** Validates a `/v1/chat/completions` body. */
-export function parseChatRequest (raw: unknown): ParsedChatRequest {
+export function parseChatRequest (raw: unknown, capabilities: ChatCapabilities = {}): ParsedChatRequest {
   const body = asBody(raw)
   const model = parseModel(body)
-  refuseUnsupported(body)
+  refuseUnsupported(body, capabilities.logprobs === true)
   const messages = body.messages
   if (!Array.isArray(messages) || messages.length === 0) throw new BadRequestError('messages must be a non-empty array', 'messages')
-  const normalized = messages.map((m: unknown, i): NormalizedMessage => {
-    const msg = m as { role?: unknown, content?: unknown } | null
-    if (msg === null || typeof msg !== 'object') throw new BadRequestError('each message must be an object', `messages[${i}]`)
-    const role = typeof msg.role === 'string' ? ROLES[msg.role] : undefined
-    if (role === undefined) {
-      throw new BadRequestError(`messages[${i}].role '${String(msg.role)}' is not supported; use system, developer, user or assistant`, `messages[${i}].role`)
-    }
-    return { role, content: messageText(msg.content, i) }
-  })
-  return {
+  const normalized = messages.map(normalizeMessage)
+  checkToolTurns(normalized)
+  const toolFields = parseToolFields(body)
+  const parsed: ParsedChatRequest = {
     model,
     keepAliveMs: parseKeepAliveField(body),
     messages: normalized,
     sampling: parseSampling(body, ['max_completion_tokens', 'max_tokens']),
     includeUsage: parseIncludeUsage(body),
-    ...withResponseFormat(body)
+    ...withResponseFormat(body),
+    ...toolFields,
+    ...(capabilities.logprobs === true ? parseLogprobs(body) : {})
   }
+  if (parsed.responseFormat !== undefined && (toolFields.toolChoice?.type === 'required' || toolFields.toolChoice?.type === 'function')) {
+    throw new BadRequestError('response_format cannot be combined with a tool_choice that forces a call', 'response_format', 'unsupported_parameter')
+  }
+  return parsed
 }
 
 function isTokenArray (v: unknown): v is number[] {
@@ -246,6 +309,11 @@ export function parseCompletionRequest (raw: unknown): ParsedCompletionRequest {
   const body = asBody(raw)
   const model = parseModel(body)
   refuseUnsupported(body)
+  for (const key of ['tools', 'functions']) {
+    if (Array.isArray(body[key]) && (body[key] as unknown[]).length > 0) {
+      throw new BadRequestError(`${key} are not supported on text completions; use /v1/chat/completions`, key, 'unsupported_parameter')
+    }
+  }
   if (present(body, 'suffix') && body.suffix !== '') {
     throw new BadRequestError('suffix is not supported by this engine', 'suffix', 'unsupported_parameter')
   }

@@ -9,6 +9,7 @@ import type {
   ChatCompletionChunkDelta,
   CompletionUsage,
   EmbeddingObject,
+  ChatCompletionMessageToolCall,
   FinishReason,
   TextCompletion,
   TextCompletionChunk
@@ -42,6 +43,12 @@ export interface GenerationResult {
   finishReason: FinishReason
   promptTokens: number
   completionTokens: number
+  /** Calls the model made (chat only); the message's `content` is null when it wrote no text beside them. */
+  toolCalls?: ChatCompletionMessageToolCall[]
+}
+
+function hasCalls (result: GenerationResult): result is GenerationResult & { toolCalls: ChatCompletionMessageToolCall[] } {
+  return result.toolCalls !== undefined && result.toolCalls.length > 0
 }
 
 export function chatCompletion (header: ResponseHeader, result: GenerationResult): ChatCompletion {
@@ -54,14 +61,46 @@ export function chatCompletion (header: ResponseHeader, result: GenerationResult
       index: 0,
       message: {
         role: 'assistant',
-        content: result.text,
+        content: hasCalls(result) && result.text.length === 0 ? null : result.text,
         refusal: null,
+        ...(hasCalls(result) ? { tool_calls: result.toolCalls } : {}),
         ...(result.reasoning.length > 0 ? { reasoning_content: result.reasoning } : {})
       },
       logprobs: null,
       finish_reason: result.finishReason
     }],
     usage: usage(result.promptTokens, result.completionTokens)
+  }
+}
+
+/**
+ * The answer to a legacy `functions` request: the (single) call as `message.function_call`,
+ * `finish_reason: "function_call"`, as OpenAI answers those.
+ */
+export function legacyFunctionCompletion (completion: ChatCompletion): ChatCompletion {
+  return {
+    ...completion,
+    choices: completion.choices.map(choice => {
+      const { tool_calls: calls, ...message } = choice.message
+      const call = calls?.[0]
+      if (call === undefined) return choice
+      return { ...choice, message: { ...message, function_call: call.function }, finish_reason: choice.finish_reason === 'tool_calls' ? 'function_call' : choice.finish_reason }
+    })
+  }
+}
+
+/** A chunk of a legacy `functions` stream: `tool_calls` deltas of the first call as `function_call` deltas. */
+export function legacyFunctionChunk (chunk: ChatCompletionChunk): ChatCompletionChunk {
+  return {
+    ...chunk,
+    choices: chunk.choices.map(choice => {
+      const { tool_calls: calls, ...delta } = choice.delta
+      const finish = choice.finish_reason === 'tool_calls' ? 'function_call' : choice.finish_reason
+      const call = calls?.find(c => c.index === 0)
+      if (call === undefined) return { ...choice, delta, finish_reason: finish }
+      const fn = call.function ?? {}
+      return { ...choice, delta: { ...delta, function_call: { ...(fn.name !== undefined ? { name: fn.name } : {}), arguments: fn.arguments ?? '' } }, finish_reason: finish }
+    })
   }
 }
 

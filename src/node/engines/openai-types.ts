@@ -71,7 +71,86 @@ export type ResponseFormatParam =
 export interface ChatCompletionRequest extends SamplingRequestFields {
   messages: ChatMessage[]
   max_completion_tokens?: number | null
+  tools?: ChatCompletionToolParam[] | null
+  tool_choice?: ChatCompletionToolChoiceParam | null
+  parallel_tool_calls?: boolean | null
+  /** Legacy form of `tools` (each item is what `function` holds there). */
+  functions?: ChatCompletionToolParam['function'][] | null
+  /** Legacy form of `tool_choice`: `'none'`, `'auto'` or `{name}`. */
+  function_call?: 'none' | 'auto' | { name: string } | null
 }
+
+/** One `tools[]` item of a request: only function tools exist in the chat API. */
+export interface ChatCompletionToolParam {
+  type: 'function'
+  function: {
+    name: string
+    description?: string
+    /** A JSON schema of the arguments object; absent means a function without arguments. */
+    parameters?: Record<string, unknown>
+    strict?: boolean | null
+  }
+}
+
+/** OpenAI's `tool_choice`. */
+export type ChatCompletionToolChoiceParam =
+  | 'none'
+  | 'auto'
+  | 'required'
+  | { type: 'function', function: { name: string } }
+
+/** A tool call in a response message (and in assistant messages of the history). */
+export interface ChatCompletionMessageToolCall {
+  /** `call_` and random characters. */
+  id: string
+  type: 'function'
+  function: {
+    name: string
+    /** The arguments as a JSON text (an object). */
+    arguments: string
+  }
+}
+
+/**
+ * One streamed piece of a tool call: the first delta of a call has `id`, `type` and
+ * `function.name` (and `arguments: ''`); later ones only `index` and `function.arguments` text.
+ */
+export interface ChatCompletionChunkToolCall {
+  index: number
+  id?: string
+  type?: 'function'
+  function?: { name?: string, arguments?: string }
+}
+
+/**
+ * A validated tool of a parsed request (`ParsedChatRequest.tools`). Legacy `functions` parse
+ * to the same.
+ */
+export interface ToolDefinition {
+  /** 1-64 letters, digits, '_' or '-' (OpenAI's rule); unique within the request. */
+  name: string
+  description?: string
+  /** The parameters schema as given (what llama-server receives); `{type:'object',properties:{}}` when absent. */
+  parameters: Record<string, unknown>
+  /**
+   * The same schema in node-llama-cpp's grammar dialect (see response-format.ts `checkJsonSchema`).
+   * Non-strict tools may have had keywords a grammar cannot enforce dropped here (`minimum`,
+   * `pattern`...), so the grammar allows a superset of `parameters`; strict tools are refused instead.
+   */
+  grammarParameters: Record<string, unknown>
+  strict: boolean
+}
+
+/**
+ * A validated `tool_choice` (or legacy `function_call`): `auto` (the model decides), `none`
+ * (tools are not offered), `required` (at least one call, enforced by grammar) or one named
+ * function (exactly that call, enforced by grammar).
+ */
+export type ToolChoice =
+  | { type: 'auto' }
+  | { type: 'none' }
+  | { type: 'required' }
+  | { type: 'function', name: string }
 
 export interface CompletionRequest extends SamplingRequestFields {
   /** A string, a one-element array of strings, or an array of token ids. */
@@ -99,14 +178,38 @@ export interface ChatCompletionMessage {
   role: 'assistant'
   content: string | null
   refusal: null
+  /** Present (non-empty) only when the model called tools; `content` is then null unless it also wrote text. */
+  tool_calls?: ChatCompletionMessageToolCall[]
+  /** Instead of `tool_calls` when the request used the legacy `functions` (see `legacyFunctionCompletion`). */
+  function_call?: { name: string, arguments: string }
   /** The model's thinking, for reasoning models, as llama.cpp and DeepSeek return it. */
   reasoning_content?: string
+}
+
+/** One alternative token of `top_logprobs`. */
+export interface ChatCompletionTopLogprob {
+  token: string
+  logprob: number
+  /** The token's UTF-8 bytes (a token may hold part of a character); null when it has none. */
+  bytes: number[] | null
+}
+
+/** One generated token with its log probability and the most likely alternatives. */
+export interface ChatCompletionTokenLogprob extends ChatCompletionTopLogprob {
+  top_logprobs: ChatCompletionTopLogprob[]
+}
+
+/** A choice's `logprobs` when the request asked for them (`logprobs: true`). */
+export interface ChatCompletionLogprobs {
+  content: ChatCompletionTokenLogprob[] | null
+  refusal: ChatCompletionTokenLogprob[] | null
 }
 
 export interface ChatCompletionChoice {
   index: number
   message: ChatCompletionMessage
-  logprobs: null
+  /** Null unless the request asked for logprobs (llama-server engine). */
+  logprobs: ChatCompletionLogprobs | null
   finish_reason: FinishReason
 }
 
@@ -122,13 +225,16 @@ export interface ChatCompletion {
 export interface ChatCompletionChunkDelta {
   role?: 'assistant'
   content?: string
+  tool_calls?: ChatCompletionChunkToolCall[]
+  /** Legacy `functions` requests: the call's name in the first delta, argument text in later ones. */
+  function_call?: { name?: string, arguments?: string }
   reasoning_content?: string
 }
 
 export interface ChatCompletionChunkChoice {
   index: number
   delta: ChatCompletionChunkDelta
-  logprobs: null
+  logprobs: ChatCompletionLogprobs | null
   finish_reason: FinishReason | null
 }
 

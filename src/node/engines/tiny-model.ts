@@ -19,6 +19,11 @@ export interface TinyModelOptions {
    * Unset leaves the key out (and the file's bytes as they always were).
    */
   addSpacePrefix?: boolean
+  /**
+   * Trained context length written to the file. Defaults to 512; tool-calling tests need more,
+   * since a chat template that documents functions takes several hundred tokens.
+   */
+  contextLength?: number
 }
 
 /** Shape of the model `createTinyModel` writes, for tests that check dimensions. */
@@ -131,7 +136,8 @@ function prng (seed: number): () => number {
 export async function createTinyModel (path: string, opts: TinyModelOptions = {}): Promise<string> {
   const seed = opts.seed ?? 1
   const nEmbd = opts.nEmbd ?? TINY_MODEL.defaultNEmbd
-  const { nLayer, nHead, contextLength } = TINY_MODEL
+  const { nLayer, nHead } = TINY_MODEL
+  const contextLength = opts.contextLength ?? TINY_MODEL.contextLength
   if (!Number.isInteger(nEmbd) || nEmbd < nHead || nEmbd % nHead !== 0) {
     throw new RangeError(`nEmbd must be a positive multiple of ${nHead}, got ${nEmbd}`)
   }

@@ -18,6 +18,10 @@ describe('mergeLlamaServerArgs (the node\'s flags win)', () => {
     assert.deepEqual(mergeLlamaServerArgs(['--model', 'a'], ['-ngl', '5']), ['--model', 'a', '-ngl', '5'])
   })
 
+  it('drops an extra --no-jinja (or a repeated --jinja) once the node starts llama-server with --jinja (tool calling needs it)', () => {
+    assert.deepEqual(mergeLlamaServerArgs([...NODE, '--jinja'], ['--no-jinja', '--jinja', '--temp', '0.5']), [...NODE, '--jinja', '--temp', '0.5'])
+  })
+
   it('keeps negative numbers as values', () => {
     assert.deepEqual(mergeLlamaServerArgs(['--model', 'a'], ['-n', '-1']), ['--model', 'a', '-n', '-1'])
   })

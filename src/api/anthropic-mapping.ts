@@ -3,11 +3,14 @@
  * already carries, and OpenAI output mapped back into Anthropic's shapes. Pure functions: every
  * refusal is a `BadRequestError` whose message names the field the way Anthropic's API does.
  *
- * Text only: tool use, images, documents and extended thinking are refused with a 400 rather
- * than dropped, so a client never gets an answer to a question it did not ask.
+ * Text and custom (client) tools: tools, tool_choice, tool_use and tool_result blocks map onto
+ * OpenAI chat tools (see anthropic-tools.ts). Server tools, images, documents and extended thinking
+ * are refused with a 400 rather than dropped, so a client never gets an answer to a question it
+ * did not ask.
  */
 import { randomBytes } from 'node:crypto'
 import { BadRequestError } from '../errors.js'
+import { asObject, blocksText, mapMessage, parseToolChoice, parseTools, type ChatMessage } from './anthropic-tools.js'
 
 /** The Anthropic error body. */
 export interface AnthropicErrorBody {
@@ -22,6 +25,8 @@ export interface ParsedMessagesRequest {
   stops: string[]
   /** The OpenAI chat body for the router: always streamed internally, with usage. */
   body: Record<string, unknown>
+  /** Whether the request offers tools: a streamed answer then opens its content blocks lazily. */
+  tools: boolean
 }
 
 /**
@@ -42,10 +47,6 @@ type Body = Record<string, unknown>
 
 const present = (b: Body, k: string): boolean => b[k] !== undefined && b[k] !== null
 
-function asObject (v: unknown, field: string): Body {
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new BadRequestError(`${field}: Input should be a valid dictionary`, field === 'body' ? null : field)
-  return v as Body
-}
 
 function numberIn (b: Body, k: string, min: number, max: number): number | undefined {
   if (!present(b, k)) return undefined
@@ -63,32 +64,11 @@ function integerIn (b: Body, k: string, min: number, max: number): number | unde
   return v
 }
 
-/** Text of a `content` (string or blocks) or of `system`; non-text blocks are refused. */
-function blocksText (content: unknown, field: string): string {
-  if (typeof content === 'string') return content
-  if (!Array.isArray(content)) throw new BadRequestError(`${field}: Input should be a valid string or a list of content blocks`, field)
-  return content.map((raw, i) => {
-    const block = asObject(raw, `${field}.${i}`)
-    const type = block.type
-    if (type === 'text') {
-      if (typeof block.text !== 'string') throw new BadRequestError(`${field}.${i}.text: Input should be a valid string`, `${field}.${i}.text`)
-      return block.text
-    }
-    if (type === 'tool_use' || type === 'tool_result' || type === 'server_tool_use') {
-      throw new BadRequestError(`${field}.${i}: content blocks of type '${type}' are not supported: tool use is not available on this server yet`, `${field}.${i}.type`, 'unsupported_parameter')
-    }
-    throw new BadRequestError(`${field}.${i}: content blocks of type '${String(type)}' are not supported by this server; only 'text'`, `${field}.${i}.type`, 'unsupported_parameter')
-  }).join('\n')
-}
 
 function refuseUnsupported (b: Body): void {
   for (const k of Object.keys(b)) {
     if (!KNOWN.has(k)) throw new BadRequestError(`${k}: Extra inputs are not permitted`, k)
   }
-  if (present(b, 'tools') && !(Array.isArray(b.tools) && b.tools.length === 0)) {
-    throw new BadRequestError('tools: tool use is not supported by this server yet', 'tools', 'unsupported_parameter')
-  }
-  if (present(b, 'tool_choice')) throw new BadRequestError('tool_choice: tool use is not supported by this server yet', 'tool_choice', 'unsupported_parameter')
   if (present(b, 'thinking')) {
     const t = asObject(b.thinking, 'thinking')
     if (t.type !== 'disabled') throw new BadRequestError('thinking: extended thinking is not supported by this server', 'thinking', 'unsupported_parameter')
@@ -126,14 +106,16 @@ export function parseMessagesRequest (raw: unknown, opts: { maxOutputTokens?: nu
   if (!Array.isArray(b.messages)) throw new BadRequestError(present(b, 'messages') ? 'messages: Input should be a valid list' : 'messages: Field required', 'messages')
   if (b.messages.length === 0) throw new BadRequestError('messages: at least one message is required', 'messages')
   if (present(b, 'stream') && typeof b.stream !== 'boolean') throw new BadRequestError('stream: Input should be a valid boolean', 'stream')
-  const messages: Array<{ role: string, content: string }> = []
+  const messages: ChatMessage[] = []
   if (present(b, 'system')) messages.push({ role: 'system', content: blocksText(b.system, 'system') })
   b.messages.forEach((raw, i) => {
     const m = asObject(raw, `messages.${i}`)
     if (m.role !== 'user' && m.role !== 'assistant') throw new BadRequestError(`messages.${i}.role: Input should be 'user' or 'assistant'`, `messages.${i}.role`)
     if (!present(m, 'content')) throw new BadRequestError(`messages.${i}.content: Field required`, `messages.${i}.content`)
-    messages.push({ role: m.role, content: blocksText(m.content, `messages.${i}.content`) })
+    messages.push(...mapMessage(m.role, m.content, `messages.${i}.content`))
   })
+  const tools = present(b, 'tools') ? parseTools(b.tools) : []
+  const choice = present(b, 'tool_choice') ? parseToolChoice(b.tool_choice) : {}
   const temperature = numberIn(b, 'temperature', 0, 1)
   const topP = numberIn(b, 'top_p', 0, 1)
   const topK = integerIn(b, 'top_k', 0, Number.MAX_SAFE_INTEGER)
@@ -145,10 +127,12 @@ export function parseMessagesRequest (raw: unknown, opts: { maxOutputTokens?: nu
     ...(topP !== undefined ? { top_p: topP } : {}),
     ...(topK !== undefined ? { top_k: topK } : {}),
     max_tokens: forCount ? 1 : maxTokens,
+    ...(tools.length > 0 ? { tools } : {}),
+    ...choice,
     stream: true,
     stream_options: { include_usage: true }
   }
-  return { model: b.model, stream: b.stream === true, stops: parseStops(b), body }
+  return { model: b.model, stream: b.stream === true, stops: parseStops(b), body, tools: tools.length > 0 }
 }
 
 /** `msg_` and 24 random base62-ish characters, like Anthropic's ids. */
@@ -156,11 +140,12 @@ export function messageId (): string {
   return 'msg_' + randomBytes(18).toString('base64url').replace(/[-_]/g, 'x').slice(0, 24)
 }
 
-export type StopReason = 'end_turn' | 'max_tokens' | 'stop_sequence'
+export type StopReason = 'end_turn' | 'max_tokens' | 'stop_sequence' | 'tool_use'
 
 /** Anthropic's stop reason for an OpenAI finish reason, or for a stop sequence we matched. */
 export function stopReasonOf (finishReason: string, matchedStop: string | undefined): StopReason {
   if (matchedStop !== undefined) return 'stop_sequence'
+  if (finishReason === 'tool_calls') return 'tool_use'
   return finishReason === 'length' ? 'max_tokens' : 'end_turn'
 }
 
@@ -175,14 +160,14 @@ export function usageOf (input: number, output: number): MessageUsage {
   return { input_tokens: input, output_tokens: output, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 }
 }
 
-/** A whole (non-streamed) message. */
-export function messageObject (m: { id: string, model: string, text: string, stopReason: StopReason | null, stopSequence: string | null, usage: MessageUsage }): Record<string, unknown> {
+/** A whole (non-streamed) message; `blocks` replaces the single text block when given (tool use). */
+export function messageObject (m: { id: string, model: string, text: string, stopReason: StopReason | null, stopSequence: string | null, usage: MessageUsage, blocks?: Array<Record<string, unknown>> }): Record<string, unknown> {
   return {
     id: m.id,
     type: 'message',
     role: 'assistant',
     model: m.model,
-    content: m.stopReason === null ? [] : [{ type: 'text', text: m.text }],
+    content: m.stopReason === null ? [] : m.blocks ?? [{ type: 'text', text: m.text }],
     stop_reason: m.stopReason,
     stop_sequence: m.stopSequence,
     usage: m.usage
@@ -194,20 +179,26 @@ export function sse (data: { type: string } & Record<string, unknown>): string {
   return `event: ${data.type}\ndata: ${JSON.stringify(data)}\n\n`
 }
 
-/** The events that open a streamed message, before any text. */
-export function streamStart (id: string, model: string): string {
+/**
+ * The events that open a streamed message, before any text. With `openText` false (a request with
+ * tools) no block is opened yet: the answer may start with a tool_use block instead.
+ */
+export function streamStart (id: string, model: string, openText = true): string {
   return sse({ type: 'message_start', message: messageObject({ id, model, text: '', stopReason: null, stopSequence: null, usage: usageOf(0, 0) }) }) +
-    sse({ type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }) +
+    (openText ? sse({ type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }) : '') +
     sse({ type: 'ping' })
 }
 
-export function textDelta (text: string): string {
-  return sse({ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text } })
+export function textDelta (text: string, index = 0): string {
+  return sse({ type: 'content_block_delta', index, delta: { type: 'text_delta', text } })
 }
 
-/** The events that close a streamed message; the input count is known only at the end here. */
-export function streamEnd (stopReason: StopReason, stopSequence: string | null, usage: MessageUsage): string {
-  return sse({ type: 'content_block_stop', index: 0 }) +
+/**
+ * The events that close a streamed message; the input count is known only at the end here.
+ * `openIndex` is the block still open (null when none is).
+ */
+export function streamEnd (stopReason: StopReason, stopSequence: string | null, usage: MessageUsage, openIndex: number | null = 0): string {
+  return (openIndex !== null ? sse({ type: 'content_block_stop', index: openIndex }) : '') +
     sse({ type: 'message_delta', delta: { stop_reason: stopReason, stop_sequence: stopSequence }, usage: { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens } }) +
     sse({ type: 'message_stop' })
 }

@@ -56,12 +56,20 @@ export type ChatEvent =
   | { kind: 'text', text: string }
   | { kind: 'end', finishReason: string, promptTokens: number | null, completionTokens: number | null }
 
+/** A piece of a generation: text, a tool call opened (id and name), a piece of its argument JSON, the end. */
+export type GenerationEvent =
+  | ChatEvent
+  | { kind: 'tool_start', call: number, id: string, name: string }
+  | { kind: 'tool_args', call: number, json: string }
+
 /**
- * Reads OpenAI chat or completion chunks (or a whole result) as text pieces and one final `end`. Usage
- * comes from the `include_usage` chunk when the engine sends one; without it the completion
- * count falls back to the number of content deltas (one per token on the local engines).
+ * Reads OpenAI chat or completion chunks (or a whole result) as text pieces, tool calls (opened with
+ * id and name, then argument JSON in pieces) and one final `end`: what the Anthropic, Responses and
+ * Ollama answers are built from. Usage comes from the `include_usage` chunk when the engine sends
+ * one; without it the completion count falls back to the number of deltas (one per token on the
+ * local engines).
  */
-export async function * chatEvents (reply: InferenceReply, signal: AbortSignal): AsyncGenerator<ChatEvent> {
+export async function * generationEvents (reply: InferenceReply, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
   if (reply.kind === 'passthrough') throw new ShepherdError('The engine answered with raw HTTP where a chat result was expected', { code: 'bad_engine_reply', status: 502 })
   if (reply.kind === 'result') {
     const d = reply.data as any
@@ -69,6 +77,12 @@ export async function * chatEvents (reply: InferenceReply, signal: AbortSignal):
     const content = choice?.message?.content ?? choice?.text
     const text = typeof content === 'string' ? content : ''
     if (text !== '') yield { kind: 'text', text }
+    const calls: any[] = Array.isArray(choice?.message?.tool_calls) ? choice.message.tool_calls : []
+    for (const [i, c] of calls.entries()) {
+      yield { kind: 'tool_start', call: i, id: String(c?.id ?? `call_${i}`), name: String(c?.function?.name ?? '') }
+      const json = c?.function?.arguments
+      if (typeof json === 'string' && json !== '') yield { kind: 'tool_args', call: i, json }
+    }
     yield { kind: 'end', finishReason: String(choice?.finish_reason ?? 'stop'), promptTokens: numberOrNull(d?.usage?.prompt_tokens), completionTokens: numberOrNull(d?.usage?.completion_tokens) }
     return
   }
@@ -76,6 +90,8 @@ export async function * chatEvents (reply: InferenceReply, signal: AbortSignal):
   let promptTokens: number | null = null
   let completionTokens: number | null = null
   let deltas = 0
+  // Chat call index → whether its start was already yielded (the first delta carries id and name).
+  const started = new Set<number>()
   for await (const chunk of reply.chunks) {
     if (signal.aborted) break
     const c = chunk as any
@@ -91,6 +107,19 @@ export async function * chatEvents (reply: InferenceReply, signal: AbortSignal):
       deltas++
       yield { kind: 'text', text }
     }
+    const calls: any[] = Array.isArray(choice.delta?.tool_calls) ? choice.delta.tool_calls : []
+    for (const tc of calls) {
+      const call = typeof tc?.index === 'number' ? tc.index : 0
+      if (!started.has(call)) {
+        started.add(call)
+        yield { kind: 'tool_start', call, id: String(tc?.id ?? `call_${call}`), name: String(tc?.function?.name ?? '') }
+      }
+      const json = tc?.function?.arguments
+      if (typeof json === 'string' && json !== '') {
+        deltas++
+        yield { kind: 'tool_args', call, json }
+      }
+    }
     if (typeof choice.finish_reason === 'string') finish = choice.finish_reason
   }
   if (signal.aborted) {
@@ -98,6 +127,13 @@ export async function * chatEvents (reply: InferenceReply, signal: AbortSignal):
     return
   }
   yield { kind: 'end', finishReason: finish ?? 'stop', promptTokens, completionTokens: completionTokens ?? deltas }
+}
+
+/** {@link generationEvents} without tool calls: text pieces and the end (requests that offer no tools). */
+export async function * chatEvents (reply: InferenceReply, signal: AbortSignal): AsyncGenerator<ChatEvent> {
+  for await (const ev of generationEvents(reply, signal)) {
+    if (ev.kind === 'text' || ev.kind === 'end') yield ev
+  }
 }
 
 function numberOrNull (v: unknown): number | null {

@@ -5,10 +5,13 @@
  * API does (`input[2].content[0].type`).
  *
  * Stateless and text only: nothing is stored, so `previous_response_id`, `conversation` and item
- * references are refused; tools, images, files and reasoning are refused with a 400 naming the
+ * references are refused; hosted tools, images, files and reasoning are refused with a 400 naming the
  * parameter rather than dropped, so a client never gets an answer to a question it did not ask.
+ * Function tools map onto the chat API's tools (the engines' own validation then applies); the
+ * mapping of tools and their input items is responses-tools.ts.
  */
 import { BadRequestError } from '../errors.js'
+import { functionCallMessage, functionOutputMessage, parseResponsesToolChoice, parseResponsesTools } from './responses-tools.js'
 
 /** Bounds that protect the node; OpenAI's own limits where it states them. */
 export const RESPONSES_LIMITS = {
@@ -45,6 +48,10 @@ export interface ResponseEcho {
   safetyIdentifier: string | null
   promptCacheKey: string | null
   parallelToolCalls: boolean
+  /** The function tools as OpenAI echoes them (`[]` when none). */
+  tools: Body[]
+  /** The `tool_choice` as given, `'auto'` by default. */
+  toolChoice: unknown
 }
 
 export interface ParsedResponsesRequest {
@@ -129,33 +136,48 @@ function contentText (content: unknown, param: string): string {
 }
 
 const ROLES = new Set(['user', 'system', 'developer', 'assistant'])
-/** Item types that need tools, storage or reasoning, none of which this server has. */
-const TOOL_ITEMS = new Set(['function_call', 'function_call_output', 'custom_tool_call', 'custom_tool_call_output', 'computer_call', 'computer_call_output',
+/** Item types that need hosted tools, storage or reasoning, none of which this server has. */
+const TOOL_ITEMS = new Set(['custom_tool_call', 'custom_tool_call_output', 'computer_call', 'computer_call_output',
   'web_search_call', 'file_search_call', 'code_interpreter_call', 'image_generation_call', 'local_shell_call', 'local_shell_call_output',
   'shell_call', 'shell_call_output', 'apply_patch_call', 'apply_patch_call_output', 'mcp_call', 'mcp_list_tools', 'mcp_approval_request', 'mcp_approval_response'])
 
-function inputMessages (input: unknown): Array<{ role: string, content: string }> {
+function inputMessages (input: unknown): Body[] {
   if (typeof input === 'string') return [{ role: 'user', content: input }]
   if (!Array.isArray(input)) throw bad('input', `Invalid type for 'input': expected a string or an array of input items, but got ${typeName(input)} instead.`, 'invalid_type')
   if (input.length === 0) throw bad('input', "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead.", 'empty_array')
   if (input.length > RESPONSES_LIMITS.maxInputItems) throw bad('input', `Invalid 'input': array too long. Expected an array with maximum length ${RESPONSES_LIMITS.maxInputItems}, but got an array with length ${input.length} instead.`, 'array_above_max_length')
-  return input.map((raw, i) => {
+  const messages: Body[] = []
+  input.forEach((raw, i) => {
     const param = `input[${i}]`
     const item = asObject(raw, param)
-    const type = item.type ?? 'message'
-    if (type === 'message') {
-      if (typeof item.role !== 'string' || !ROLES.has(item.role)) {
-        throw bad(`${param}.role`, `Invalid value for '${param}.role': expected one of 'user', 'system', 'developer' or 'assistant', but got ${shown(item.role ?? null)} instead.`, 'invalid_value')
-      }
-      if (!present(item, 'content')) throw bad(`${param}.content`, `Missing required parameter: '${param}.content'.`, 'missing_required_parameter')
-      // Chat templates know `system`; OpenAI's `developer` role is the same instruction slot.
-      return { role: item.role === 'developer' ? 'system' : item.role, content: contentText(item.content, `${param}.content`) }
+    if (item.type === 'function_call') {
+      const call = functionCallMessage(item, param)
+      const last = messages[messages.length - 1]
+      // Calls made together (parallel) are one assistant turn in chat.
+      if (last?.role === 'assistant' && Array.isArray(last.tool_calls)) last.tool_calls.push(...(call.tool_calls as unknown[]))
+      else messages.push(call)
+      return
     }
-    if (typeof type === 'string' && TOOL_ITEMS.has(type)) throw unsupported(`${param}.type`, `Input items of type '${type}' are not supported: tool calling is not available on this server yet.`)
-    if (type === 'reasoning') throw unsupported(`${param}.type`, "Input items of type 'reasoning' are not supported: this server does not produce reasoning items.")
-    if (type === 'item_reference') throw unsupported(`${param}.type`, "Input items of type 'item_reference' are not supported: this server does not store responses; send the items themselves.")
-    throw bad(`${param}.type`, `Invalid value for '${param}.type': ${shown(type)} is not a supported input item type.`, 'invalid_value')
+    if (item.type === 'function_call_output') { messages.push(functionOutputMessage(item, param, contentText)); return }
+    messages.push(inputMessage(item, param))
   })
+  return messages
+}
+
+function inputMessage (item: Body, param: string): Body {
+  const type = item.type ?? 'message'
+  if (type === 'message') {
+    if (typeof item.role !== 'string' || !ROLES.has(item.role)) {
+      throw bad(`${param}.role`, `Invalid value for '${param}.role': expected one of 'user', 'system', 'developer' or 'assistant', but got ${shown(item.role ?? null)} instead.`, 'invalid_value')
+    }
+    if (!present(item, 'content')) throw bad(`${param}.content`, `Missing required parameter: '${param}.content'.`, 'missing_required_parameter')
+    // Chat templates know `system`; OpenAI's `developer` role is the same instruction slot.
+    return { role: item.role === 'developer' ? 'system' : item.role, content: contentText(item.content, `${param}.content`) }
+  }
+  if (typeof type === 'string' && TOOL_ITEMS.has(type)) throw unsupported(`${param}.type`, `Input items of type '${type}' are not supported: only function tools are served here ('function_call', 'function_call_output').`)
+  if (type === 'reasoning') throw unsupported(`${param}.type`, "Input items of type 'reasoning' are not supported: this server does not produce reasoning items.")
+  if (type === 'item_reference') throw unsupported(`${param}.type`, "Input items of type 'item_reference' are not supported: this server does not store responses; send the items themselves.")
+  throw bad(`${param}.type`, `Invalid value for '${param}.type': ${shown(type)} is not a supported input item type.`, 'invalid_value')
 }
 
 function parseMetadata (b: Body): Record<string, string> {
@@ -198,12 +220,6 @@ function parseFormat (b: Body): { format: Body, responseFormat?: Body } {
 /** Everything that needs tools, storage, background jobs or reasoning: refused by name. */
 function refuseUnsupported (b: Body): void {
   for (const k of Object.keys(b)) if (!KNOWN.has(k)) throw bad(k.slice(0, 64), `Unknown parameter: '${k.slice(0, 64)}'.`, 'unknown_parameter')
-  if (present(b, 'tools')) {
-    if (!Array.isArray(b.tools)) throw bad('tools', `Invalid type for 'tools': expected an array, but got ${typeName(b.tools)} instead.`, 'invalid_type')
-    if (b.tools.length > 0) throw unsupported('tools', 'tools are not supported by this server yet (tool calling is not available on its engines).')
-  }
-  // With no tools, 'auto' and 'none' both mean "answer in text", which is what happens.
-  if (present(b, 'tool_choice') && b.tool_choice !== 'auto' && b.tool_choice !== 'none') throw unsupported('tool_choice', 'tool_choice other than "auto" or "none" needs tools, which this server does not support yet.')
   if (present(b, 'max_tool_calls')) numberIn(b, 'max_tool_calls', 1, Number.MAX_SAFE_INTEGER, true)
   if (present(b, 'previous_response_id')) throw unsupported('previous_response_id', 'previous_response_id is not supported: this server does not store responses. Send the whole conversation as input items instead.')
   if (present(b, 'conversation')) throw unsupported('conversation', 'conversation is not supported: this server does not store conversations. Send the whole conversation as input items instead.')
@@ -247,6 +263,11 @@ export function parseResponsesRequest (raw: unknown, opts: { maxOutputTokens?: n
   const stream = booleanOf(b, 'stream') ?? false
   const store = booleanOf(b, 'store') ?? true
   const parallelToolCalls = booleanOf(b, 'parallel_tool_calls') ?? true
+  const tools = parseResponsesTools(b.tools)
+  const toolChoice = parseResponsesToolChoice(b.tool_choice)
+  // Without tools, 'auto' and 'none' both mean "answer in text"; a forced call has nothing to call.
+  const forced = toolChoice.chat !== undefined && toolChoice.chat !== 'auto' && toolChoice.chat !== 'none'
+  if (forced && tools.chat.length === 0) throw bad('tool_choice', "Invalid value for 'tool_choice': a required or named tool_choice needs at least one function in 'tools'.", 'invalid_value')
   const metadata = parseMetadata(b)
   const { format, responseFormat } = parseFormat(b)
   const user = stringOf(b, 'user') ?? null
@@ -260,13 +281,16 @@ export function parseResponsesRequest (raw: unknown, opts: { maxOutputTokens?: n
     top_p: topP ?? 1,
     ...(maxOutputTokens !== undefined ? { max_tokens: maxOutputTokens } : {}),
     ...(responseFormat !== undefined ? { response_format: responseFormat } : {}),
+    ...(tools.chat.length > 0 ? { tools: tools.chat } : {}),
+    ...(toolChoice.chat !== undefined && tools.chat.length > 0 ? { tool_choice: toolChoice.chat } : {}),
+    ...(present(b, 'parallel_tool_calls') && tools.chat.length > 0 ? { parallel_tool_calls: parallelToolCalls } : {}),
     stream: true,
     stream_options: { include_usage: true }
   }
   return {
     model,
     stream,
-    echo: { instructions, maxOutputTokens: maxOutputTokens ?? null, temperature: temperature ?? 1, topP: topP ?? 1, metadata, store, format, user, safetyIdentifier, promptCacheKey, parallelToolCalls },
+    echo: { instructions, maxOutputTokens: maxOutputTokens ?? null, temperature: temperature ?? 1, topP: topP ?? 1, metadata, store, format, user, safetyIdentifier, promptCacheKey, parallelToolCalls, tools: tools.echo, toolChoice: toolChoice.echo },
     body
   }
 }

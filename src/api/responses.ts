@@ -7,19 +7,26 @@ import { openStream } from './stream-response.js'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { BadRequestError, ShepherdError } from '../errors.js'
 import { parseResponsesRequest, type ParsedResponsesRequest } from './responses-mapping.js'
-import { outputMessage, outputMessageId, responseId, responseObject, ResponseEventStream, statusOf, usageOf } from './responses-output.js'
-import { chatEvents, routeCall, streamError, type ChatEvent, type ForeignApiOptions, type RoutedCall } from './inference-call.js'
+import { functionCallId, functionCallItem, outputMessage, outputMessageId, responseId, responseObject, ResponseEventStream, statusOf, usageOf, type OutputItem } from './responses-output.js'
+import { generationEvents, routeCall, streamError, type ForeignApiOptions, type GenerationEvent, type RoutedCall } from './inference-call.js'
+import { responsesToolParam, responsesToolText } from './responses-tools.js'
 
 /**
- * The engine judges `response_format` (structured output may or may not be served by it); its
- * refusal names the chat field, which a Responses client knows as `text.format`.
+ * The engine judges `response_format` (structured output may or may not be served by it) and the
+ * tools; its refusal names the chat field, which a Responses client knows as `text.format`,
+ * `tools[0].name` or `tool_choice.name`.
  */
 function asResponsesError (err: unknown): unknown {
   if (err instanceof ShepherdError && err.status === 400 && err.param === 'response_format') {
     return new BadRequestError(err.message.replace(/response_format/g, 'text.format'), 'text.format', err.code)
   }
+  const toolParam = err instanceof ShepherdError && err.status === 400 && typeof err.param === 'string' ? responsesToolParam(err.param) : null
+  if (toolParam !== null) return new BadRequestError(responsesToolText((err as ShepherdError).message), toolParam, (err as ShepherdError).code)
   return err
 }
+
+/** Whether the request offers tools the model may call (then no message item opens before text does). */
+const offersTools = (parsed: ParsedResponsesRequest): boolean => Array.isArray(parsed.body.tools) && parsed.body.tools.length > 0 && parsed.body.tool_choice !== 'none'
 
 /** The Responses API under `/v1/responses`. */
 export function responsesRoutes (opts: ForeignApiOptions): FastifyPluginAsync {
@@ -37,11 +44,11 @@ export function responsesRoutes (opts: ForeignApiOptions): FastifyPluginAsync {
       } catch (err) {
         throw asResponsesError(err)
       }
-      const events = chatEvents(call.reply, call.signal)
+      const events = generationEvents(call.reply, call.signal)
       try {
         // The first event is awaited before anything is sent: a refusal (unknown model, a format
         // the engine rejects) still gets its own HTTP status rather than a broken 200 stream.
-        let first: IteratorResult<ChatEvent>
+        let first: IteratorResult<GenerationEvent>
         try {
           first = await events.next()
         } catch (err) {
@@ -55,24 +62,34 @@ export function responsesRoutes (opts: ForeignApiOptions): FastifyPluginAsync {
       }
     })
 
-    async function whole (parsed: ParsedResponsesRequest, first: IteratorResult<ChatEvent>, events: AsyncGenerator<ChatEvent>, reply: FastifyReply): Promise<void> {
+    async function whole (parsed: ParsedResponsesRequest, first: IteratorResult<GenerationEvent>, events: AsyncGenerator<GenerationEvent>, reply: FastifyReply): Promise<void> {
       const id = responseId()
       const createdAt = Math.floor(Date.now() / 1000)
       let text = ''
+      const calls = new Map<number, { callId: string, name: string, args: string }>()
       for (let next = first; next.done !== true; next = await events.next()) {
         const ev = next.value
         if (ev.kind === 'text') { text += ev.text; continue }
+        if (ev.kind === 'tool_start') { if (!calls.has(ev.call)) calls.set(ev.call, { callId: ev.id, name: ev.name, args: '' }); continue }
+        if (ev.kind === 'tool_args') {
+          const c = calls.get(ev.call) ?? { callId: `call_${ev.call}`, name: '', args: '' }
+          calls.set(ev.call, { ...c, args: c.args + ev.json })
+          continue
+        }
         const status = statusOf(ev.finishReason)
         const usage = usageOf(ev.promptTokens ?? 0, ev.completionTokens ?? 0)
-        const body = responseObject({ id, createdAt, model: parsed.model, status, output: [outputMessage(outputMessageId(), status, text)], usage, completedAt: Math.floor(Date.now() / 1000) }, parsed.echo)
+        // A forced call with no text gets no empty message before it (OpenAI sends only the call).
+        const output: OutputItem[] = text !== '' || calls.size === 0 ? [outputMessage(outputMessageId(), status, text)] : []
+        for (const c of calls.values()) output.push(functionCallItem(functionCallId(), status, c.callId, c.name, c.args))
+        const body = responseObject({ id, createdAt, model: parsed.model, status, output, usage, completedAt: Math.floor(Date.now() / 1000) }, parsed.echo)
         await reply.type('application/json').send(JSON.stringify(body))
         return
       }
       throw new ShepherdError('The generation ended without a result', { code: 'stream_failed', status: 502 })
     }
 
-    async function streamed (parsed: ParsedResponsesRequest, first: IteratorResult<ChatEvent>, events: AsyncGenerator<ChatEvent>, reply: FastifyReply): Promise<void> {
-      const stream = new ResponseEventStream({ id: responseId(), createdAt: Math.floor(Date.now() / 1000), model: parsed.model }, parsed.echo)
+    async function streamed (parsed: ParsedResponsesRequest, first: IteratorResult<GenerationEvent>, events: AsyncGenerator<GenerationEvent>, reply: FastifyReply): Promise<void> {
+      const stream = new ResponseEventStream({ id: responseId(), createdAt: Math.floor(Date.now() / 1000), model: parsed.model }, parsed.echo, outputMessageId(), offersTools(parsed))
       const { res, write } = openStream(reply)
       try {
         await write(stream.start())
@@ -82,6 +99,8 @@ export function responsesRoutes (opts: ForeignApiOptions): FastifyPluginAsync {
             await write(stream.delta(ev.text))
             continue
           }
+          if (ev.kind === 'tool_start') { await write(stream.callStart(ev.call, ev.id, ev.name)); continue }
+          if (ev.kind === 'tool_args') { await write(stream.callArguments(ev.call, ev.json)); continue }
           await write(stream.finish(ev.finishReason, usageOf(ev.promptTokens ?? 0, ev.completionTokens ?? 0), Math.floor(Date.now() / 1000)))
           return
         }

@@ -4,7 +4,9 @@
  */
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { BadRequestError } from '../../src/errors.js'
+import { BadRequestError, ShepherdError } from '../../src/errors.js'
+import { toolUseBlock } from '../../src/api/anthropic-tools.js'
+import { generationEvents } from '../../src/api/inference-call.js'
 import { anthropicError, errorTypeOf, messageId, messageObject, parseMessagesRequest, stopReasonOf, streamEnd, streamStart, textDelta, usageOf } from '../../src/api/anthropic-mapping.js'
 import { StopScanner } from '../../src/api/stop-scanner.js'
 
@@ -73,10 +75,20 @@ describe('parseMessagesRequest', () => {
     refused({ ...base, messages: [{ role: 'system', content: 'x' }] }, 'messages.0.role')
     refused({ ...base, messages: [{ role: 'user' }] }, 'messages.0.content')
     refused({ ...base, messages: [{ role: 'user', content: [{ type: 'image', source: {} }] }] }, /type 'image' are not supported/)
-    refused({ ...base, messages: [{ role: 'user', content: [{ type: 'tool_result', tool_use_id: 'x' }] }] }, /tool use/)
+    refused({ ...base, messages: [{ role: 'assistant', content: [{ type: 'tool_result', tool_use_id: 'x' }] }] }, /tool_result only in user turns/)
+    refused({ ...base, messages: [{ role: 'user', content: [{ type: 'tool_use', id: 'x', name: 'f', input: {} }] }] }, /tool_use only in assistant turns/)
+    refused({ ...base, messages: [{ role: 'assistant', content: [{ type: 'tool_use', id: 'x', name: 'f', input: 'str' }] }] }, 'messages.0.content.0.input')
+    refused({ ...base, messages: [{ role: 'user', content: [{ type: 'tool_result' }] }] }, 'messages.0.content.0.tool_use_id')
+    refused({ ...base, messages: [{ role: 'user', content: [{ type: 'tool_result', tool_use_id: 'x', content: [{ type: 'image', source: {} }] }] }] }, /type 'image' are not supported/)
     refused({ ...base, messages: [{ role: 'user', content: [{ type: 'text', text: 3 }] }] }, 'messages.0.content.0.text')
-    refused({ ...base, tools: [{ name: 'f', input_schema: { type: 'object' } }] }, 'tools')
-    refused({ ...base, tool_choice: { type: 'auto' } }, 'tool_choice')
+    refused({ ...base, tools: { name: 'f' } }, 'tools')
+    refused({ ...base, tools: [{ type: 'web_search_20250305', name: 'web_search' }] }, 'tools.0.type')
+    refused({ ...base, tools: [{ type: 'bash_20250124', name: 'bash' }] }, /server tool 'bash_20250124' is not supported/)
+    refused({ ...base, tools: [{ input_schema: { type: 'object' } }] }, 'tools.0.name')
+    refused({ ...base, tools: [{ name: 'f' }] }, 'tools.0.input_schema')
+    refused({ ...base, tool_choice: { type: 'sometimes' } }, 'tool_choice.type')
+    refused({ ...base, tool_choice: { type: 'tool' } }, 'tool_choice.name')
+    refused({ ...base, tool_choice: { type: 'any', disable_parallel_tool_use: 'yes' } }, 'tool_choice.disable_parallel_tool_use')
     refused({ ...base, thinking: { type: 'enabled', budget_tokens: 1024 } }, 'thinking')
     refused({ ...base, temperature: 1.5 }, 'temperature')
     refused({ ...base, top_p: -1 }, 'top_p')
@@ -95,6 +107,49 @@ describe('parseMessagesRequest', () => {
     assert.doesNotThrow(() => parseMessagesRequest({ ...base, tools: [], thinking: { type: 'disabled' } }))
   })
 
+  it('maps tools and tool_choice onto chat tools', () => {
+    const schema = { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] }
+    const tools = [{ name: 'get_weather', description: 'The weather', input_schema: schema }, { type: 'custom', name: 'f', input_schema: { type: 'object' } }]
+    const p = parseMessagesRequest({ ...base, tools, tool_choice: { type: 'tool', name: 'get_weather', disable_parallel_tool_use: true } })
+    assert.equal(p.tools, true)
+    assert.deepEqual(p.body.tools, [
+      { type: 'function', function: { name: 'get_weather', description: 'The weather', parameters: schema } },
+      { type: 'function', function: { name: 'f', parameters: { type: 'object' } } }
+    ])
+    assert.deepEqual(p.body.tool_choice, { type: 'function', function: { name: 'get_weather' } })
+    assert.equal(p.body.parallel_tool_calls, false)
+    const choice = (c: unknown): unknown => { const b = parseMessagesRequest({ ...base, tools, tool_choice: c }).body; return [b.tool_choice, b.parallel_tool_calls] }
+    assert.deepEqual(choice({ type: 'auto' }), ['auto', undefined])
+    assert.deepEqual(choice({ type: 'any', disable_parallel_tool_use: false }), ['required', true])
+    assert.deepEqual(choice({ type: 'none' }), ['none', undefined])
+    const plain = parseMessagesRequest(base)
+    assert.equal(plain.tools, false)
+    assert.equal('tools' in plain.body, false)
+    assert.equal('tool_choice' in plain.body, false)
+  })
+
+  it('maps tool_use and tool_result blocks onto tool_calls and tool messages', () => {
+    const p = parseMessagesRequest({
+      ...base,
+      messages: [
+        { role: 'user', content: 'Weather in Paris and Rome?' },
+        { role: 'assistant', content: [{ type: 'text', text: 'Checking.' }, { type: 'tool_use', id: 'toolu_1', name: 'get_weather', input: { city: 'Paris' } }, { type: 'tool_use', id: 'toolu_2', name: 'get_weather', input: { city: 'Rome' } }] },
+        { role: 'user', content: [{ type: 'text', text: 'Thanks!' }, { type: 'tool_result', tool_use_id: 'toolu_1', content: 'sunny' }, { type: 'tool_result', tool_use_id: 'toolu_2', content: [{ type: 'text', text: 'no' }, { type: 'text', text: 'data' }], is_error: true }] },
+        { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_3', name: 'f', input: {} }] },
+        { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_3' }] }
+      ]
+    })
+    assert.deepEqual(p.body.messages, [
+      { role: 'user', content: 'Weather in Paris and Rome?' },
+      { role: 'assistant', content: 'Checking.', tool_calls: [{ id: 'toolu_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }, { id: 'toolu_2', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Rome"}' } }] },
+      { role: 'tool', tool_call_id: 'toolu_1', content: 'sunny' },
+      { role: 'tool', tool_call_id: 'toolu_2', content: 'Error: no\ndata' },
+      { role: 'user', content: 'Thanks!' },
+      { role: 'assistant', content: null, tool_calls: [{ id: 'toolu_3', type: 'function', function: { name: 'f', arguments: '{}' } }] },
+      { role: 'tool', tool_call_id: 'toolu_3', content: '' }
+    ])
+  })
+
   it('count_tokens needs no max_tokens and generates one token', () => {
     const p = parseMessagesRequest({ model: 'm', messages: base.messages }, { forCount: true })
     assert.equal(p.body.max_tokens, 1)
@@ -107,6 +162,12 @@ describe('Anthropic output shapes', () => {
     assert.equal(stopReasonOf('length', undefined), 'max_tokens')
     assert.equal(stopReasonOf('stop', undefined), 'end_turn')
     assert.equal(stopReasonOf('stop', 'END'), 'stop_sequence')
+    assert.equal(stopReasonOf('tool_calls', undefined), 'tool_use')
+    assert.deepEqual(toolUseBlock('call_abc', 'f', '{"city":"Paris"}'), { type: 'tool_use', id: 'toolu_abc', name: 'f', input: { city: 'Paris' } })
+    assert.deepEqual(toolUseBlock('toolu_x', 'f', ''), { type: 'tool_use', id: 'toolu_x', name: 'f', input: {} })
+    assert.throws(() => toolUseBlock('call_1', 'f', '[1]'), (err: unknown) => err instanceof ShepherdError && err.status === 502)
+    assert.throws(() => toolUseBlock('call_1', 'f', '{"a":'), (err: unknown) => err instanceof ShepherdError && err.status === 502)
+    assert.deepEqual(messageObject({ id: 'msg_1', model: 'm', text: '', stopReason: 'tool_use', stopSequence: null, usage: usageOf(3, 1), blocks: [toolUseBlock('call_1', 'f', '{}')] }).content, [{ type: 'tool_use', id: 'toolu_1', name: 'f', input: {} }])
     assert.deepEqual(messageObject({ id: 'msg_1', model: 'm', text: 'hey', stopReason: 'end_turn', stopSequence: null, usage: usageOf(3, 1) }), {
       id: 'msg_1', type: 'message', role: 'assistant', model: 'm', content: [{ type: 'text', text: 'hey' }], stop_reason: 'end_turn', stop_sequence: null,
       usage: { input_tokens: 3, output_tokens: 1, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 }
@@ -127,6 +188,40 @@ describe('Anthropic output shapes', () => {
     assert.deepEqual(events[1].content_block, { type: 'text', text: '' })
     assert.deepEqual(events[3].delta, { type: 'text_delta', text: 'a' })
     assert.deepEqual(events[5], { type: 'message_delta', delta: { stop_reason: 'stop_sequence', stop_sequence: 'END' }, usage: { input_tokens: 4, output_tokens: 2 } })
+  })
+
+  it('reads chat tool calls, streamed and whole, as tool events', async () => {
+    async function * chunks (): AsyncGenerator<Record<string, unknown>> {
+      yield { choices: [{ index: 0, delta: { role: 'assistant', content: 'Hm' } }] }
+      yield { choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: 'call_a', type: 'function', function: { name: 'f', arguments: '' } }] } }] }
+      yield { choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: '{"x":' } }] } }] }
+      yield { choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: '1}' } }] } }] }
+      yield { choices: [{ index: 0, delta: { tool_calls: [{ index: 1, id: 'call_b', type: 'function', function: { name: 'g', arguments: '{}' } }] } }] }
+      yield { choices: [{ index: 0, delta: {}, finish_reason: 'tool_calls' }] }
+      yield { choices: [], usage: { prompt_tokens: 7, completion_tokens: 5 } }
+    }
+    const read = async (reply: any): Promise<unknown[]> => { const out: unknown[] = []; for await (const ev of generationEvents(reply, new AbortController().signal)) out.push(ev); return out }
+    assert.deepEqual(await read({ kind: 'stream', chunks: chunks() }), [
+      { kind: 'text', text: 'Hm' },
+      { kind: 'tool_start', call: 0, id: 'call_a', name: 'f' },
+      { kind: 'tool_args', call: 0, json: '{"x":' },
+      { kind: 'tool_args', call: 0, json: '1}' },
+      { kind: 'tool_start', call: 1, id: 'call_b', name: 'g' },
+      { kind: 'tool_args', call: 1, json: '{}' },
+      { kind: 'end', finishReason: 'tool_calls', promptTokens: 7, completionTokens: 5 }
+    ])
+    const whole = { choices: [{ message: { role: 'assistant', content: null, tool_calls: [{ id: 'call_a', type: 'function', function: { name: 'f', arguments: '{"x":1}' } }] }, finish_reason: 'tool_calls' }], usage: { prompt_tokens: 3, completion_tokens: 2 } }
+    assert.deepEqual(await read({ kind: 'result', data: whole }), [
+      { kind: 'tool_start', call: 0, id: 'call_a', name: 'f' },
+      { kind: 'tool_args', call: 0, json: '{"x":1}' },
+      { kind: 'end', finishReason: 'tool_calls', promptTokens: 3, completionTokens: 2 }
+    ])
+  })
+
+  it('opens no text block up front when tools are offered', () => {
+    const text = streamStart('msg_1', 'm', false) + streamEnd('tool_use', null, usageOf(4, 2), null)
+    const types = text.trim().split('\n\n').map(block => JSON.parse(block.split('\n')[1].replace(/^data: /, '')).type)
+    assert.deepEqual(types, ['message_start', 'ping', 'message_delta', 'message_stop'])
   })
 
   it('maps statuses onto Anthropic error types', () => {

@@ -6,7 +6,9 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { BadRequestError } from '../../src/errors.js'
 import { parseResponsesRequest, RESPONSES_LIMITS } from '../../src/api/responses-mapping.js'
-import { outputMessage, responseId, responseObject, ResponseEventStream, statusOf, usageOf } from '../../src/api/responses-output.js'
+import { functionCallItem, outputMessage, responseId, responseObject, ResponseEventStream, statusOf, usageOf } from '../../src/api/responses-output.js'
+import { responsesToolParam } from '../../src/api/responses-tools.js'
+import { generationEvents, type GenerationEvent } from '../../src/api/inference-call.js'
 
 const base = { model: 'm', input: 'hi' }
 
@@ -76,7 +78,7 @@ describe('parseResponsesRequest', () => {
     assert.equal(p.body.top_p, 0.5)
     assert.equal(p.body.response_format, undefined)
     assert.equal(p.stream, true)
-    assert.deepEqual(p.echo, { instructions: 'be brief', maxOutputTokens: 20, temperature: 0, topP: 0.5, metadata: { k: 'v' }, store: false, format: { type: 'text' }, user: null, safetyIdentifier: null, promptCacheKey: null, parallelToolCalls: true })
+    assert.deepEqual(p.echo, { instructions: 'be brief', maxOutputTokens: 20, temperature: 0, topP: 0.5, metadata: { k: 'v' }, store: false, format: { type: 'text' }, user: null, safetyIdentifier: null, promptCacheKey: null, parallelToolCalls: true, tools: [], toolChoice: 'auto' })
   })
 
   it('passes json_object and json_schema formats to the engine as response_format', () => {
@@ -87,9 +89,14 @@ describe('parseResponsesRequest', () => {
     assert.deepEqual(p.echo.format, { type: 'json_schema', name: 'thing', schema, strict: true })
   })
 
-  it('refuses what needs tools, storage or reasoning, naming the parameter', () => {
-    refused({ ...base, tools: [{ type: 'function', name: 'f', parameters: {} }] }, 'tools', 'unsupported_parameter')
-    refused({ ...base, tool_choice: 'required' }, 'tool_choice', 'unsupported_parameter')
+  it('refuses what needs hosted tools, storage or reasoning, naming the parameter', () => {
+    refused({ ...base, tools: [{ type: 'web_search' }] }, 'tools[0].type', 'unsupported_parameter')
+    refused({ ...base, tools: [{ type: 'function', name: 'f' }, { type: 'file_search', vector_store_ids: ['vs_1'] }] }, 'tools[1].type', 'unsupported_parameter')
+    refused({ ...base, tool_choice: { type: 'web_search_preview' } }, 'tool_choice.type', 'unsupported_parameter')
+    refused({ ...base, tool_choice: 'sometimes' }, 'tool_choice', 'invalid_value')
+    refused({ ...base, tool_choice: 'required' }, 'tool_choice', 'invalid_value')
+    refused({ ...base, tools: [], tool_choice: { type: 'function', name: 'f' } }, 'tool_choice', 'invalid_value')
+    refused({ ...base, input: [{ type: 'web_search_call', id: 'ws_1' }] }, 'input[0].type', 'unsupported_parameter')
     refused({ ...base, previous_response_id: 'resp_1' }, 'previous_response_id', 'unsupported_parameter')
     refused({ ...base, conversation: 'conv_1' }, 'conversation', 'unsupported_parameter')
     refused({ ...base, background: true }, 'background', 'unsupported_parameter')
@@ -97,7 +104,6 @@ describe('parseResponsesRequest', () => {
     refused({ ...base, include: ['message.output_text.logprobs'] }, 'include[0]', 'unsupported_parameter')
     refused({ ...base, top_logprobs: 3 }, 'top_logprobs', 'unsupported_parameter')
     refused({ ...base, truncation: 'auto' }, 'truncation', 'unsupported_parameter')
-    refused({ ...base, input: [{ type: 'function_call_output', call_id: 'c', output: 'x' }] }, 'input[0].type', 'unsupported_parameter')
     refused({ ...base, input: [{ type: 'item_reference', id: 'msg_1' }] }, 'input[0].type', 'unsupported_parameter')
     refused({ ...base, input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'http://x' }] }] }, 'input[0].content[0].type', 'unsupported_parameter')
     refused({ ...base, text: { verbosity: 'high' } }, 'text.verbosity', 'unsupported_parameter')
@@ -223,5 +229,145 @@ describe('response objects and events', () => {
     const f = new ResponseEventStream({ id: 'resp_2', createdAt: 100, model: 'm' }, echo, 'msg_2')
     const failed = events(f.start() + f.delta('x') + f.error('timeout', 'took too long'))
     assert.deepEqual(failed[failed.length - 1], { type: 'error', code: 'timeout', message: 'took too long', param: null, sequence_number: 5 })
+  })
+})
+
+describe('function tools (issue 13)', () => {
+  const parameters = { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] }
+
+  it('maps tools, tool_choice and parallel_tool_calls onto chat, and echoes them as OpenAI does', () => {
+    const p = parseResponsesRequest({ ...base, tools: [{ type: 'function', name: 'get_weather', description: 'Weather', parameters, strict: true }, { type: 'function', name: 'now' }], tool_choice: { type: 'function', name: 'get_weather' }, parallel_tool_calls: false })
+    assert.deepEqual(p.body.tools, [
+      { type: 'function', function: { name: 'get_weather', description: 'Weather', parameters, strict: true } },
+      { type: 'function', function: { name: 'now' } }
+    ])
+    assert.deepEqual(p.body.tool_choice, { type: 'function', function: { name: 'get_weather' } })
+    assert.equal(p.body.parallel_tool_calls, false)
+    assert.deepEqual(p.echo.tools, [
+      { type: 'function', name: 'get_weather', description: 'Weather', parameters, strict: true },
+      { type: 'function', name: 'now', description: null, parameters: null, strict: null }
+    ])
+    assert.deepEqual(p.echo.toolChoice, { type: 'function', name: 'get_weather' })
+    for (const choice of ['auto', 'none', 'required'] as const) {
+      const q = parseResponsesRequest({ ...base, tools: [{ type: 'function', name: 'f' }], tool_choice: choice })
+      assert.equal(q.body.tool_choice, choice)
+      assert.equal(q.echo.toolChoice, choice)
+    }
+    const plain = parseResponsesRequest(base)
+    assert.equal('tools' in plain.body, false)
+    assert.equal('tool_choice' in plain.body, false)
+    assert.deepEqual(plain.echo.tools, [])
+    assert.equal(plain.echo.toolChoice, 'auto')
+  })
+
+  it('maps function_call items to assistant tool_calls (parallel ones merged) and function_call_output to role tool', () => {
+    const p = parseResponsesRequest({
+      ...base,
+      input: [
+        { role: 'user', content: 'Weather in Paris and Rome?' },
+        { type: 'function_call', id: 'fc_1', call_id: 'call_a', name: 'get_weather', arguments: '{"city":"Paris"}', status: 'completed' },
+        { type: 'function_call', call_id: 'call_b', name: 'get_weather', arguments: '{"city":"Rome"}' },
+        { type: 'function_call_output', call_id: 'call_a', output: '{"sky":"sunny"}' },
+        { type: 'function_call_output', call_id: 'call_b', output: [{ type: 'input_text', text: 'rain' }] }
+      ]
+    })
+    assert.deepEqual(p.body.messages, [
+      { role: 'user', content: 'Weather in Paris and Rome?' },
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [
+          { id: 'call_a', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
+          { id: 'call_b', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Rome"}' } }
+        ]
+      },
+      { role: 'tool', tool_call_id: 'call_a', content: '{"sky":"sunny"}' },
+      { role: 'tool', tool_call_id: 'call_b', content: 'rain' }
+    ])
+  })
+
+  it('refuses malformed tools and tool items, naming the parameter', () => {
+    refused({ ...base, tools: [{ type: 'function' }] }, 'tools[0].name', 'missing_required_parameter')
+    refused({ ...base, tools: [{ type: 'function', name: 7 }] }, 'tools[0].name', 'invalid_type')
+    refused({ ...base, tools: [{ type: 'function', name: 'f', parameters: 'x' }] }, 'tools[0].parameters', 'invalid_type')
+    refused({ ...base, tools: ['f'] }, 'tools[0]', 'invalid_type')
+    refused({ ...base, tool_choice: { type: 'function' } }, 'tool_choice.name', 'missing_required_parameter')
+    refused({ ...base, input: [{ type: 'function_call', call_id: 'c', name: 'f' }] }, 'input[0].arguments', 'missing_required_parameter')
+    refused({ ...base, input: [{ type: 'function_call', call_id: 'c', name: 'f', arguments: {} }] }, 'input[0].arguments', 'invalid_type')
+    refused({ ...base, input: [{ type: 'function_call_output', output: 'x' }] }, 'input[0].call_id', 'missing_required_parameter')
+    refused({ ...base, input: [{ type: 'function_call_output', call_id: 'c' }] }, 'input[0].output', 'missing_required_parameter')
+    refused({ ...base, input: [{ type: 'function_call_output', call_id: 'c', output: [{ type: 'input_image' }] }] }, 'input[0].output[0].type', 'unsupported_parameter')
+  })
+
+  it('renames the engine\'s chat params to the Responses ones', () => {
+    assert.equal(responsesToolParam('tools[3].function.name'), 'tools[3].name')
+    assert.equal(responsesToolParam('tools[0].function.parameters'), 'tools[0].parameters')
+    assert.equal(responsesToolParam('tools[0].function'), 'tools[0]')
+    assert.equal(responsesToolParam('tool_choice.function.name'), 'tool_choice.name')
+    assert.equal(responsesToolParam('messages[1]'), null)
+  })
+
+  it('puts a call in the whole response as a function_call item', () => {
+    const echo = parseResponsesRequest({ ...base, tools: [{ type: 'function', name: 'f' }], tool_choice: 'required' }).echo
+    const r = responseObject({ id: 'resp_1', createdAt: 1, model: 'm', status: 'completed', output: [functionCallItem('fc_1', 'completed', 'call_1', 'f', '{}')], usage: usageOf(1, 1), completedAt: 2 }, echo)
+    assert.deepEqual(r.output, [{ id: 'fc_1', type: 'function_call', status: 'completed', call_id: 'call_1', name: 'f', arguments: '{}' }])
+    assert.equal(r.tool_choice, 'required')
+    assert.deepEqual(r.tools, [{ type: 'function', name: 'f', description: null, parameters: null, strict: null }])
+  })
+
+  it('streams a forced call: item added with empty arguments, argument deltas, done events, numbered in sequence', () => {
+    const echo = parseResponsesRequest({ ...base, tools: [{ type: 'function', name: 'f' }] }).echo
+    const s = new ResponseEventStream({ id: 'resp_1', createdAt: 100, model: 'm' }, echo, 'msg_1', true)
+    const all = events(s.start() + s.callStart(0, 'call_1', 'f', 'fc_1') + s.callArguments(0, '{"a"') + s.callArguments(0, ':1}') + s.finish('tool_calls', usageOf(3, 2), 101))
+    assert.deepEqual(all.map(e => e.type), [
+      'response.created', 'response.in_progress', 'response.output_item.added',
+      'response.function_call_arguments.delta', 'response.function_call_arguments.delta',
+      'response.function_call_arguments.done', 'response.output_item.done', 'response.completed'
+    ])
+    assert.deepEqual(all.map(e => e.sequence_number), all.map((_, i) => i))
+    assert.deepEqual(all[2].item, { id: 'fc_1', type: 'function_call', status: 'in_progress', call_id: 'call_1', name: 'f', arguments: '' })
+    assert.deepEqual(all[3], { type: 'response.function_call_arguments.delta', item_id: 'fc_1', output_index: 0, delta: '{"a"', sequence_number: 3 })
+    assert.equal(all[5].arguments, '{"a":1}')
+    assert.equal(all[5].item_id, 'fc_1')
+    assert.deepEqual(all[6].item, { id: 'fc_1', type: 'function_call', status: 'completed', call_id: 'call_1', name: 'f', arguments: '{"a":1}' })
+    assert.deepEqual(all[7].response.output, [all[6].item])
+  })
+
+  it('streams text then two calls as three output items in order; a lazy stream with no output still ends with a message', () => {
+    const echo = parseResponsesRequest({ ...base, tools: [{ type: 'function', name: 'f' }] }).echo
+    const s = new ResponseEventStream({ id: 'resp_1', createdAt: 100, model: 'm' }, echo, 'msg_1', true)
+    const all = events(s.start() + s.delta('ok') + s.callStart(0, 'call_1', 'f', 'fc_1') + s.callArguments(0, '{}') + s.callStart(1, 'call_2', 'f', 'fc_2') + s.callArguments(1, '{}') + s.finish('tool_calls', usageOf(3, 2), 101))
+    const final = all[all.length - 1].response
+    assert.deepEqual(final.output.map((i: any) => [i.type, i.id]), [['message', 'msg_1'], ['function_call', 'fc_1'], ['function_call', 'fc_2']])
+    assert.deepEqual(all.filter(e => e.type === 'response.output_item.added').map(e => e.output_index), [0, 1, 2])
+    assert.deepEqual(all.filter(e => e.type === 'response.function_call_arguments.delta').map(e => [e.item_id, e.output_index]), [['fc_1', 1], ['fc_2', 2]])
+    const empty = new ResponseEventStream({ id: 'resp_2', createdAt: 100, model: 'm' }, echo, 'msg_2', true)
+    const none = events(empty.start() + empty.finish('stop', usageOf(1, 0), 101))
+    assert.deepEqual(none[none.length - 1].response.output, [{ id: 'msg_2', type: 'message', status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: '', annotations: [], logprobs: [] }] }])
+  })
+
+  it('reads chat tool calls from streamed chunks and from a whole result', async () => {
+    const collect = async (gen: AsyncGenerator<GenerationEvent>): Promise<GenerationEvent[]> => { const out: GenerationEvent[] = []; for await (const e of gen) out.push(e); return out }
+    const chunk = (delta: Record<string, unknown>, finish: string | null = null): Record<string, unknown> => ({ choices: [{ index: 0, delta, finish_reason: finish }] })
+    async function * chunks (): AsyncGenerator<Record<string, unknown>> {
+      yield chunk({ role: 'assistant', content: 'ok' })
+      yield chunk({ tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }] })
+      yield chunk({ tool_calls: [{ index: 0, function: { arguments: '{"a"' } }] })
+      yield chunk({ tool_calls: [{ index: 0, function: { arguments: ':1}' } }] }, 'tool_calls')
+      yield { choices: [], usage: { prompt_tokens: 5, completion_tokens: 4, total_tokens: 9 } }
+    }
+    assert.deepEqual(await collect(generationEvents({ kind: 'stream', chunks: chunks() }, new AbortController().signal)), [
+      { kind: 'text', text: 'ok' },
+      { kind: 'tool_start', call: 0, id: 'call_1', name: 'f' },
+      { kind: 'tool_args', call: 0, json: '{"a"' },
+      { kind: 'tool_args', call: 0, json: ':1}' },
+      { kind: 'end', finishReason: 'tool_calls', promptTokens: 5, completionTokens: 4 }
+    ])
+    const data = { choices: [{ index: 0, message: { role: 'assistant', content: null, tool_calls: [{ id: 'call_2', type: 'function', function: { name: 'g', arguments: '{}' } }] }, finish_reason: 'tool_calls' }], usage: { prompt_tokens: 2, completion_tokens: 3 } }
+    assert.deepEqual(await collect(generationEvents({ kind: 'result', data }, new AbortController().signal)), [
+      { kind: 'tool_start', call: 0, id: 'call_2', name: 'g' },
+      { kind: 'tool_args', call: 0, json: '{}' },
+      { kind: 'end', finishReason: 'tool_calls', promptTokens: 2, completionTokens: 3 }
+    ])
   })
 })

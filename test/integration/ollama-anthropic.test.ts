@@ -325,7 +325,7 @@ describe('Ollama and Anthropic APIs across the mesh', () => {
       const user = [{ role: 'user' as const, content: 'x' }]
       await refused(claude.messages.create({ model: MODEL, messages: user } as any), 400, 'invalid_request_error', /max_tokens: Field required/)
       await refused(claude.messages.create({ model: MODEL, messages: user, max_tokens: TINY_MODEL.contextLength + 1 }), 400, 'invalid_request_error', /max_tokens: 513 > 512/)
-      await refused(claude.messages.create({ model: MODEL, messages: user, max_tokens: 8, tools: [{ name: 'f', input_schema: { type: 'object' } }] }), 400, 'invalid_request_error', /tools/)
+      await refused(claude.messages.create({ model: MODEL, messages: user, max_tokens: 8, tools: [{ type: 'web_search_20250305', name: 'web_search' }] } as any), 400, 'invalid_request_error', /server tool 'web_search_20250305' is not supported/)
       await refused(claude.messages.create({ model: MODEL, messages: user, max_tokens: 8, temperature: 3 } as any), 400, 'invalid_request_error', /temperature/)
       await refused(claude.messages.create({ model: MODEL, messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'base64', media_type: 'image/png', data: 'aGk=' } }] }], max_tokens: 8 }), 400, 'invalid_request_error', /image/)
       await refused(claude.messages.create({ model: 'nope', messages: user, max_tokens: 8 }), 404, 'not_found_error', /nope/)

@@ -13,9 +13,12 @@ import { APICallError, generateObject, generateText, streamText } from 'ai'
 import { zodTextFormat } from 'openai/helpers/zod'
 import { z } from 'zod'
 import { createTinyModel, TINY_MODEL } from '../support/tiny-model.js'
+import { PARAMETERS, validArgs } from '../support/tool-fixtures.js'
 import { getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
 
 const MODEL = 'tiny-chat'
+/** A model with room for node-llama-cpp's function documentation (as in tools-embedded.test.ts). */
+const TOOLS_MODEL = 'tiny-tools-resp'
 const KEY = 'sk-test-responses'
 
 type Kind = 'string' | 'number' | 'integer' | 'boolean' | 'object' | 'array' | 'null'
@@ -38,7 +41,7 @@ const RESPONSE = {
   error: 'null', incomplete_details: ['object', 'null'], instructions: ['string', 'null'], max_output_tokens: ['integer', 'null'],
   max_tool_calls: 'null', model: 'string', output: 'array', parallel_tool_calls: 'boolean', previous_response_id: 'null',
   prompt_cache_key: ['string', 'null'], reasoning: 'object', safety_identifier: ['string', 'null'], service_tier: 'string', store: 'boolean',
-  temperature: 'number', text: 'object', tool_choice: 'string', tools: 'array', top_logprobs: 'integer', top_p: 'number',
+  temperature: 'number', text: 'object', tool_choice: ['string', 'object'], tools: 'array', top_logprobs: 'integer', top_p: 'number',
   truncation: 'string', usage: ['object', 'null'], user: ['string', 'null'], metadata: 'object'
 } as const
 const USAGE = { input_tokens: 'integer', input_tokens_details: 'object', output_tokens: 'integer', output_tokens_details: 'object', total_tokens: 'integer' } as const
@@ -250,9 +253,10 @@ describe('Responses API across the mesh', () => {
         return true
       })
     }
-    await refused(client.responses.create({ ...ask, tools: [{ type: 'function', name: 'f', parameters: { type: 'object' }, strict: false }] }), 400, 'tools', /tools are not supported/)
+    await refused(client.responses.create({ ...ask, tools: [{ type: 'web_search' }] }), 400, 'tools[0].type', /only function tools/)
+    await refused(client.responses.create({ ...ask, tools: [{ type: 'file_search', vector_store_ids: ['vs_1'] }] }), 400, 'tools[0].type', /file_search/)
     await refused(client.responses.create({ ...ask, previous_response_id: 'resp_123' }), 400, 'previous_response_id', /does not store responses/)
-    await refused(client.responses.create({ ...ask, input: [{ type: 'function_call_output', call_id: 'c1', output: 'x' }] }), 400, 'input[0].type', /function_call_output/)
+    await refused(client.responses.create({ ...ask, input: [{ type: 'computer_call_output', call_id: 'c1', output: { type: 'computer_screenshot' } }] as any }), 400, 'input[0].type', /computer_call_output/)
     await refused(client.responses.create({ ...ask, input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'http://x/y.png', detail: 'auto' }] }] }), 400, 'input[0].content[0].type', /input_image/)
     await refused(client.responses.create({ ...ask, max_output_tokens: TINY_MODEL.contextLength + 1 }), 400, 'max_output_tokens', /maximum/)
     await refused(client.responses.create({ ...ask, model: 'nope' }), 404, 'model', /nope/)
@@ -338,5 +342,101 @@ describe('Responses API across the mesh', () => {
     assert.equal(r.object, 'response')
     assert.equal(b.child.exitCode, null)
     assert.equal(a.child.exitCode, null)
+  })
+})
+
+/** The Responses function tools through the mesh (issue 13): forced calls, streamed, and a second turn. */
+describe('Responses API function tools across the mesh (embedded engine)', () => {
+  const nodes: NodeProcess[] = []
+  let client: OpenAI
+  const tools: OpenAI.Responses.FunctionTool[] = [{ type: 'function', name: 'get_weather', description: 'The weather in a city', parameters: PARAMETERS as unknown as Record<string, unknown>, strict: false }]
+  const QUESTION = 'What is the weather in Paris?'
+  // A named tool_choice is enforced by grammar, so the call is valid whatever the random weights pick;
+  // temperature 0 keeps the run the same every time (Responses has no seed or logit_bias).
+  const forced = { model: TOOLS_MODEL, input: QUESTION, tools, tool_choice: { type: 'function' as const, name: 'get_weather' }, temperature: 0, max_output_tokens: 200 }
+  const CALL = { id: 'string', type: 'string', status: 'string', call_id: 'string', name: 'string', arguments: 'string' } as const
+
+  before(async () => {
+    const dir = await tempDir('shepherd-models-resp-tools-')
+    await createTinyModel(path.join(dir, `${TOOLS_MODEL}.gguf`), { addSpacePrefix: false, contextLength: 2048 })
+    const a = await startNode({ name: 'resp-tools-a' })
+    nodes.push(a)
+    nodes.push(await startNode({ name: 'resp-tools-b', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--threads', '1', '--models-dir', dir] }))
+    client = new OpenAI({ baseURL: `${a.api}/v1`, apiKey: 'unused', maxRetries: 0 })
+    await waitFor('A to see B\'s model', async () => (await client.models.list()).data.some(m => m.id === TOOLS_MODEL), 15_000)
+  })
+
+  after(async () => { await Promise.all(nodes.map(async n => await stopNode(n, 'SIGKILL'))) })
+
+  it('a named tool_choice gives a function_call item whose arguments validate; its output is accepted in a second turn', async () => {
+    const r = await client.responses.create(forced)
+    const { output_text: _sdkSide, ...raw } = r as any
+    assertShape(raw, RESPONSE, 'response')
+    assert.equal(r.status, 'completed', JSON.stringify(r.output))
+    assert.deepEqual(r.tool_choice, { type: 'function', name: 'get_weather' })
+    assert.deepEqual(r.tools, [{ type: 'function', name: 'get_weather', description: 'The weather in a city', parameters: PARAMETERS, strict: false }])
+    const calls = r.output.filter(i => i.type === 'function_call')
+    assert.equal(calls.length, 1, JSON.stringify(r.output))
+    const call = calls[0]
+    assertShape(call, CALL, 'function_call')
+    assert.match(call.id ?? '', /^fc_[0-9a-f]{48}$/)
+    assert.match(call.call_id, /^call_/)
+    assert.equal(call.name, 'get_weather')
+    assert.equal(call.status, 'completed')
+    assert.ok(validArgs(JSON.parse(call.arguments)), `${JSON.stringify(validArgs.errors)} in ${call.arguments}`)
+
+    // The agent loop as the SDK documents it: the call item sent back as it came, then the tool's result.
+    const second = await client.responses.create({
+      model: TOOLS_MODEL,
+      tools,
+      temperature: 0,
+      max_output_tokens: 16,
+      input: [{ role: 'user', content: QUESTION }, call, { type: 'function_call_output', call_id: call.call_id, output: JSON.stringify({ sky: 'sunny' }) }]
+    })
+    assert.ok(second.status === 'completed' || second.status === 'incomplete', second.status)
+    assert.ok(second.output.length > 0)
+    assert.ok((second.usage?.input_tokens ?? 0) > (r.usage?.input_tokens ?? 0), 'the second turn holds the call and its result')
+  })
+
+  it('streamed: function_call added with empty arguments, argument deltas, done events, numbered in sequence', async () => {
+    const events: any[] = []
+    for await (const ev of await client.responses.create({ ...forced, stream: true })) events.push(ev)
+    assert.deepEqual(events.map(e => e.sequence_number), events.map((_, i) => i))
+    const types = events.map(e => e.type)
+    assert.deepEqual(types.slice(0, 3), ['response.created', 'response.in_progress', 'response.output_item.added'], types.join(','))
+    assert.equal(types.at(-1), 'response.completed', types.slice(-3).join(','))
+    const added = events[2]
+    assertShape(added.item, CALL, 'added item')
+    assert.equal(added.item.type, 'function_call')
+    assert.equal(added.item.arguments, '')
+    assert.equal(added.item.name, 'get_weather')
+    const deltas = events.filter(e => e.type === 'response.function_call_arguments.delta')
+    assert.ok(deltas.length > 1, `arguments came in ${deltas.length} delta(s)`)
+    for (const d of deltas) {
+      assertShape(d, { type: 'string', item_id: 'string', output_index: 'integer', delta: 'string', sequence_number: 'integer' }, 'delta')
+      assert.equal(d.item_id, added.item.id)
+      assert.equal(d.output_index, added.output_index)
+    }
+    const done = events.find(e => e.type === 'response.function_call_arguments.done')
+    assert.equal(done.item_id, added.item.id)
+    assert.equal(done.arguments, deltas.map(d => d.delta).join(''))
+    assert.ok(validArgs(JSON.parse(done.arguments)), done.arguments)
+    const itemDone = events.find(e => e.type === 'response.output_item.done')
+    assert.deepEqual(itemDone.item, { ...added.item, status: 'completed', arguments: done.arguments })
+    const final = events.at(-1).response
+    assert.deepEqual(final.output, [itemDone.item])
+    assert.ok(final.usage.input_tokens > 0)
+    assert.equal(types.includes('response.output_text.delta'), false, 'a forced call writes no text')
+  })
+
+  it('hostile tools: the engine\'s refusals name the Responses parameter, and the node keeps serving', async () => {
+    const param = async (p: Promise<unknown>): Promise<string | null | undefined> => await p.then(() => undefined, (err: any) => { assert.equal(err.status, 400, String(err)); return err.param })
+    // The engine's own checks, renamed from chat's `tools[0].function.name` / `tool_choice.function.name`.
+    assert.equal(await param(client.responses.create({ ...forced, tools: [{ type: 'function', name: 'bad name', parameters: null, strict: false }], tool_choice: 'auto' })), 'tools[0].name')
+    assert.equal(await param(client.responses.create({ ...forced, tool_choice: { type: 'function', name: 'not_offered' } })), 'tool_choice')
+    assert.equal(await param(client.responses.create({ ...forced, tools: Array.from({ length: 10_000 }, (_, i) => ({ ...tools[0], name: `t${i}` })), tool_choice: 'auto' })), 'tools')
+    assert.equal(await param(client.responses.create({ ...forced, tools: [{ type: 'web_search' }] })), 'tools[0].type')
+    const ok = await client.responses.create({ model: TOOLS_MODEL, input: QUESTION, max_output_tokens: 2 })
+    assert.equal(ok.object, 'response')
   })
 })

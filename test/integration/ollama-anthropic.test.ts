@@ -10,24 +10,12 @@ import path from 'node:path'
 import Anthropic from '@anthropic-ai/sdk'
 import { Ollama } from 'ollama'
 import { createTinyModel, TINY_MODEL } from '../support/tiny-model.js'
+import { assertShape } from '../support/shape.js'
 import { getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
 
 const MODEL = 'tiny-chat'
 const KEY = 'sk-test-ollama-anthropic'
 
-type Kind = 'string' | 'number' | 'integer' | 'boolean' | 'object' | 'array' | 'null'
-
-/** Asserts that `obj` has exactly these keys, each of this type (an array lists allowed types). */
-function assertShape (obj: any, shape: Record<string, Kind | readonly Kind[]>, what: string): void {
-  assert.ok(obj != null && typeof obj === 'object' && !Array.isArray(obj), `${what}: not an object: ${JSON.stringify(obj)}`)
-  assert.deepEqual(Object.keys(obj).sort(), Object.keys(shape).sort(), `${what}: keys of ${JSON.stringify(obj)}`)
-  for (const [k, t] of Object.entries(shape)) {
-    const v = obj[k]
-    const kinds: readonly Kind[] = typeof t === 'string' ? [t] : t
-    const actual: Kind = v === null ? 'null' : Array.isArray(v) ? 'array' : Number.isInteger(v) ? 'integer' : typeof v as Kind
-    assert.ok(kinds.includes(actual) || (actual === 'integer' && kinds.includes('number')), `${what}.${k}: ${actual}, expected ${kinds.join('|')}`)
-  }
-}
 
 const STATS = { total_duration: 'integer', load_duration: 'integer', prompt_eval_count: 'integer', prompt_eval_duration: 'integer', eval_count: 'integer', eval_duration: 'integer' } as const
 const DETAILS = { parent_model: 'string', format: 'string', family: 'string', families: ['array', 'null'], parameter_size: 'string', quantization_level: 'string' } as const

@@ -14,7 +14,7 @@ import { promisify } from 'node:util'
 import OpenAI from 'openai'
 import type { ChatCompletionMessageParam } from 'openai/resources/chat/completions'
 import { assertMatchesOpenAISchema } from '../support/openai-schema.js'
-import { NO_BYTE_TOKENS, QUESTION, TOOLS, assertStreamedNamedCall, validArgs } from '../support/tool-fixtures.js'
+import { NO_BYTE_TOKENS, QUESTION, TOOLS, assertStreamedNamedCall, requiredCall } from '../support/tool-fixtures.js'
 import { createTinyModel } from '../support/tiny-model.js'
 import { startNode, stopNode, tempDir, waitFor, type NodeProcess } from '../support/cluster.js'
 
@@ -43,16 +43,7 @@ describe('tool calling through the mesh (llama-server engine, openai client)', (
 
   it('an agent loop: a forced call, the tool run, its result sent back, an answer', async () => {
     const messages: ChatCompletionMessageParam[] = [QUESTION]
-    const first = await client.chat.completions.create({ model: MODEL, messages, tools: TOOLS, tool_choice: 'required', seed: 1, max_tokens: 200, logit_bias: NO_BYTE_TOKENS })
-    assertMatchesOpenAISchema('CreateChatCompletionResponse', first)
-    const choice = first.choices[0]
-    assert.equal(choice.finish_reason, 'tool_calls')
-    const call = choice.message.tool_calls?.[0]
-    assert.ok(call !== undefined && call.type === 'function', JSON.stringify(choice.message))
-    assert.match(call.id, /^call_/)
-    assert.equal(call.function.name, 'get_weather')
-    const args: unknown = JSON.parse(call.function.arguments)
-    assert.ok(validArgs(args), `${JSON.stringify(validArgs.errors)} in ${call.function.arguments}`)
+    const { choice, call, args } = await requiredCall(client, MODEL, messages)
     messages.push(choice.message, { role: 'tool', tool_call_id: call.id, content: JSON.stringify({ sky: 'sunny', city: (args as { city: string }).city }) })
     const answer = await client.chat.completions.create({ model: MODEL, messages, tools: TOOLS, seed: 2, max_tokens: 16, logit_bias: NO_BYTE_TOKENS })
     assertMatchesOpenAISchema('CreateChatCompletionResponse', answer)

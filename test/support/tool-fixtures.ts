@@ -47,3 +47,21 @@ export async function assertStreamedNamedCall (client: OpenAI, model: string): P
   assert.ok(argumentDeltas > 1, `arguments came in ${argumentDeltas} delta(s)`)
   assert.ok((final.usage?.prompt_tokens ?? 0) > 0)
 }
+
+/**
+ * Asks for a call with `tool_choice: 'required'` and checks the answer against OpenAI's schema, a
+ * `call_` id, the tool's name and its arguments against the parameters schema.
+ */
+export async function requiredCall (client: OpenAI, model: string, messages: ChatCompletionMessageParam[]): Promise<{ choice: OpenAI.Chat.Completions.ChatCompletion.Choice, call: OpenAI.Chat.Completions.ChatCompletionMessageFunctionToolCall, args: unknown }> {
+  const first = await client.chat.completions.create({ model, messages, tools: TOOLS, tool_choice: 'required', seed: 1, max_tokens: 200, logit_bias: NO_BYTE_TOKENS })
+  assertMatchesOpenAISchema('CreateChatCompletionResponse', first)
+  const choice = first.choices[0]
+  assert.equal(choice.finish_reason, 'tool_calls')
+  const call = choice.message.tool_calls?.[0]
+  assert.ok(call !== undefined && call.type === 'function', JSON.stringify(choice.message))
+  assert.match(call.id, /^call_/)
+  assert.equal(call.function.name, 'get_weather')
+  const args: unknown = JSON.parse(call.function.arguments)
+  assert.ok(validArgs(args), `${JSON.stringify(validArgs.errors)} in ${call.function.arguments}`)
+  return { choice, call, args }
+}

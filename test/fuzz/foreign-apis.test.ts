@@ -8,11 +8,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import type { FastifyInstance, InjectOptions } from 'fastify'
-import { buildApi } from '../../src/api/index.js'
-import { MeshNode } from '../../src/node/index.js'
-import { resolveOptions } from '../../src/config/index.js'
-import { logSink, setLogSink } from '../../src/logger.js'
-import { tempDir } from '../support/cluster.js'
+import { startFuzzApi, type FuzzApi } from '../support/fuzz-api-node.js'
 import { checkAsync, deadline } from '../support/fuzz-harness.js'
 import { hostileJsonText, hostileJsonValue, mutated } from '../support/fuzz-arbitraries.js'
 
@@ -66,27 +62,18 @@ function assertAnthropicError (body: any, where: string): void {
 }
 
 describe('fuzz: Ollama and Anthropic routes (fastify.inject)', () => {
-  const protoKeys = Object.getOwnPropertyNames(Object.prototype).sort()
-  const originalSink = logSink
-  let node: MeshNode
+  let api: FuzzApi | undefined
   let app: FastifyInstance
   const seen = new Map<string, number>()
 
   before(async () => {
-    setLogSink(() => {})
-    const opts = await resolveOptions({ env: {}, flags: { 'no-mdns': true, 'data-dir': await tempDir('shepherd-fuzz-foreign-'), listen: ['/ip4/127.0.0.1/tcp/0'], 'api-key': [KEY], name: 'fuzz-foreign' } })
-    node = await MeshNode.create(opts)
-    await node.start()
-    app = await buildApi({ node, bodyLimitBytes: BODY_LIMIT })
+    api = await startFuzzApi('fuzz-foreign', KEY, BODY_LIMIT)
+    app = api.app
   })
 
   after(async () => {
-    await app?.close()
-    await node?.stop({ announce: false })
-    setLogSink(originalSink)
+    await api?.close()
     console.log(`# fuzz foreign apis: statuses ${JSON.stringify(Object.fromEntries([...seen].sort()))}`)
-    assert.deepEqual(Object.getOwnPropertyNames(Object.prototype).sort(), protoKeys, 'Object.prototype gained keys')
-    assert.equal(({} as Record<string, unknown>).polluted, undefined)
   })
 
   it('answers random requests with a fitting status in each API\'s own error shape, never a 500', async () => {

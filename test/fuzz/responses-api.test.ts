@@ -11,13 +11,9 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import type { FastifyInstance, InjectOptions } from 'fastify'
-import { buildApi } from '../../src/api/index.js'
 import { parseResponsesRequest } from '../../src/api/responses-mapping.js'
 import { BadRequestError } from '../../src/errors.js'
-import { MeshNode } from '../../src/node/index.js'
-import { resolveOptions } from '../../src/config/index.js'
-import { logSink, setLogSink } from '../../src/logger.js'
-import { tempDir } from '../support/cluster.js'
+import { startFuzzApi, type FuzzApi } from '../support/fuzz-api-node.js'
 import { check, checkAsync, deadline } from '../support/fuzz-harness.js'
 import { hostileJsonText, hostileJsonValue, mutated } from '../support/fuzz-arbitraries.js'
 
@@ -64,27 +60,18 @@ const request = fc.record({
 })
 
 describe('fuzz: the Responses API', () => {
-  const protoKeys = Object.getOwnPropertyNames(Object.prototype).sort()
-  const originalSink = logSink
-  let node: MeshNode
+  let api: FuzzApi | undefined
   let app: FastifyInstance
   const seen = new Map<number, number>()
 
   before(async () => {
-    setLogSink(() => {})
-    const opts = await resolveOptions({ env: {}, flags: { 'no-mdns': true, 'data-dir': await tempDir('shepherd-fuzz-responses-'), listen: ['/ip4/127.0.0.1/tcp/0'], 'api-key': [KEY], name: 'fuzz-responses' } })
-    node = await MeshNode.create(opts)
-    await node.start()
-    app = await buildApi({ node, bodyLimitBytes: BODY_LIMIT })
+    api = await startFuzzApi('fuzz-responses', KEY, BODY_LIMIT)
+    app = api.app
   })
 
   after(async () => {
-    await app?.close()
-    await node?.stop({ announce: false })
-    setLogSink(originalSink)
+    await api?.close()
     console.log(`# fuzz responses: statuses ${JSON.stringify(Object.fromEntries([...seen].sort()))}`)
-    assert.deepEqual(Object.getOwnPropertyNames(Object.prototype).sort(), protoKeys, 'Object.prototype gained keys')
-    assert.equal(({} as Record<string, unknown>).polluted, undefined)
   })
 
   it('maps or refuses every body with a BadRequestError naming a parameter', () => {

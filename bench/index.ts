@@ -13,7 +13,12 @@ const BENCHES: Record<string, () => Promise<BenchModule>> = {
   'lan-groups': async () => await import('./lan-groups.js'),
   placement: async () => await import('./placement.js'),
   routing: async () => await import('./routing.js'),
-  load: async () => await import('./load.js')
+  load: async () => await import('./load.js'),
+  engines: async () => await import('./engines.js'),
+  split: async () => await import('./split.js'),
+  prefix: async () => await import('./prefix.js'),
+  sim: async () => await import('./sim.js'),
+  scale: async () => await import('./scale.js')
 }
 
 async function main (argv: string[]): Promise<number> {

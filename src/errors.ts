@@ -130,6 +130,22 @@ export const MODEL_INVALID_FILE = 'model_invalid_file'
 /** A `load_model` named only sources that are not members of this node's mesh: nothing is dialed. */
 export const SOURCE_NOT_MEMBER = 'source_not_member'
 
+/**
+ * Split replicas (issue 16). `rpc_tunnel_refused`: a member opened the RPC tunnel for a split
+ * this node does not serve for it (audited); the others answer commands.
+ */
+export const RPC_TUNNEL_REFUSED = 'rpc_tunnel_refused'
+export const SPLIT_CODES = {
+  tunnelRefused: RPC_TUNNEL_REFUSED,
+  /** A split spec that names no workers, the head itself, or a model without a layer count. */
+  invalidSplit: 'invalid_split',
+  /** The node cannot head or serve splits (engine without per-model flags, no file). */
+  notSupported: 'split_not_supported',
+  /** No rpc-server binary was found on a worker. */
+  rpcServerMissing: 'rpc_server_missing',
+  rpcServerFailed: 'rpc_server_failed'
+} as const
+
 /** A client pinned a file (`x-shepherd-model-fingerprint`) that no member serves under that name. */
 export class ModelFingerprintNotFoundError extends ShepherdError {
   constructor (model: string, fingerprint: string) {
@@ -178,6 +194,8 @@ export const AUTHORITY_CODES = {
   voteRefused: 'vote_refused',
   /** A remote command whose issuer is not the proven leader of its group at that term. */
   notProvenLeader: 'not_proven_leader',
+  /** A member-operator command (term 0) from a peer that is no member by proof, or in an open mesh. */
+  notMemberOperator: 'not_member_operator',
   /** A gossiped deployment record not signed by a member (or not by the origin it names). */
   unsignedDeployment: 'deployment_unsigned',
   /** A gossiped deployment record stamped beyond now + the allowed clock skew. */

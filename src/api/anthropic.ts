@@ -9,7 +9,7 @@ import { ShepherdError } from '../errors.js'
 import { anthropicError, messageId, messageObject, parseMessagesRequest, sse, stopReasonOf, streamEnd, streamStart, textDelta, usageOf, type ParsedMessagesRequest } from './anthropic-mapping.js'
 import { toolUseBlock, toolUseId } from './anthropic-tools.js'
 import { chatEvents, generationEvents, routeCall, streamError, type ForeignApiOptions, type GenerationEvent } from './inference-call.js'
-import { StopScanner } from './stop-scanner.js'
+import { StopScanner } from '../node/engines/index.js'
 
 /** A stop sequence matched: generation is stopped on purpose, not failed. */
 const STOPPED = new ShepherdError('stop sequence reached', { code: 'stop_sequence', status: 499 })

@@ -1,19 +1,21 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { UnauthorizedError } from '../errors.js'
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
 
 /**
- * Requires `Authorization: Bearer KEY` (or `x-api-key`) on every route but `/healthz` when keys
- * are configured. Keys are compared as SHA-256 digests with a constant-time compare, so neither
- * length nor content leaks through timing; they are never logged.
+ * Requires `Authorization: Bearer KEY` (or `x-api-key`) on every route but `/healthz` (and what
+ * `isPublic` names) when keys are configured. Keys are compared as SHA-256 digests with a
+ * constant-time compare, so neither length nor content leaks through timing; they are never logged.
  */
-export function installApiKeys (app: FastifyInstance, keys: string[]): void {
+export function installApiKeys (app: FastifyInstance, keys: string[], opts: { isPublic?: (request: FastifyRequest) => boolean } = {}): void {
   if (keys.length === 0) return
   const digests = keys.map(digest)
   app.addHook('onRequest', async (request) => {
     if (request.url === '/healthz') return
+    // The console's static files (api/console.ts): a browser cannot put a key on a navigation; the page asks for it.
+    if (opts.isPublic?.(request) === true) return
     const header = request.headers.authorization
     const presented = typeof header === 'string' && /^Bearer\s+/i.test(header)
       ? header.replace(/^Bearer\s+/i, '').trim()

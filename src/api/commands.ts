@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { BadRequestError, PeerNotFoundError } from '../errors.js'
 import { COMMAND_TYPES, type CommandType } from '../p2p/index.js'
-import type { MeshNode } from '../node/index.js'
+import { AmbiguousPeerError, MEMBER_OPERATOR_TERM, type MeshNode } from '../node/index.js'
 
 const errorResponses = { '4xx': { $ref: 'ErrorBody#' }, '5xx': { $ref: 'ErrorBody#' } }
 
@@ -42,17 +42,29 @@ export function commandRoutes (node: MeshNode): FastifyPluginAsync {
       const group = body.group ?? node.mesh.groups[0]
       if (group == null) throw new BadRequestError('this node is in no group; name one', 'group')
       const output: string[] = []
-      const result = await node.control.send(target, body.type, body.payload, { group, term: node.groups.leaderOf(group).term, onOutput: line => { if (output.length < 10_000) output.push(line) } })
-      return { ...result, output }
+      // The group's leader signs at its term; any other member signs as an operator (term 0), which
+      // the target accepts from a member by proof (not in an open mesh): see operatorAuthority.
+      const term = node.groups.isLeader(group) ? node.groups.leaderOf(group).term : MEMBER_OPERATOR_TERM
+      const result = await node.control.send(target, body.type, body.payload, { group, term, onOutput: line => { if (output.length < 10_000) output.push(line) } })
+      return { ...result, output, target, issuedAs: term === MEMBER_OPERATOR_TERM && target !== node.id ? 'member' : target === node.id ? 'self' : 'leader' }
     })
   }
 }
 
-/** Accepts a full peer id, a unique suffix of one, or a peer name. */
-function resolvePeer (node: MeshNode, ref: string): string {
-  if (ref === node.id || ref === node.name) return node.id
-  const peers = node.peers()
-  const hits = peers.filter(p => p.id === ref || p.name === ref || p.id.endsWith(ref))
-  if (hits.length !== 1) throw new PeerNotFoundError(ref)
-  return hits[0].id
+/**
+ * Accepts a full peer id, a peer name or a unique id suffix (at least 6 characters), this node
+ * included. A name or suffix that several nodes share is refused (409 `ambiguous_peer`, listing
+ * them), never resolved to one silently (every Raspberry Pi is called "raspberrypi").
+ */
+export function resolvePeer (node: Pick<MeshNode, 'id' | 'name' | 'peers'>, ref: string): string {
+  const all = [{ id: node.id, name: node.name }, ...node.peers().map(p => ({ id: p.id, name: p.name }))]
+  const exact = all.find(p => p.id === ref)
+  if (exact != null) return exact.id
+  const byName = all.filter(p => p.name === ref)
+  if (byName.length > 1) throw new AmbiguousPeerError(ref, byName)
+  if (byName.length === 1) return byName[0].id
+  const bySuffix = ref.length >= 6 ? all.filter(p => p.id.endsWith(ref)) : []
+  if (bySuffix.length > 1) throw new AmbiguousPeerError(ref, bySuffix)
+  if (bySuffix.length === 1) return bySuffix[0].id
+  throw new PeerNotFoundError(ref)
 }

@@ -3,6 +3,7 @@ import { ModelNotFoundError, NotFoundError, ShepherdError } from '../errors.js'
 import type { MeshNode } from '../node/index.js'
 import type { Reconciler, Router } from '../scheduler/index.js'
 import { pinnedHosts } from '../scheduler/model-registry.js'
+import { deploymentProgress } from './deployment-progress.js'
 
 const errorResponses = { '4xx': { $ref: 'ErrorBody#' }, '5xx': { $ref: 'ErrorBody#' } }
 const STRATEGIES = ['resource-fit', 'least-loaded', 'locality', 'round-robin', 'weighted', 'random', 'label-cost']
@@ -24,7 +25,8 @@ const createBody = {
       properties: {
         gpuRequired: { type: 'boolean' },
         minVramBytes: { type: 'integer', minimum: 0 },
-        labels: { type: 'object', maxProperties: 32, additionalProperties: { type: 'string', maxLength: 128 } }
+        labels: { type: 'object', maxProperties: 32, additionalProperties: { type: 'string', maxLength: 128 } },
+        split: { type: 'boolean' }
       }
     }
   }
@@ -34,7 +36,9 @@ const createBody = {
 export function deploymentRoutes (node: MeshNode, router: Router, reconciler: Reconciler): FastifyPluginAsync {
   const view = (model: string): Record<string, unknown> | undefined => {
     const d = node.deployments.get(model)
-    return d == null ? undefined : { ...d, status: reconciler.status(d) }
+    if (d == null) return undefined
+    const status = reconciler.status(d)
+    return { ...d, status, progress: deploymentProgress(d, status, node.progressRows()) }
   }
   return async (app: FastifyInstance) => {
     app.get('/api/deployments', {

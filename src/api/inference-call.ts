@@ -5,7 +5,8 @@
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ShepherdError, TimeoutError } from '../errors.js'
-import type { InferenceOp, InferenceReply, InferenceRequestFrame } from '../p2p/index.js'
+import { requestIdFrom, type InferenceCall, type InferenceReply } from '../node/index.js'
+import type { ChatCompletionRequest, CompletionRequest, EmbeddingRequest } from '../node/engines/index.js'
 import type { Router } from '../scheduler/index.js'
 
 /** What the foreign API plugins need from the node: the router and the request limit. */
@@ -27,21 +28,46 @@ export interface RoutedCall {
   done: () => void
 }
 
+/** The operations whose request is an OpenAI JSON body. */
+export type BodyOp = 'chat' | 'completion' | 'embeddings'
+
 /**
- * Routes one OpenAI-shaped request. The abort fires when the client closes the connection or
- * the request limit runs out (then `signal.reason` is a `TimeoutError`).
+ * The typed call for an OpenAI JSON body the route's schema accepted (a model, and messages,
+ * a prompt or an input). The engines check every other field (400 `invalid_request`).
  */
-export async function routeCall (opts: ForeignApiOptions, req: FastifyRequest, reply: FastifyReply, op: InferenceOp, body: Record<string, unknown>): Promise<RoutedCall> {
+export function bodyCall (op: BodyOp, body: Record<string, unknown>, requestId: string): InferenceCall {
+  const model = String(body.model)
+  switch (op) {
+    case 'chat': return { op, requestId, model, stream: body.stream === true, body: body as unknown as ChatCompletionRequest }
+    case 'completion': return { op, requestId, model, stream: body.stream === true, body: body as unknown as CompletionRequest }
+    case 'embeddings': return { op, requestId, model, stream: false, body: body as unknown as EmbeddingRequest }
+  }
+}
+
+/**
+ * The request id of an HTTP request: the client's `x-request-id` when it is a plain token, else a
+ * new one. It is sent back as `x-request-id` and crosses the mesh with the call.
+ */
+export function requestIdOf (req: FastifyRequest, reply: FastifyReply): string {
+  const id = requestIdFrom(req.headers['x-request-id'])
+  void reply.header('x-request-id', id)
+  return id
+}
+
+/**
+ * Routes one call with the client-gone abort and the request time limit: the abort fires when
+ * the client closes the connection or the limit runs out (then `signal.reason` is a
+ * `TimeoutError`). `x-shepherd-model-fingerprint` pins the file; `x-shepherd-host` names the host.
+ */
+export async function routeTyped (opts: ForeignApiOptions, req: FastifyRequest, reply: FastifyReply, call: InferenceCall): Promise<RoutedCall> {
   const ac = new AbortController()
   reply.raw.on('close', () => { if (!reply.raw.writableEnded) ac.abort(new ShepherdError('client closed the request', { code: 'client_closed', status: 499 })) })
   const limit = opts.requestTimeoutMs()
   const timer = setTimeout(() => { ac.abort(new TimeoutError(`The request took longer than ${limit} ms`)) }, limit)
   timer.unref()
-  const model = String(body.model)
-  const frame: InferenceRequestFrame = { v: 1, op, stream: body.stream === true, body, model }
   try {
     const pin = req.headers['x-shepherd-model-fingerprint']
-    const result = await opts.router.route(frame, ac.signal, typeof pin === 'string' && pin !== '' ? { fingerprint: pin } : {})
+    const result = await opts.router.route(call, ac.signal, typeof pin === 'string' && pin !== '' ? { fingerprint: pin } : {})
     void reply.header('x-shepherd-host', result.host.peerId)
     return { reply: result.reply, host: result.host.peerId, signal: ac.signal, abort: reason => { ac.abort(reason) }, done: () => { clearTimeout(timer) } }
   } catch (err) {
@@ -49,6 +75,11 @@ export async function routeCall (opts: ForeignApiOptions, req: FastifyRequest, r
     if (ac.signal.aborted && ac.signal.reason instanceof TimeoutError) throw ac.signal.reason
     throw err
   }
+}
+
+/** Routes one OpenAI-shaped body (the foreign APIs' path): {@link routeTyped} of its {@link bodyCall}. */
+export async function routeCall (opts: ForeignApiOptions, req: FastifyRequest, reply: FastifyReply, op: BodyOp, body: Record<string, unknown>): Promise<RoutedCall> {
+  return await routeTyped(opts, req, reply, bodyCall(op, body, requestIdOf(req, reply)))
 }
 
 /** One piece of a chat generation as the foreign APIs need it. */
@@ -72,18 +103,22 @@ export type GenerationEvent =
 export async function * generationEvents (reply: InferenceReply, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
   if (reply.kind === 'passthrough') throw new ShepherdError('The engine answered with raw HTTP where a chat result was expected', { code: 'bad_engine_reply', status: 502 })
   if (reply.kind === 'result') {
-    const d = reply.data as any
-    const choice = d?.choices?.[0]
-    const content = choice?.message?.content ?? choice?.text
+    // A payload from a peer is unverified JSON: every field is read through `field`/`list`.
+    const d = reply.data.value
+    const choice = field(list(d.choices)[0])
+    const message = field(choice.message)
+    const content = message.content ?? choice.text
     const text = typeof content === 'string' ? content : ''
     if (text !== '') yield { kind: 'text', text }
-    const calls: any[] = Array.isArray(choice?.message?.tool_calls) ? choice.message.tool_calls : []
-    for (const [i, c] of calls.entries()) {
-      yield { kind: 'tool_start', call: i, id: String(c?.id ?? `call_${i}`), name: String(c?.function?.name ?? '') }
-      const json = c?.function?.arguments
+    for (const [i, item] of list(message.tool_calls).entries()) {
+      const c = field(item)
+      const fn = field(c.function)
+      yield { kind: 'tool_start', call: i, id: String(c.id ?? `call_${i}`), name: String(fn.name ?? '') }
+      const json = fn.arguments
       if (typeof json === 'string' && json !== '') yield { kind: 'tool_args', call: i, json }
     }
-    yield { kind: 'end', finishReason: String(choice?.finish_reason ?? 'stop'), promptTokens: numberOrNull(d?.usage?.prompt_tokens), completionTokens: numberOrNull(d?.usage?.completion_tokens) }
+    const usage = field(d.usage)
+    yield { kind: 'end', finishReason: String(choice.finish_reason ?? 'stop'), promptTokens: numberOrNull(usage.prompt_tokens), completionTokens: numberOrNull(usage.completion_tokens) }
     return
   }
   let finish: string | null = null
@@ -94,27 +129,31 @@ export async function * generationEvents (reply: InferenceReply, signal: AbortSi
   const started = new Set<number>()
   for await (const chunk of reply.chunks) {
     if (signal.aborted) break
-    const c = chunk as any
-    if (c?.usage != null) {
-      promptTokens = numberOrNull(c.usage.prompt_tokens)
-      completionTokens = numberOrNull(c.usage.completion_tokens)
+    const c = chunk.value
+    if (c.usage != null) {
+      const usage = field(c.usage)
+      promptTokens = numberOrNull(usage.prompt_tokens)
+      completionTokens = numberOrNull(usage.completion_tokens)
     }
-    const choice = c?.choices?.[0]
-    if (choice == null) continue
+    const first = list(c.choices)[0]
+    if (first == null) continue
+    const choice = field(first)
+    const delta = field(choice.delta)
     // Chat chunks carry `delta.content`; completion chunks (raw prompts) carry `text`.
-    const text = choice.delta?.content ?? choice.text
+    const text = delta.content ?? choice.text
     if (typeof text === 'string' && text !== '') {
       deltas++
       yield { kind: 'text', text }
     }
-    const calls: any[] = Array.isArray(choice.delta?.tool_calls) ? choice.delta.tool_calls : []
-    for (const tc of calls) {
-      const call = typeof tc?.index === 'number' ? tc.index : 0
+    for (const item of list(delta.tool_calls)) {
+      const tc = field(item)
+      const fn = field(tc.function)
+      const call = typeof tc.index === 'number' ? tc.index : 0
       if (!started.has(call)) {
         started.add(call)
-        yield { kind: 'tool_start', call, id: String(tc?.id ?? `call_${call}`), name: String(tc?.function?.name ?? '') }
+        yield { kind: 'tool_start', call, id: String(tc.id ?? `call_${call}`), name: String(fn.name ?? '') }
       }
-      const json = tc?.function?.arguments
+      const json = fn.arguments
       if (typeof json === 'string' && json !== '') {
         deltas++
         yield { kind: 'tool_args', call, json }
@@ -127,6 +166,16 @@ export async function * generationEvents (reply: InferenceReply, signal: AbortSi
     return
   }
   yield { kind: 'end', finishReason: finish ?? 'stop', promptTokens, completionTokens: completionTokens ?? deltas }
+}
+
+/** `v` as an object whose fields may be read (anything else reads as an empty one). */
+function field (v: unknown): Record<string, unknown> {
+  return v != null && typeof v === 'object' && !Array.isArray(v) ? v as Record<string, unknown> : {}
+}
+
+/** `v` as an array (anything else reads as an empty one). */
+function list (v: unknown): unknown[] {
+  return Array.isArray(v) ? v : []
 }
 
 /** {@link generationEvents} without tool calls: text pieces and the end (requests that offer no tools). */

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { PeerNotFoundError } from '../errors.js'
-import type { MeshNode, PeerEvent } from '../node/index.js'
+import { percentOf, type MeshNode, type PeerEvent, type ProgressEvent } from '../node/index.js'
 import { renderPrometheus } from './metrics.js'
 import { peerIdParams } from './schemas.js'
 import { stripControlDeep } from '../p2p/index.js'
@@ -57,10 +57,17 @@ export function inspectionRoutes (node: MeshNode, opts: { sseHeartbeatMs?: numbe
       res.write(`event: hello\ndata: ${JSON.stringify(stripControlDeep({ id: node.id, name: node.name, peers: node.peers().map(p => ({ id: p.id, name: p.name, status: p.status })) }))}\n\n`)
       const onPeer = (ev: PeerEvent): void => { res.write(`event: ${ev.type}\ndata: ${JSON.stringify(stripControlDeep(ev))}\n\n`) }
       node.on('peer', onPeer)
+      // Model transfers and loads, this node's and members' (issue 15: deployment progress).
+      const onProgress = (ev: ProgressEvent): void => {
+        const data = { model: ev.model, group: node.deployments.get(ev.model)?.group ?? null, nodeId: ev.nodeId, name: ev.name, phase: ev.phase, receivedBytes: ev.receivedBytes, totalBytes: ev.totalBytes, percent: percentOf(ev), bytesPerSec: ev.bytesPerSec, error: ev.error, at: new Date(ev.at).toISOString() }
+        res.write(`event: deployment:progress\ndata: ${JSON.stringify(stripControlDeep(data))}\n\n`)
+      }
+      node.on('progress', onProgress)
       const keepAlive = setInterval(() => { res.write(': keep-alive\n\n') }, opts.sseHeartbeatMs ?? 15000)
       const done = (): void => {
         clearInterval(keepAlive)
         node.off('peer', onPeer)
+        node.off('progress', onProgress)
       }
       req.raw.on('close', done)
       res.on('error', done)

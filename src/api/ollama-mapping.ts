@@ -9,6 +9,7 @@
  */
 import { BadRequestError } from '../errors.js'
 import type { MeshModel } from '../scheduler/index.js'
+import { mapOllamaMessages, mapOllamaTools, type OllamaToolCall } from './ollama-tools.js'
 
 /** The Ollama API level this server speaks; clients gate features on it, not on our version. */
 export const OLLAMA_API_VERSION = '0.12.0'
@@ -128,22 +129,17 @@ export interface ParsedOllamaChat {
   body: Record<string, unknown>
 }
 
-/** Validates `/api/chat`. Text only: images, tools and thinking are refused. */
+/**
+ * Validates `/api/chat`: text, `tools` (with OpenAI's `tool_choice` as an extension), assistant
+ * `tool_calls` and `role: "tool"` results (see ollama-tools.ts). Images and thinking are refused.
+ */
 export function parseOllamaChat (raw: unknown, resolve: (n: string) => string = n => n): ParsedOllamaChat {
   const b = asObject(raw, 'body')
   const model = resolve(modelOf(b))
-  refuse(b, ['tools', 'think', 'logprobs'])
+  refuse(b, ['think', 'logprobs'])
   if (!Array.isArray(b.messages)) throw new BadRequestError('messages must be a list', 'messages')
-  const messages = b.messages.map((rawMsg, i) => {
-    const m = asObject(rawMsg, `messages[${i}]`)
-    if (m.role !== 'system' && m.role !== 'user' && m.role !== 'assistant') {
-      throw new BadRequestError(`messages[${i}].role must be system, user or assistant`, `messages[${i}].role`)
-    }
-    if (present(m, 'content') && typeof m.content !== 'string') throw new BadRequestError(`messages[${i}].content must be a string`, `messages[${i}].content`)
-    refuse(m, ['images', 'tool_calls'])
-    return { role: m.role, content: (m.content as string | undefined) ?? '' }
-  })
-  return { model, stream: parseStream(b), body: { ...common(b, model), messages } }
+  const messages = mapOllamaMessages(b.messages)
+  return { model, stream: parseStream(b), body: { ...common(b, model), ...mapOllamaTools(b), messages } }
 }
 
 export interface ParsedOllamaGenerate {
@@ -260,9 +256,15 @@ export function chatLine (model: string, createdAt: string, text: string): Recor
   return { model, created_at: createdAt, message: { role: 'assistant', content: text }, done: false }
 }
 
-/** The last `/api/chat` line, or the whole non-streamed answer with `text`. */
-export function chatFinal (model: string, createdAt: string, text: string, doneReason: string, stats: GenerationStats): Record<string, unknown> {
-  return { model, created_at: createdAt, message: { role: 'assistant', content: text }, done_reason: doneReason, done: true, ...statsFields(stats) }
+/** The streamed `/api/chat` line carrying the tool calls, whole, as Ollama sends them before the last line. */
+export function toolCallsLine (model: string, createdAt: string, calls: OllamaToolCall[]): Record<string, unknown> {
+  return { model, created_at: createdAt, message: { role: 'assistant', content: '', tool_calls: calls }, done: false }
+}
+
+/** The last `/api/chat` line, or the whole non-streamed answer with `text` (and its tool calls). */
+export function chatFinal (model: string, createdAt: string, text: string, doneReason: string, stats: GenerationStats, calls: OllamaToolCall[] = []): Record<string, unknown> {
+  const message = { role: 'assistant', content: text, ...(calls.length > 0 ? { tool_calls: calls } : {}) }
+  return { model, created_at: createdAt, message, done_reason: doneReason, done: true, ...statsFields(stats) }
 }
 
 /** One streamed `/api/generate` line. */
@@ -322,7 +324,7 @@ export function showResult (m: MeshModel, modifiedAt: string): Record<string, un
       'general.architecture': arch,
       ...(m.contextLength != null ? { [`${arch}.context_length`]: m.contextLength } : {})
     },
-    capabilities: ['completion', 'embedding'],
+    capabilities: ['completion', 'tools', 'embedding'],
     modified_at: modifiedAt
   }
 }

@@ -7,17 +7,22 @@
 import { openStream } from './stream-response.js'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { BadRequestError, ModelNotFoundError, ShepherdError } from '../errors.js'
-import type { InferenceOp } from '../p2p/index.js'
 import type { MeshModel } from '../scheduler/index.js'
-import { chatEvents, routeCall, streamError, type ForeignApiOptions } from './inference-call.js'
+import { generationEvents, routeCall, streamError, type BodyOp, type ForeignApiOptions } from './inference-call.js'
+import { OllamaToolCalls } from './ollama-tools.js'
 import {
-  OLLAMA_API_VERSION, chatFinal, chatLine, doneReasonOf, embedResult, generateFinal, generateLine, modelOf, parseOllamaChat,
+  OLLAMA_API_VERSION, chatFinal, chatLine, doneReasonOf, toolCallsLine, embedResult, generateFinal, generateLine, modelOf, parseOllamaChat,
   parseOllamaEmbed, parseOllamaGenerate, psEntry, resolveModelName, showResult, tagsEntry, type GenerationStats
 } from './ollama-mapping.js'
 
 export interface OllamaRoutesOptions extends ForeignApiOptions {
   /** The node's idle time before a model unloads: `/api/ps`'s `expires_at` is an estimate from it. */
   keepAliveMs: () => number
+  /**
+   * Answers `GET /` for a browser (its `Accept` names text/html): the console page. API clients
+   * (curl, the Ollama libraries) still get `Ollama is running`.
+   */
+  page?: { wants: (req: FastifyRequest) => boolean, send: (reply: FastifyReply) => Promise<unknown> }
 }
 
 /** Rewrites any error body of this plugin's routes (ours, fastify's, the auth hooks') into Ollama's `{error}`. */
@@ -57,11 +62,13 @@ export function ollamaRoutes (opts: OllamaRoutesOptions): FastifyPluginAsync {
    * Runs a chat or raw completion and answers as `/api/chat` or `/api/generate` does: NDJSON
    * lines, or one object when `stream` is false.
    */
-  async function generation (req: FastifyRequest, reply: FastifyReply, p: { model: string, stream: boolean, op: InferenceOp, body: Record<string, unknown>, shape: 'chat' | 'generate', doneReason?: string }): Promise<void> {
+  async function generation (req: FastifyRequest, reply: FastifyReply, p: { model: string, stream: boolean, op: BodyOp, body: Record<string, unknown>, shape: 'chat' | 'generate', doneReason?: string }): Promise<void> {
     const t0 = process.hrtime.bigint()
     const createdAt = (): string => new Date().toISOString()
     const call = await routeCall(opts, req, reply, p.op, p.body).catch(err => { throw inOllamaTerms(err) })
-    const events = chatEvents(call.reply, call.signal)
+    const events = generationEvents(call.reply, call.signal)
+    // Ollama sends calls whole: gathered from the argument pieces, sent before the last line.
+    const calls = new OllamaToolCalls()
     let text = ''
     let firstNs: number | null = null
     const line = (piece: string): Record<string, unknown> => p.shape === 'chat' ? chatLine(p.model, createdAt(), piece) : generateLine(p.model, createdAt(), piece)
@@ -70,7 +77,7 @@ export function ollamaRoutes (opts: OllamaRoutesOptions): FastifyPluginAsync {
       const promptNs = firstNs ?? total
       const stats: GenerationStats = { totalNs: total, promptNs, evalNs: total - promptNs, promptTokens: promptTokens ?? 0, evalTokens }
       const reason = p.doneReason ?? doneReasonOf(finish)
-      return p.shape === 'chat' ? chatFinal(p.model, createdAt(), whole, reason, stats) : generateFinal(p.model, createdAt(), whole, reason, stats)
+      return p.shape === 'chat' ? chatFinal(p.model, createdAt(), whole, reason, stats, p.stream ? [] : calls.list()) : generateFinal(p.model, createdAt(), whole, reason, stats)
     }
     try {
       // The first event is awaited before anything is sent, so a refusal keeps its own status.
@@ -80,10 +87,11 @@ export function ollamaRoutes (opts: OllamaRoutesOptions): FastifyPluginAsync {
         // characters, and the model's output must reach the client verbatim.
         for (; next.done !== true; next = await events.next()) {
           const ev = next.value
-          if (ev.kind === 'text') {
+          if (calls.take(ev)) firstNs ??= elapsedNs(t0)
+          else if (ev.kind === 'text') {
             firstNs ??= elapsedNs(t0)
             text += ev.text
-          } else {
+          } else if (ev.kind === 'end') {
             await reply.type('application/json').send(JSON.stringify(final(p.doneReason != null ? '' : text, ev.finishReason, ev.promptTokens, ev.completionTokens ?? 0)))
             return
           }
@@ -96,11 +104,13 @@ export function ollamaRoutes (opts: OllamaRoutesOptions): FastifyPluginAsync {
       try {
         for (; next.done !== true; next = await events.next()) {
           const ev = next.value
-          if (ev.kind === 'text') {
+          if (calls.take(ev)) firstNs ??= elapsedNs(t0)
+          else if (ev.kind === 'text') {
             firstNs ??= elapsedNs(t0)
             // A load request answers with one empty final line, whatever the token was.
             if (p.doneReason == null) await write(line(ev.text))
-          } else {
+          } else if (ev.kind === 'end') {
+            if (calls.size > 0) await write(toolCallsLine(p.model, createdAt(), calls.list()))
             await write(final('', ev.finishReason, ev.promptTokens, ev.completionTokens ?? 0))
             return
           }
@@ -121,7 +131,12 @@ export function ollamaRoutes (opts: OllamaRoutesOptions): FastifyPluginAsync {
     installOllamaErrors(app)
     const anyObject = { type: 'object' }
 
-    app.get('/', async (_req, reply) => await reply.type('text/plain; charset=utf-8').send('Ollama is running'))
+    app.get('/', async (req, reply) => {
+      // One URL, two answers: a cache must keep them apart.
+      void reply.header('vary', 'accept')
+      if (opts.page?.wants(req) === true) return await opts.page.send(reply)
+      return await reply.type('text/plain; charset=utf-8').send('Ollama is running')
+    })
     app.get('/api/version', async () => ({ version: OLLAMA_API_VERSION }))
     app.get('/api/tags', async () => ({ models: sorted().map(m => tagsEntry(m, seenAt)) }))
     app.get('/api/ps', async () => {
@@ -159,7 +174,7 @@ export function ollamaRoutes (opts: OllamaRoutesOptions): FastifyPluginAsync {
         const call = await routeCall(opts, req, reply, 'embeddings', p.body)
         try {
           if (call.reply.kind !== 'result') throw new ShepherdError('The engine answered embeddings with a stream', { code: 'bad_engine_reply', status: 502 })
-          const out = embedResult(p.model, call.reply.data, elapsedNs(t0))
+          const out = embedResult(p.model, call.reply.data.value, elapsedNs(t0))
           const body = legacy ? { embedding: (out.embeddings as number[][])[0] ?? [] } : out
           await reply.type('application/json').send(JSON.stringify(body))
         } finally {

@@ -1,7 +1,8 @@
 import { openStream } from './stream-response.js'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
-import { ModelNotFoundError, ShepherdError, TimeoutError } from '../errors.js'
-import type { InferenceOp, InferenceRequestFrame, InferenceReply } from '../p2p/index.js'
+import { BadRequestError, ModelNotFoundError, ShepherdError, TimeoutError } from '../errors.js'
+import { PASSTHROUGH_PATHS, type InferenceCall, type InferenceReply, type PassthroughPath } from '../node/index.js'
+import { bodyCall, requestIdOf, routeTyped, type BodyOp } from './inference-call.js'
 import type { Router } from '../scheduler/index.js'
 import { toErrorBody } from './errors.js'
 
@@ -32,6 +33,19 @@ const modelObject = {
     state: { type: 'string' },
     hosts: { type: 'integer' }
   }
+}
+
+const SSE_DATA = Buffer.from('data: ')
+const SSE_END = Buffer.from('\n\n')
+
+/** One SSE event around a chunk's serialized bytes (one JSON object on one line). */
+function sseEvent (bytes: Uint8Array): Buffer {
+  return Buffer.concat([SSE_DATA, bytes, SSE_END])
+}
+
+/** Writes `bytes`, waiting while the client's socket is full (back-pressure to the host node). */
+async function writeBytes (res: NodeJS.WritableStream, bytes: Uint8Array): Promise<void> {
+  if (!res.write(bytes)) await new Promise(resolve => res.once('drain', resolve))
 }
 
 /** Hop-by-hop and framing headers are ours to set, not the upstream's. */
@@ -71,14 +85,14 @@ export function openaiRoutes (opts: OpenAIRoutesOptions): FastifyPluginAsync {
       return found
     })
 
-    const infer = (op: InferenceOp) => async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
-      const body = req.body as Record<string, unknown>
-      const frame: InferenceRequestFrame = { v: 1, op, stream: body.stream === true && op !== 'embeddings', body, model: String(body.model) }
-      await serve(req, reply, frame)
+    const infer = (op: BodyOp) => async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+      await serve(req, reply, bodyCall(op, req.body as Record<string, unknown>, requestIdOf(req, reply)))
     }
 
     const passthrough = async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
-      const path = req.url.replace(/^\/v1/, '').split('?')[0]
+      const url = req.url.replace(/^\/v1/, '').split('?')[0]
+      const path = PASSTHROUGH_PATHS.find(p => p === url)
+      if (path == null) throw new ShepherdError(`${url} is not passed through`, { code: 'unsupported_endpoint', status: 404 })
       const raw = req.body
       let bytes: Buffer
       let modelName: string | undefined
@@ -87,47 +101,36 @@ export function openaiRoutes (opts: OpenAIRoutesOptions): FastifyPluginAsync {
         modelName = /name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]+)/.exec(raw.toString('latin1'))?.[1]
       } else {
         bytes = Buffer.from(JSON.stringify(raw ?? {}))
-        modelName = typeof (raw as any)?.model === 'string' ? (raw as any).model : undefined
+        const named: unknown = raw != null && typeof raw === 'object' ? (raw as { model?: unknown }).model : undefined
+        modelName = typeof named === 'string' ? named : undefined
       }
       if (modelName == null || modelName === '') throw new ShepherdError('you must provide a model parameter', { code: 'missing_model', status: 400, param: 'model' })
       const headers: Record<string, string> = {}
       const ct = req.headers['content-type']
       if (typeof ct === 'string') headers['content-type'] = ct
-      const frame: InferenceRequestFrame = { v: 1, op: 'passthrough', stream: false, body: null, model: modelName, pass: { method: 'POST', path, headers, body: bytes.toString('base64') } }
-      await serve(req, reply, frame)
+      // The client's bytes as they came, relayed as bytes (no copy into JSON).
+      const call: InferenceCall = { op: 'passthrough', requestId: requestIdOf(req, reply), model: modelName, stream: false, method: 'POST', path: path satisfies PassthroughPath, headers, bytes }
+      await serve(req, reply, call)
     }
 
-    async function serve (req: FastifyRequest, reply: FastifyReply, frame: InferenceRequestFrame): Promise<void> {
-      const ac = new AbortController()
-      // The client went away before we finished: stop the generation wherever it runs.
-      reply.raw.on('close', () => { if (!reply.raw.writableEnded) ac.abort(new ShepherdError('client closed the request', { code: 'client_closed', status: 499 })) })
-      const limit = opts.requestTimeoutMs()
-      const timer = setTimeout(() => { ac.abort(new TimeoutError(`The request took longer than ${limit} ms`)) }, limit)
-      timer.unref()
+    async function serve (req: FastifyRequest, reply: FastifyReply, call: InferenceCall): Promise<void> {
+      const routed = await routeTyped(opts, req, reply, call)
       try {
-        let result
-        try {
-          const pin = req.headers['x-shepherd-model-fingerprint']
-          result = await router.route(frame, ac.signal, typeof pin === 'string' && pin !== '' ? { fingerprint: pin } : {})
-        } catch (err) {
-          if (ac.signal.aborted && ac.signal.reason instanceof TimeoutError) throw ac.signal.reason
-          throw err
-        }
-        void reply.header('x-shepherd-host', result.host.peerId)
-        await send(reply, result.reply, ac.signal)
+        await send(reply, routed.reply, routed.signal)
       } finally {
-        clearTimeout(timer)
+        routed.done()
       }
     }
 
     async function send (reply: FastifyReply, r: InferenceReply, signal: AbortSignal): Promise<void> {
       if (r.kind === 'result') {
-        await reply.type('application/json').send(r.data)
+        // The host's serialized bytes, as they came (never parsed here when relayed).
+        await reply.type('application/json').send(Buffer.from(r.data.bytes.buffer, r.data.bytes.byteOffset, r.data.bytes.byteLength))
         return
       }
       if (r.kind === 'passthrough') {
         reply.hijack()
-        const headers: Record<string, string> = { 'x-shepherd-host': String(reply.getHeader('x-shepherd-host') ?? '') }
+        const headers: Record<string, string> = { 'x-shepherd-host': String(reply.getHeader('x-shepherd-host') ?? ''), 'x-request-id': String(reply.getHeader('x-request-id') ?? '') }
         for (const [k, v] of Object.entries(r.headers)) if (!DROP_HEADERS.has(k.toLowerCase())) headers[k] = v
         reply.raw.writeHead(r.status, headers)
         try {
@@ -140,11 +143,11 @@ export function openaiRoutes (opts: OpenAIRoutesOptions): FastifyPluginAsync {
         return
       }
       // SSE: relayed chunk by chunk as they arrive, never buffered whole.
-      const { res, write } = openStream(reply)
+      const { res } = openStream(reply)
       try {
         for await (const chunk of r.chunks) {
           if (signal.aborted) break
-          await write(`data: ${JSON.stringify(chunk)}\n\n`)
+          await writeBytes(res, sseEvent(chunk.bytes))
         }
         if (signal.aborted && signal.reason instanceof TimeoutError) throw signal.reason
         if (!signal.aborted) res.write('data: [DONE]\n\n')
@@ -163,6 +166,13 @@ export function openaiRoutes (opts: OpenAIRoutesOptions): FastifyPluginAsync {
     app.post('/v1/embeddings', { schema: { body: embeddingsBody, response: errorResponses } }, infer('embeddings'))
     for (const p of ['/v1/audio/transcriptions', '/v1/audio/translations', '/v1/audio/speech', '/v1/images/generations']) {
       app.post(p, { schema: { response: errorResponses } }, passthrough)
+    }
+    // Reranking needs a reranker model served with llama-server's --reranking, which no engine
+    // here starts: a clear refusal naming the feature rather than "unknown route".
+    for (const p of ['/v1/rerank', '/v1/reranking']) {
+      app.post(p, { schema: { response: errorResponses } }, async () => {
+        throw new BadRequestError(`Reranking (${p}) is not served by this mesh: no engine here runs a reranker model`, null, 'unsupported_parameter')
+      })
     }
 
     app.get('/api/models', {

@@ -4,13 +4,13 @@
  * responses-output.ts). Pure functions: every refusal is a `BadRequestError` whose `param` names the field the way OpenAI's
  * API does (`input[2].content[0].type`).
  *
- * Stateless and text only: nothing is stored, so `previous_response_id`, `conversation` and item
- * references are refused; hosted tools, images, files and reasoning are refused with a 400 naming the
- * parameter rather than dropped, so a client never gets an answer to a question it did not ask.
+ * Text only. `previous_response_id` and `item_reference` items are resolved through a lookup of the
+ * node's stored responses (responses-store.ts); `conversation` objects are refused. Hosted tools,
+ * images, files and reasoning are refused with a 400 naming the parameter rather than dropped, so a client never gets an answer to a question it did not ask.
  * Function tools map onto the chat API's tools (the engines' own validation then applies); the
  * mapping of tools and their input items is responses-tools.ts.
  */
-import { BadRequestError } from '../errors.js'
+import { BadRequestError, ShepherdError } from '../errors.js'
 import { functionCallMessage, functionOutputMessage, parseResponsesToolChoice, parseResponsesTools } from './responses-tools.js'
 
 /** Bounds that protect the node; OpenAI's own limits where it states them. */
@@ -36,6 +36,7 @@ type Body = Record<string, unknown>
 
 /** Values the response object repeats from the request (OpenAI echoes them). */
 export interface ResponseEcho {
+  previousResponseId: string | null
   instructions: string | null
   maxOutputTokens: number | null
   temperature: number
@@ -58,6 +59,8 @@ export interface ParsedResponsesRequest {
   model: string
   stream: boolean
   echo: ResponseEcho
+  /** The conversation as Responses input items: the previous response's, then this input (references resolved). */
+  items: Body[]
   /** The OpenAI chat body for the router: always streamed internally, with usage. */
   body: Record<string, unknown>
 }
@@ -141,11 +144,38 @@ const TOOL_ITEMS = new Set(['custom_tool_call', 'custom_tool_call_output', 'comp
   'web_search_call', 'file_search_call', 'code_interpreter_call', 'image_generation_call', 'local_shell_call', 'local_shell_call_output',
   'shell_call', 'shell_call_output', 'apply_patch_call', 'apply_patch_call_output', 'mcp_call', 'mcp_list_tools', 'mcp_approval_request', 'mcp_approval_response'])
 
-function inputMessages (input: unknown): Body[] {
-  if (typeof input === 'string') return [{ role: 'user', content: input }]
+/**
+ * What a stored-response lookup gives the mapping (see responses-store.ts): the conversation a
+ * `previous_response_id` continues, and the items an `item_reference` names.
+ */
+export interface ResponsesLookup {
+  conversation: (responseId: string) => Body[] | undefined
+  item: (itemId: string) => Body | undefined
+}
+
+/** Unknown stored ids are 404s, as OpenAI answers them. */
+function notFound (message: string, param: string, code: string): ShepherdError {
+  return new ShepherdError(message, { code, status: 404, param })
+}
+
+/** `input` as a list of items, with `item_reference`s replaced by the stored items they name. */
+function inputItems (input: unknown, lookup: ResponsesLookup | undefined): Body[] {
+  if (typeof input === 'string') return [{ type: 'message', role: 'user', content: input }]
   if (!Array.isArray(input)) throw bad('input', `Invalid type for 'input': expected a string or an array of input items, but got ${typeName(input)} instead.`, 'invalid_type')
   if (input.length === 0) throw bad('input', "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead.", 'empty_array')
   if (input.length > RESPONSES_LIMITS.maxInputItems) throw bad('input', `Invalid 'input': array too long. Expected an array with maximum length ${RESPONSES_LIMITS.maxInputItems}, but got an array with length ${input.length} instead.`, 'array_above_max_length')
+  return input.map((raw, i) => {
+    const item = asObject(raw, `input[${i}]`)
+    if (item.type !== 'item_reference' || lookup === undefined) return item
+    if (typeof item.id !== 'string') throw bad(`input[${i}].id`, `Invalid type for 'input[${i}].id': expected a string, but got ${typeName(item.id)} instead.`, 'invalid_type')
+    const found = lookup.item(item.id)
+    if (found === undefined) throw notFound(`Item with id ${shown(item.id)} not found.`, `input[${i}].id`, 'item_not_found')
+    return found
+  })
+}
+
+function inputMessages (input: Body[]): Body[] {
+  if (input.length > RESPONSES_LIMITS.maxInputItems) throw bad('input', `Invalid 'input': the conversation is too long. Expected at most ${RESPONSES_LIMITS.maxInputItems} items with those of previous_response_id, but got ${input.length}.`, 'array_above_max_length')
   const messages: Body[] = []
   input.forEach((raw, i) => {
     const param = `input[${i}]`
@@ -221,7 +251,6 @@ function parseFormat (b: Body): { format: Body, responseFormat?: Body } {
 function refuseUnsupported (b: Body): void {
   for (const k of Object.keys(b)) if (!KNOWN.has(k)) throw bad(k.slice(0, 64), `Unknown parameter: '${k.slice(0, 64)}'.`, 'unknown_parameter')
   if (present(b, 'max_tool_calls')) numberIn(b, 'max_tool_calls', 1, Number.MAX_SAFE_INTEGER, true)
-  if (present(b, 'previous_response_id')) throw unsupported('previous_response_id', 'previous_response_id is not supported: this server does not store responses. Send the whole conversation as input items instead.')
   if (present(b, 'conversation')) throw unsupported('conversation', 'conversation is not supported: this server does not store conversations. Send the whole conversation as input items instead.')
   if (present(b, 'prompt')) throw unsupported('prompt', 'Stored prompt templates are not supported by this server; send instructions and input instead.')
   if (booleanOf(b, 'background') === true) throw unsupported('background', 'background responses are not supported: this server does not store responses.')
@@ -248,15 +277,26 @@ function refuseUnsupported (b: Body): void {
  * Validates a `/v1/responses` body and maps it onto an OpenAI chat body. `maxOutputTokens` is the
  * model's context length when the mesh knows it: a `max_output_tokens` above it is refused.
  */
-export function parseResponsesRequest (raw: unknown, opts: { maxOutputTokens?: number | null } = {}): ParsedResponsesRequest {
+export function parseResponsesRequest (raw: unknown, opts: { maxOutputTokens?: number | null, lookup?: ResponsesLookup } = {}): ParsedResponsesRequest {
   const b = asObject(raw, 'body')
   refuseUnsupported(b)
+  const previousResponseId = stringOf(b, 'previous_response_id') ?? null
+  let previous: Body[] = []
+  if (previousResponseId !== null) {
+    if (opts.lookup === undefined) throw unsupported('previous_response_id', 'previous_response_id is not supported: this server does not store responses. Send the whole conversation as input items instead.')
+    const found = opts.lookup.conversation(previousResponseId)
+    // Stored responses live on the node that answered them (see the README), and only so many are kept.
+    if (found === undefined) throw notFound(`Previous response with id ${shown(previousResponseId)} not found.`, 'previous_response_id', 'previous_response_not_found')
+    previous = found
+  }
   if (!present(b, 'model')) throw bad('model', "Missing required parameter: 'model'.", 'missing_required_parameter')
   const model = stringOf(b, 'model') as string
   if (model.length === 0 || model.length > 256) throw bad('model', "Invalid 'model': expected a non-empty string of at most 256 characters.", 'invalid_value')
   if (!present(b, 'input')) throw bad('input', "Missing required parameter: 'input'.", 'missing_required_parameter')
   const instructions = stringOf(b, 'instructions') ?? null
-  const messages = [...(instructions !== null ? [{ role: 'system', content: instructions }] : []), ...inputMessages(b.input)]
+  // Instructions are not carried over from a previous response (as OpenAI does): each request gives its own.
+  const items = [...previous, ...inputItems(b.input, opts.lookup)]
+  const messages = [...(instructions !== null ? [{ role: 'system', content: instructions }] : []), ...inputMessages(items)]
   const maxOutputTokens = numberIn(b, 'max_output_tokens', 1, opts.maxOutputTokens ?? RESPONSES_LIMITS.maxOutputTokensFallback, true)
   const temperature = numberIn(b, 'temperature', 0, 2)
   const topP = numberIn(b, 'top_p', 0, 1)
@@ -290,7 +330,8 @@ export function parseResponsesRequest (raw: unknown, opts: { maxOutputTokens?: n
   return {
     model,
     stream,
-    echo: { instructions, maxOutputTokens: maxOutputTokens ?? null, temperature: temperature ?? 1, topP: topP ?? 1, metadata, store, format, user, safetyIdentifier, promptCacheKey, parallelToolCalls, tools: tools.echo, toolChoice: toolChoice.echo },
+    items,
+    echo: { previousResponseId, instructions, maxOutputTokens: maxOutputTokens ?? null, temperature: temperature ?? 1, topP: topP ?? 1, metadata, store, format, user, safetyIdentifier, promptCacheKey, parallelToolCalls, tools: tools.echo, toolChoice: toolChoice.echo },
     body
   }
 }

@@ -99,7 +99,7 @@ export function responseObject (s: ResponseState, echo: ResponseEcho): Record<st
     model: s.model,
     output: s.output,
     parallel_tool_calls: echo.parallelToolCalls,
-    previous_response_id: null,
+    previous_response_id: echo.previousResponseId,
     prompt_cache_key: echo.promptCacheKey,
     reasoning: { effort: null, summary: null },
     safety_identifier: echo.safetyIdentifier,
@@ -138,6 +138,8 @@ export class ResponseEventStream {
   private nextIndex = 0
   /** Chat tool call index → its output item and output index. */
   private readonly calls = new Map<number, { item: FunctionCallItem, outputIndex: number }>()
+  /** The finished response object, once `finish` ran (what is stored). */
+  final: Record<string, unknown> | undefined
 
   constructor (private readonly state: Omit<ResponseState, 'status' | 'output' | 'usage'>, private readonly echo: ResponseEcho, msgId = outputMessageId(), private readonly lazyMessage = false) {
     this.msgId = msgId
@@ -205,7 +207,8 @@ export class ResponseEventStream {
         this.event('response.output_item.done', { output_index: outputIndex, item })
     }
     const output = items.sort((x, y) => x.outputIndex - y.outputIndex).map(x => x.item)
-    return out + this.event(status === 'completed' ? 'response.completed' : 'response.incomplete', { response: this.response(status, output, usage, { completedAt }) })
+    this.final = this.response(status, output, usage, { completedAt })
+    return out + this.event(status === 'completed' ? 'response.completed' : 'response.incomplete', { response: this.final })
   }
 
   /** The stream broke after it started: an `error` event, which the SDKs raise as an error. */

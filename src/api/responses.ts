@@ -1,7 +1,8 @@
 /**
  * OpenAI's Responses API: `POST /v1/responses`, whole or streamed as its typed server-sent events,
  * served through the router like `/v1/chat/completions`, so a node without the model relays to one
- * that has it. Nothing is stored: `GET`/`DELETE /v1/responses/:id` answer 404 saying so.
+ * that has it. Responses with `store` (OpenAI's default) are kept on this node, bounded (see
+ * responses-store.ts), for `previous_response_id`, `item_reference` and `GET`/`DELETE /v1/responses/:id`.
  */
 import { openStream } from './stream-response.js'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
@@ -10,6 +11,12 @@ import { parseResponsesRequest, type ParsedResponsesRequest } from './responses-
 import { functionCallId, functionCallItem, outputMessage, outputMessageId, responseId, responseObject, ResponseEventStream, statusOf, usageOf, type OutputItem } from './responses-output.js'
 import { generationEvents, routeCall, streamError, type ForeignApiOptions, type GenerationEvent, type RoutedCall } from './inference-call.js'
 import { responsesToolParam, responsesToolText } from './responses-tools.js'
+import { ResponseStore, type ResponseStoreLimits } from './responses-store.js'
+
+export interface ResponsesRoutesOptions extends ForeignApiOptions {
+  /** Bounds of this node's stored responses (options `responsesStoreMax`, `responsesStoreMb`). */
+  store: ResponseStoreLimits
+}
 
 /**
  * The engine judges `response_format` (structured output may or may not be served by it) and the
@@ -29,15 +36,26 @@ function asResponsesError (err: unknown): unknown {
 const offersTools = (parsed: ParsedResponsesRequest): boolean => Array.isArray(parsed.body.tools) && parsed.body.tools.length > 0 && parsed.body.tool_choice !== 'none'
 
 /** The Responses API under `/v1/responses`. */
-export function responsesRoutes (opts: ForeignApiOptions): FastifyPluginAsync {
+export function responsesRoutes (opts: ResponsesRoutesOptions): FastifyPluginAsync {
   const { router } = opts
+  const store = new ResponseStore(opts.store)
+  const lookup = {
+    conversation: (id: string) => store.get(id)?.conversation,
+    item: (id: string) => store.item(id)
+  }
+  /** Keeps a finished response (unless `store: false`) with the conversation a follow-up continues. */
+  const keep = (parsed: ParsedResponsesRequest, response: Record<string, unknown> | undefined): void => {
+    if (!parsed.echo.store || response === undefined) return
+    const output = Array.isArray(response.output) ? response.output as Array<Record<string, unknown>> : []
+    store.put(String(response.id), { response, conversation: [...parsed.items, ...output] })
+  }
   const contextOf = (model: unknown): number | null => typeof model === 'string' ? router.models().get(model)?.contextLength ?? null : null
 
   return async (app: FastifyInstance) => {
     const anyObject = { type: 'object' }
 
     app.post('/v1/responses', { schema: { body: anyObject } }, async (req, reply) => {
-      const parsed = parseResponsesRequest(req.body, { maxOutputTokens: contextOf((req.body as any)?.model) })
+      const parsed = parseResponsesRequest(req.body, { maxOutputTokens: contextOf((req.body as any)?.model), lookup })
       let call: RoutedCall
       try {
         call = await routeCall(opts, req, reply, 'chat', parsed.body)
@@ -82,6 +100,7 @@ export function responsesRoutes (opts: ForeignApiOptions): FastifyPluginAsync {
         const output: OutputItem[] = text !== '' || calls.size === 0 ? [outputMessage(outputMessageId(), status, text)] : []
         for (const c of calls.values()) output.push(functionCallItem(functionCallId(), status, c.callId, c.name, c.args))
         const body = responseObject({ id, createdAt, model: parsed.model, status, output, usage, completedAt: Math.floor(Date.now() / 1000) }, parsed.echo)
+        keep(parsed, body)
         await reply.type('application/json').send(JSON.stringify(body))
         return
       }
@@ -101,7 +120,9 @@ export function responsesRoutes (opts: ForeignApiOptions): FastifyPluginAsync {
           }
           if (ev.kind === 'tool_start') { await write(stream.callStart(ev.call, ev.id, ev.name)); continue }
           if (ev.kind === 'tool_args') { await write(stream.callArguments(ev.call, ev.json)); continue }
-          await write(stream.finish(ev.finishReason, usageOf(ev.promptTokens ?? 0, ev.completionTokens ?? 0), Math.floor(Date.now() / 1000)))
+          const done = stream.finish(ev.finishReason, usageOf(ev.promptTokens ?? 0, ev.completionTokens ?? 0), Math.floor(Date.now() / 1000))
+          keep(parsed, stream.final)
+          await write(done)
           return
         }
         throw new ShepherdError('The generation ended without a result', { code: 'stream_failed', status: 502 })
@@ -115,12 +136,26 @@ export function responsesRoutes (opts: ForeignApiOptions): FastifyPluginAsync {
       }
     }
 
-    // Nothing is stored (see README): say so rather than answer "unknown route".
-    const notStored = async (req: FastifyRequest): Promise<never> => {
-      const id = String((req.params as { id: string }).id).slice(0, 128)
-      throw new ShepherdError(`No response found with id '${id}': this server does not store responses.`, { code: 'not_found', status: 404, param: 'response_id' })
-    }
-    app.get('/v1/responses/:id', notStored)
-    app.delete('/v1/responses/:id', notStored)
+    // Stored on this node only (see the README): another node's id, an evicted one or one sent with store: false is a 404.
+    const idOf = (req: FastifyRequest): string => String((req.params as { id: string }).id)
+    const notFound = (id: string): ShepherdError => new ShepherdError(`No response found with id '${id.slice(0, 128)}'.`, { code: 'not_found', status: 404, param: 'response_id' })
+    app.get('/v1/responses/:id', async (req, reply) => {
+      const stored = store.get(idOf(req))
+      if (stored === undefined) throw notFound(idOf(req))
+      // Sent as a string: model output must reach the client verbatim (sanitize.ts cleans objects).
+      return await reply.type('application/json').send(JSON.stringify(stored.response))
+    })
+    app.get('/v1/responses/:id/input_items', async (req, reply) => {
+      const stored = store.get(idOf(req))
+      if (stored === undefined) throw notFound(idOf(req))
+      const output = Array.isArray(stored.response.output) ? stored.response.output.length : 0
+      const data = stored.conversation.slice(0, stored.conversation.length - output).reverse()
+      const ids = data.map(item => typeof item.id === 'string' ? item.id : null)
+      return await reply.type('application/json').send(JSON.stringify({ object: 'list', data, first_id: ids[0] ?? null, last_id: ids.at(-1) ?? null, has_more: false }))
+    })
+    app.delete('/v1/responses/:id', async (req) => {
+      if (!store.delete(idOf(req))) throw notFound(idOf(req))
+      return { id: idOf(req), object: 'response', deleted: true }
+    })
   }
 }

@@ -17,6 +17,7 @@ import { openaiRoutes } from './openai.js'
 import { ollamaRoutes } from './ollama.js'
 import { anthropicRoutes } from './anthropic.js'
 import { responsesRoutes } from './responses.js'
+import { consoleRoutes, isConsoleRequest, loadConsole, sendConsolePage, wantsHtml } from './console.js'
 import { peerSchema } from './schemas.js'
 
 export interface ApiOptions {
@@ -62,10 +63,13 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   installBrowserGuards(app, { apiHost: opts.node.options.apiHost, allowedHosts: opts.node.options.allowedHosts, corsOrigins: opts.node.options.corsOrigins })
   installResponseSanitizer(app)
   installCors(app, opts.node.options.corsOrigins)
-  installApiKeys(app, opts.node.options.apiKeys)
+  installApiKeys(app, opts.node.options.apiKeys, { isPublic: isConsoleRequest })
   installRateLimit(app, opts.node.options.rateLimitPerMin)
   installBodyDepthLimit(app)
   const scheduler = opts.scheduler ?? new Scheduler(opts.node)
+  // The console (GET / for a browser, /console/*): static files; the page talks to the routes below.
+  const consoleAssets = await loadConsole()
+  await app.register(consoleRoutes(consoleAssets))
   await app.register(inspectionRoutes(opts.node))
   await app.register(groupRoutes(opts.node))
   await app.register(deploymentRoutes(opts.node, scheduler.router, scheduler.reconciler))
@@ -73,9 +77,18 @@ export async function buildApi (opts: ApiOptions): Promise<FastifyInstance> {
   await app.register(trustRoutes(opts.node))
   await app.register(openaiRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs }))
   // Ollama's and Anthropic's APIs on the same port, each its own plugin (and error shape), routed alike.
-  await app.register(ollamaRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs, keepAliveMs: () => opts.node.options.keepAliveMs }))
+  await app.register(ollamaRoutes({
+    router: scheduler.router,
+    requestTimeoutMs: () => opts.node.options.requestTimeoutMs,
+    keepAliveMs: () => opts.node.options.keepAliveMs,
+    page: { wants: req => wantsHtml(req.headers.accept), send: async reply => await sendConsolePage(reply, consoleAssets) }
+  }))
   await app.register(anthropicRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs }))
   // OpenAI's Responses API (Agents SDK, AI SDK's openai(model), Codex), mapped onto the same chat call.
-  await app.register(responsesRoutes({ router: scheduler.router, requestTimeoutMs: () => opts.node.options.requestTimeoutMs }))
+  await app.register(responsesRoutes({
+    router: scheduler.router,
+    requestTimeoutMs: () => opts.node.options.requestTimeoutMs,
+    store: { maxResponses: opts.node.options.responsesStoreMax, maxBytes: opts.node.options.responsesStoreMb * 1024 * 1024 }
+  }))
   return app
 }

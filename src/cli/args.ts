@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { OPTION_SPECS } from '../config/index.js'
+import { OPTION_SPECS } from '../config/options.js'
 import { ShepherdError } from '../errors.js'
 
 /** A command-line mistake: printed as one line, exit code 2. */
@@ -17,6 +17,7 @@ export function startFlags (): Options {
     config: { type: 'string', short: 'c' },
     'no-mdns': { type: 'boolean' },
     'no-allow-remote': { type: 'boolean' },
+    'no-prefix-routing': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' }
   }
   for (const spec of OPTION_SPECS) {

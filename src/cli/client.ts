@@ -1,9 +1,9 @@
 import { ShepherdError } from '../errors.js'
 import type { PeerView } from '../node/index.js'
 import { clientFlags, parse, UsageError } from './args.js'
-import { COMMAND_HELP, DEPLOY_HELP, GROUPS_HELP, LOGS_HELP, PEERS_HELP, STATUS_HELP, UNDEPLOY_HELP } from './help.js'
+import { COMMAND_HELP, GROUPS_HELP, LOGS_HELP, PEERS_HELP, STATUS_HELP, UNDEPLOY_HELP } from './help.js'
 import { PEER_HEADER, bytes, peerRow, table } from './format.js'
-import { stripControl, stripControlDeep } from '../p2p/index.js'
+import { stripControl, stripControlDeep } from '../p2p/text.js'
 
 export function apiBase (values: Record<string, unknown>): string {
   return String(values.api ?? process.env.SHEPHERD_API ?? 'http://127.0.0.1:9190').replace(/\/+$/, '')
@@ -47,6 +47,7 @@ export async function status (args: string[], out: (line: string) => void): Prom
   const [self, peers] = await Promise.all([getJson<PeerView>(base, '/api/node'), getJson<{ peers: PeerView[] }>(base, '/api/peers')])
   if (values.json === true) { out(JSON.stringify({ node: self, peers: peers.peers.length }, null, 2)); return }
   const r = self.resources
+  const loaded = self.models.filter(m => m.state === 'loaded' || m.state === 'loading').map(m => m.state === 'loading' ? `${m.name} (loading)` : m.name)
   const counts = peers.peers.reduce<Record<string, number>>((acc, p) => { acc[p.status] = (acc[p.status] ?? 0) + 1; return acc }, {})
   const lines = [
     `name:       ${self.name}`,
@@ -59,10 +60,22 @@ export async function status (args: string[], out: (line: string) => void): Prom
     `disk:       ${r != null ? `${bytes(r.disk.availableBytes)} free of ${bytes(r.disk.totalBytes)}` : '-'}`,
     `gpus:       ${r == null || r.gpus.length === 0 ? 'none' : r.gpus.map(g => `#${g.index} ${g.name} ${bytes(g.usedMemoryBytes)}/${bytes(g.totalMemoryBytes)}`).join('; ')}`,
     `llama.cpp:  ${r == null || r.llamacpp.length === 0 ? 'none' : r.llamacpp.map(b => `${b.path} (${b.version}, ${b.backend})`).join('; ')}`,
-    `models:     ${self.models.length === 0 ? 'none' : self.models.map(m => `${m.name} (${bytes(m.sizeBytes)})`).join(', ')}`,
+    `models:     ${self.models.length === 0 ? 'none' : self.models.map(m => `${m.name} (${bytes(m.sizeBytes)}, ${m.state === 'on_disk' ? 'on disk' : m.state}${m.pinned === true ? ', replica' : ''})`).join(', ')}`,
+    `loaded:     ${loaded.length === 0 ? 'none' : loaded.join(', ')}`,
     `peers:      ${peers.peers.length === 0 ? 'none' : Object.entries(counts).map(([s, n]) => `${n} ${s}`).join(', ')}`
   ]
+  if (peers.peers.length === 0) lines.push(`hint:       ${await lonelyHint(base)}`)
   out(lines.join('\n'))
+}
+
+/**
+ * Why a node may see no peer. A swarm key mismatch has no symptom of its own (the handshake just
+ * fails on both sides), so the mode is named with what to check.
+ */
+async function lonelyHint (base: string): Promise<string> {
+  const m = await getJson<{ mode: string }>(base, '/api/members').catch(() => null)
+  if (m?.mode === 'swarm-key') return 'no peers: every node needs the same --swarm-key file (a node with another key or none cannot connect)'
+  return 'no peers: on one LAN, mDNS finds them (or use --bootstrap); if the mesh uses a swarm key, this node needs the same --swarm-key; a new node waits as pending until a member runs \'shepherd-mesh admit\''
 }
 
 /** `shepherd-mesh groups`: groups, their leaders and members. */
@@ -72,30 +85,14 @@ export async function groups (args: string[], out: (line: string) => void): Prom
   const { groups } = await getJson<{ groups: Array<{ name: string, leader: string | null, term: number, joined: boolean, members: Array<{ id: string, name: string, status: string, self: boolean }> }> }>(apiBase(values), '/api/groups')
   if (values.json === true) { out(JSON.stringify(groups, null, 2)); return }
   if (groups.length === 0) { out('no groups'); return }
+  // With identical hostnames a name alone does not say which machine leads: the id suffix does.
   out(table(['GROUP', 'LEADER', 'TERM', 'JOINED', 'MEMBERS'], groups.map(g => [
     g.name,
-    g.leader == null ? '-' : (g.members.find(m => m.id === g.leader)?.name ?? g.leader.slice(-10)),
+    g.leader == null ? '-' : `${g.members.find(m => m.id === g.leader)?.name ?? '?'} (…${g.leader.slice(-8)})`,
     String(g.term),
     g.joined ? 'yes' : 'no',
     g.members.map(m => `${m.name}${m.status === 'alive' ? '' : `(${m.status})`}`).join(', ')
   ])))
-}
-
-/** `shepherd-mesh deploy MODEL --replicas N --group G`: desired state for a model. */
-export async function deploy (args: string[], out: (line: string) => void): Promise<void> {
-  const { values, positionals } = parse(args, { ...clientFlags, replicas: { type: 'string' }, group: { type: 'string' }, strategy: { type: 'string' }, 'gpu-required': { type: 'boolean' }, 'min-vram-mb': { type: 'string' }, label: { type: 'string', multiple: true } })
-  if (values.help === true) { out(DEPLOY_HELP); return }
-  if (positionals.length !== 1) throw new UsageError('deploy needs exactly one MODEL (see --help)')
-  const replicas = values.replicas != null ? Number(values.replicas) : 1
-  if (!Number.isInteger(replicas) || replicas < 1) throw new UsageError('--replicas must be a positive integer')
-  const constraints: Record<string, unknown> = {}
-  if (values['gpu-required'] === true) constraints.gpuRequired = true
-  if (values['min-vram-mb'] != null) constraints.minVramBytes = Number(values['min-vram-mb']) * 1024 * 1024
-  const labels = (values.label as string[] | undefined) ?? []
-  if (labels.length > 0) constraints.labels = Object.fromEntries(labels.map(l => l.split('=', 2)))
-  const body = { model: positionals[0], replicas, group: values.group ?? 'default', ...(values.strategy != null ? { strategy: values.strategy } : {}), ...(Object.keys(constraints).length > 0 ? { constraints } : {}) }
-  const res = await getJson<Record<string, unknown>>(apiBase(values), '/api/deployments', { method: 'POST', body })
-  out(values.json === true ? JSON.stringify(res, null, 2) : `deployed ${positionals[0]}: ${replicas} replica(s) in group ${body.group}`)
 }
 
 /** `shepherd-mesh undeploy MODEL`. */

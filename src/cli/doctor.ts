@@ -41,6 +41,10 @@ export async function doctor (args: string[], out: (line: string) => void): Prom
   if (values.help === true) { out(DOCTOR_HELP); return }
   const dataDir = path.resolve(String(values['data-dir'] ?? defaultOptions().dataDir))
   const storeDir = path.join(dataDir, 'store')
+  // Opening a store creates it: a mistyped dir would be made, and called ok.
+  if (!await exists(storeDir)) {
+    throw new ShepherdError(`no store at ${storeDir}: ${await exists(dataDir) ? 'the node has not run with this data dir yet' : 'the data dir does not exist'} (is --data-dir right?)`, { code: 'store_missing', status: 404 })
+  }
   const check = async (): Promise<string | null> => {
     try {
       const store = await Store.open(dataDir)
@@ -63,16 +67,46 @@ export async function doctor (args: string[], out: (line: string) => void): Prom
   }
   out(`store problem: ${problem}`)
   if (values.repair === true) {
+    // LevelDB's repair drops what it cannot read, the node's identity key included: keep a copy
+    // first, so a repair that loses the key can be undone (and is said out loud, not found later).
+    const backup = `${storeDir}.before-repair-${Date.now()}`
+    await fs.cp(storeDir, backup, { recursive: true })
+    out(`copied the store to ${backup} before repairing`)
     out(`repairing ${storeDir} ...`)
-    await ClassicLevel.repair(storeDir).catch((err: Error) => { out(`repair failed: ${err.message}`) })
+    const failed = await ClassicLevel.repair(storeDir).then(() => null, (err: Error) => err)
+    if (failed != null) out(`repair failed: ${failed.message}`)
     problem = await check()
-    if (problem == null) { out('repaired'); return }
+    if (problem == null) {
+      if (!await hasIdentity(dataDir)) {
+        out(`warning: the repaired store has no identity key: the next start makes a new peer id (members must admit it again). To keep the old one, stop here and restore ${backup}`)
+        // With --reset the operator accepted a new identity already; without, the exit code says it.
+        if (values.reset !== true) throw new ShepherdError('repaired, but the identity key was lost', { code: 'identity_lost', status: 500 })
+        return
+      }
+      out('repaired (identity kept)')
+      return
+    }
+    out(`the store still cannot be opened; the copy from before the repair is ${backup}`)
   }
   if (values.reset === true) {
     const aside = `${storeDir}.broken-${Date.now()}`
     await fs.rename(storeDir, aside)
-    out(`moved the store aside to ${aside}; the next start creates a new store (and a new peer id)`)
+    out(`moved the store aside to ${aside}; the next start creates a new store and a NEW peer id (members must admit this node again)`)
     return
   }
   throw new ShepherdError(`the store cannot be opened; run 'shepherd-mesh doctor --data-dir ${dataDir} --repair' (or --reset as a last resort)`, { code: 'store_corrupt', status: 500 })
+}
+
+async function exists (p: string): Promise<boolean> {
+  return await fs.stat(p).then(() => true, () => false)
+}
+
+/** Whether the store of `dataDir` (openable) holds the node's identity key. */
+async function hasIdentity (dataDir: string): Promise<boolean> {
+  const store = await Store.open(dataDir)
+  try {
+    return await store.getMeta<string>('identity') != null
+  } finally {
+    await store.close()
+  }
 }

@@ -1,5 +1,5 @@
 import type { PeerView } from '../node/index.js'
-import { stripControl } from '../p2p/index.js'
+import { stripControl } from '../p2p/text.js'
 
 const GB = 1024 ** 3
 

@@ -1,4 +1,4 @@
-import { OPTION_SPECS, defaultOptions } from '../config/index.js'
+import { OPTION_SPECS, defaultOptions } from '../config/options.js'
 
 export const MAIN_HELP = `shepherd-mesh: turn the machines on a LAN into one OpenAI-compatible LLM service
 
@@ -9,7 +9,8 @@ Commands:
   status    show this machine's node
   peers     list the peers this node sees
   groups    list swarm groups, their leaders and members
-  deploy    keep N replicas of a model loaded in a group
+  deploy    keep N replicas of a model loaded in a group (--wait: until placed)
+  deployments  list deployments with their progress (transfer %, loading, placed)
   undeploy  remove a deployment
   command   send a signed command to a peer (load_model, unload_model, scan_models, ...)
   logs      show a peer's recent log lines
@@ -19,6 +20,11 @@ Commands:
   revoke    revoke a member: cut off at once, on every member
   invite    print a single-use invite token (start --join / SHEPHERD_JOIN on the new machine)
   doctor    check (and repair) this node's data dir
+  service   install (or uninstall) the node as a systemd/launchd service
+
+Options:
+  -v, --version   print the version
+  -h, --help      show this help
 
 Run 'shepherd-mesh <command> --help' for a command's options.
 `
@@ -28,19 +34,25 @@ export function startHelp (): string {
   const rows = OPTION_SPECS.filter(s => s.type !== 'bool').map(s => {
     const def = d[s.key]
     const shown = Array.isArray(def) ? (def.length > 0 ? def.join(',') : '') : String(def)
-    return `  --${s.flag} ${s.type === 'int' ? 'N' : 'VALUE'}`.padEnd(34) + s.help + (shown !== '' ? ` (default ${shown})` : '') + `  [${s.env}]`
+    // At least two spaces between a long flag and its help (--command-results-retention-ms N).
+    const flag = `  --${s.flag} ${s.type === 'int' ? 'N' : 'VALUE'}`
+    return `${flag}${' '.repeat(Math.max(2, 34 - flag.length))}` + s.help + (shown !== '' ? ` (default ${shown})` : '') + `  [${s.env}]`
   })
   return `Usage: shepherd-mesh start [options]
 
 Runs a node: joins the mesh, gossips this machine's resources and serves the local API.
 
 Options:
-  -c, --config FILE               YAML config file (shaped like node.config.yaml)
+  -c, --config FILE               YAML config file (keys as in the README's Configuration section)
   --no-mdns                       do not use mDNS (use --bootstrap instead)
+  --no-allow-remote               serve this node's own clients only
+  --no-prefix-routing             route each turn by the strategy alone (no KV-cache affinity)
 ${rows.join('\n')}
   -h, --help                      show this help
 
-Precedence: defaults < config file < environment < flags.
+Precedence: defaults < config file < environment < flags. Keys and tokens: prefer
+--api-key-file FILE, SHEPHERD_API_KEYS or SHEPHERD_JOIN to flags (flags show in ps).
+As a service: 'shepherd-mesh service install' (not npx: see the README).
 `
 }
 
@@ -77,14 +89,34 @@ Options:
 ${CLIENT_OPTIONS}
 `
 
-export const DEPLOY_HELP = `Usage: shepherd-mesh deploy MODEL [--replicas N] [--group G] [--strategy S] [--gpu-required] [--min-vram-mb N] [--label k=v]
+export const DEPLOY_HELP = `Usage: shepherd-mesh deploy MODEL [--replicas N] [--group G] [--strategy S] [--gpu-required] [--min-vram-mb N] [--label k=v] [--split] [--wait]
 
-Asks the group's leader to keep N replicas of MODEL loaded on its members.
-Strategies: resource-fit (default), least-loaded, locality, round-robin, weighted, random, label-cost.
+Asks the group's leader to keep N replicas of MODEL loaded on its members (from any member: the
+deployment is signed by this node and gossiped). Nodes that lack the file pull it from a peer.
 
 Options:
   --replicas N       replicas to keep (default 1)
   --group G          swarm group (default default)
+  --strategy S       resource-fit (default), least-loaded, locality, round-robin, weighted,
+                     random, label-cost
+  --gpu-required     place only on nodes with a GPU
+  --min-vram-mb N    place only where a GPU has N MiB of VRAM
+  --label k=v        place only on nodes with this label (repeatable)
+  --split            run ONE replica split over several nodes (llama.cpp RPC through the mesh);
+                     without it a model that fits no single node is split anyway
+  --fingerprint HEX  the file meant, when members hold different files of one name
+  --wait             wait until placed, with a progress line (transfer %, loading) on stderr;
+                     exit 1 when failed or unplaceable for 10 s
+  --timeout T        longest wait (default 10m; s, m, h)
+${CLIENT_OPTIONS}
+`
+
+export const DEPLOYMENTS_HELP = `Usage: shepherd-mesh deployments [--api URL] [--json]
+
+Lists the deployments: replicas placed of desired, phase (pending, transferring, loading, placed,
+failed, unplaceable), the replicas in progress (transfer %) and the group's leader.
+
+Options:
 ${CLIENT_OPTIONS}
 `
 
@@ -98,8 +130,10 @@ ${CLIENT_OPTIONS}
 
 export const COMMAND_HELP = `Usage: shepherd-mesh command PEER TYPE [--payload JSON] [--group G] [--api URL] [--json]
 
-Signs a command with this node's key and runs it on PEER (a peer id, id suffix or name; 'self'
-for this node). A peer accepts commands from its group's leader and from itself only.
+Signs a command with this node's key and runs it on PEER (a peer id, a unique id suffix or a
+name; 'self' for this node). Works from any member: a peer accepts commands from itself, from its
+group's proven leader, and from a member of its mesh acting as an operator (admission or
+swarm-key mesh; not in an --open mesh). A name several nodes share is refused with their ids.
 Types: load_model, unload_model, run_llamacpp, stop_process, scan_models, collect_logs, update_config.
 
 Options:
@@ -119,7 +153,8 @@ ${CLIENT_OPTIONS}
 
 export const KEYGEN_HELP = `Usage: shepherd-mesh keygen [FILE] [--force]
 
-Writes a new swarm key (default ./swarm.key, mode 0600). Nodes started with --swarm-key FILE form a
+Writes a new swarm key (default ~/.shepherd-mesh/swarm.key, mode 0600; never into a repository by
+accident: give FILE to choose). Nodes started with --swarm-key FILE form a
 private mesh: a node without the same key cannot connect, read or inject gossip, or send commands.
 
 Options:

@@ -1,4 +1,4 @@
-import { stripControl } from '../p2p/index.js'
+import { stripControl } from '../p2p/text.js'
 import { clientFlags, parse, UsageError } from './args.js'
 import { apiBase, getJson } from './client.js'
 import { table } from './format.js'

@@ -1,11 +1,15 @@
 import { resolveOptions } from '../config/index.js'
 import { buildApi } from '../api/index.js'
+import { failOpenStreams } from '../api/stream-response.js'
 import { MeshNode } from '../node/index.js'
 import { Scheduler } from '../scheduler/index.js'
 import { setLogLevel } from '../logger.js'
-import { ShepherdError } from '../errors.js'
+import { ConfigError, ShepherdError } from '../errors.js'
 import { parse, startFlags } from './args.js'
 import { startHelp } from './help.js'
+import { gatherFacts, preflight } from './preflight.js'
+import { startupSummary, watchDuplicateNames, watchLoneliness } from './start-notes.js'
+import { watchNpxParent } from './service-signals.js'
 
 /** One line at start that says who may join this node's mesh. */
 function membershipBanner (node: MeshNode): string {
@@ -57,6 +61,13 @@ export async function start (args: string[], out: (line: string) => void): Promi
   if (shown.some((a, i) => a !== process.argv[i])) process.title = shown.join(' ')
   const options = await resolveOptions({ configFile: values.config as string | undefined, flags: values })
   setLogLevel(options.logLevel)
+  // Settings that would only fail later (at the first request, or silently) fail here, one line each.
+  const checked = preflight(options, await gatherFacts(options, values))
+  for (const w of checked.warnings) process.stderr.write(`shepherd-mesh: warning: ${w}\n`)
+  if (checked.errors.length > 0) {
+    for (const e of checked.errors.slice(1)) process.stderr.write(`shepherd-mesh: ${e}\n`)
+    throw new ConfigError(checked.errors[0])
+  }
 
   const node = await MeshNode.create(options)
   try {
@@ -84,24 +95,43 @@ export async function start (args: string[], out: (line: string) => void): Promi
   node.setApiPort(port)
   process.stderr.write(membershipBanner(node))
   if (!isLoopback(options.apiHost) && options.apiKeys.length === 0) {
-    process.stderr.write(`shepherd-mesh: warning: the API listens on ${options.apiHost} without an API key: anyone who can reach it can use it (set --api-key)\n`)
+    process.stderr.write(`shepherd-mesh: warning: the API listens on ${options.apiHost} without an API key: anyone who can reach it can use it (set --api-key-file)\n`)
   }
   if (!options.mdns && options.bootstrap.length === 0) {
     process.stderr.write('shepherd-mesh: mDNS is off and no --bootstrap peer is set: this node will only see peers that dial it\n')
   }
-  out(`shepherd-mesh ${node.id} api=http://${options.apiHost.includes(':') ? `[${options.apiHost}]` : options.apiHost}:${port}`)
+  const apiUrl = `http://${options.apiHost.includes(':') ? `[${options.apiHost}]` : options.apiHost}:${port}`
+  process.stderr.write(startupSummary(node, apiUrl) + '\n')
+  const notes = [watchDuplicateNames(node, line => process.stderr.write(line + '\n')), watchLoneliness(node, line => process.stderr.write(line + '\n'))]
+  out(`shepherd-mesh ${node.id} api=${apiUrl}`)
 
   await new Promise<void>(resolve => {
     let stopping = false
-    const stop = (): void => {
-      if (stopping) return
+    const stop = (why: string): void => {
+      if (stopping) {
+        // A second signal: the operator does not want to wait for the clean stop.
+        process.stderr.write(`shepherd-mesh: ${why} again, exiting now\n`)
+        process.exit(130)
+      }
       stopping = true
-      const hard = setTimeout(() => { process.exit(1) }, 5000)
+      process.stderr.write(`shepherd-mesh: ${why}: leaving the mesh and stopping\n`)
+      for (const n of notes) n()
+      stopParent()
+      const hard = setTimeout(() => { process.stderr.write('shepherd-mesh: the clean stop took over 5 s; exiting\n'); process.exit(1) }, 5000)
       hard.unref()
       scheduler.stop()
-      Promise.allSettled([node.stop({ announce: true }), api.close()]).then(() => { resolve() }, () => { resolve() })
+      // Open answers end with an error event, not a silent cut that looks like a finished answer.
+      failOpenStreams('The node answering this request is shutting down')
+      Promise.allSettled([node.stop({ announce: true }), api.close()]).then(() => {
+        clearTimeout(hard)
+        // A handle someone forgot (a socket in TIME_WAIT, a timer) must not keep a service from exiting.
+        setTimeout(() => { process.exit(process.exitCode ?? 0) }, 1000).unref()
+        resolve()
+      }, () => { resolve() })
     }
-    process.once('SIGINT', stop)
-    process.once('SIGTERM', stop)
+    process.on('SIGINT', () => { stop('SIGINT') })
+    process.on('SIGTERM', () => { stop('SIGTERM') })
+    // Under `npx`, a SIGTERM to npm ends npm and not this process: follow npm out.
+    const stopParent = watchNpxParent(() => { stop('npx (our parent) exited') })
   })
 }

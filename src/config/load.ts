@@ -131,6 +131,7 @@ export function readFlags (values: Record<string, unknown>): Partial<NodeOptions
   }
   if (values['no-mdns'] === true) out.mdns = false
   if (values['no-allow-remote'] === true) out.allowRemote = false
+  if (values['no-prefix-routing'] === true) out.prefixRouting = false
   return out
 }
 
@@ -144,7 +145,25 @@ export async function resolveOptions (sources: { configFile?: string, env?: Node
     ...readFlags(sources.flags ?? {}),
     ...sources.overrides
   }
+  if (opts.apiKeyFile !== '') opts.apiKeys = [...opts.apiKeys, ...await readApiKeyFile(opts.apiKeyFile)]
   return validateOptions(opts)
+}
+
+/**
+ * The keys of an API key file: one per line, blank lines and `#` comments skipped. A file that
+ * cannot be read or holds no key is an error now: a node that starts without the keys meant for
+ * it would serve its API to anyone.
+ */
+export async function readApiKeyFile (file: string): Promise<string[]> {
+  let text: string
+  try {
+    text = await fs.readFile(path.resolve(expandHome(file)), 'utf8')
+  } catch (err: any) {
+    throw new ConfigError(`cannot read the API key file ${file}: ${err.code ?? err.message}`, 'api.key_file')
+  }
+  const keys = text.split(/\r?\n/).map(l => l.trim()).filter(l => l !== '' && !l.startsWith('#'))
+  if (keys.length === 0) throw new ConfigError(`the API key file ${file} holds no key`, 'api.key_file')
+  return keys
 }
 
 export function validateOptions (opts: NodeOptions): NodeOptions {
@@ -157,6 +176,8 @@ export function validateOptions (opts: NodeOptions): NodeOptions {
   for (const id of [...opts.trustAllow, ...opts.trustDeny]) {
     if (!/^[A-Za-z0-9]{32,128}$/.test(id)) throw new ConfigError(`'${id}' is not a peer id`, 'trust')
   }
+  // An empty key (`--api-key ""`, a stray comma) would be required by no client and lock the API for all.
+  if (opts.apiKeys.some(k => k.trim() === '')) throw new ConfigError('an API key is empty (--api-key "", api.keys or SHEPHERD_API_KEYS): give a key or drop the option', 'api.keys')
   if (opts.apiPort > 65535) throw new ConfigError(`api port ${opts.apiPort} is out of range`, 'api.port')
   if (!LOG_LEVELS.has(opts.logLevel)) throw new ConfigError(`log level '${opts.logLevel}' is not one of ${[...LOG_LEVELS].join(', ')}`, 'log_level')
   if (opts.groups.length === 0) opts.groups = ['default']
@@ -166,13 +187,14 @@ export function validateOptions (opts: NodeOptions): NodeOptions {
   const oneOf = (key: keyof NodeOptions, allowed: string[], yaml: string): void => {
     if (!allowed.includes(String(opts[key]))) throw new ConfigError(`${yaml} '${String(opts[key])}' is not one of ${allowed.join(', ')}`, yaml)
   }
-  oneOf('engine', ['embedded', 'llama-server', 'none'], 'engine.kind')
+  oneOf('engine', ['auto', 'embedded', 'llama-server', 'none'], 'engine.kind')
   oneOf('gpu', ['auto', 'cuda', 'vulkan', 'metal', 'off'], 'engine.gpu')
   oneOf('routing', ['least-loaded', 'round-robin', 'random', 'weighted', 'lowest-latency'], 'serving.routing')
   for (const l of opts.labels) {
     if (!/^[A-Za-z0-9._/-]{1,63}=[^\s]{0,128}$/.test(l)) throw new ConfigError(`label '${l}' is not key=value`, 'node.labels')
   }
   if (opts.maxConcurrency < 1) throw new ConfigError('max_concurrency must be at least 1', 'serving.max_concurrency')
+  if (opts.parallel < 0 || opts.parallel > 256) throw new ConfigError('engine.parallel must be 0 (engine default) to 256', 'engine.parallel')
   for (const u of opts.upstreams) {
     if (!/^https?:\/\/[^\s]+$/.test(u)) throw new ConfigError(`upstream '${u}' is not an http(s) URL`, 'engine.upstreams')
   }

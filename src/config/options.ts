@@ -30,8 +30,10 @@ export interface NodeOptions {
   suspectAfterMs: number
   /** Silence after which a peer is declared dead. */
   deadAfterMs: number
-  /** Period of the full resource snapshot when nothing changed. */
+  /** Period of the check that re-publishes the snapshot if a change was not published (idle when nothing changed). */
   snapshotIntervalMs: number
+  /** A peer dead or gone this long is forgotten (record, snapshot, gossip-only redial target). */
+  deadPeerTtlMs: number
   /** Period of the RTT probe (libp2p ping) to each connected peer. */
   pingIntervalMs: number
   /** How often CPU/memory/disk/models are sampled. */
@@ -42,20 +44,24 @@ export interface NodeOptions {
   redialMinMs: number
   redialMaxMs: number
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent'
-  /** Backend for local GGUF files: in-process node-llama-cpp, a managed llama-server, or none. */
-  engine: 'embedded' | 'llama-server' | 'none'
+  /** Backend for local GGUF files: in-process node-llama-cpp, a managed llama-server, `auto` (llama-server when a build is found, else embedded), or none. */
+  engine: 'auto' | 'embedded' | 'llama-server' | 'none'
   /** GPU use of the local engine. */
   gpu: 'auto' | 'cuda' | 'vulkan' | 'metal' | 'off'
   /** Inference threads; 0 picks a value that fits the machine. */
   threads: number
   /** Context size per loaded model; 0 lets the engine choose (capped by the model). */
   contextSize: number
+  /** Requests decoded together in one batch per loaded model (slots); 0: the engine's default. */
+  parallel: number
   /** Idle time after which a loaded model is unloaded. */
   keepAliveMs: number
   /** Memory loaded models may hold in all, MiB; 0: total memory less the reserve. */
   maxLoadedMb: number
   /** Memory that must stay available after a model loads, MiB; 0: 10 % of total memory, at most 1 GiB. */
   memoryReserveMb: number
+  /** llama.cpp `rpc-server` binary for split replicas (issue 16); '' looks beside the llama-server build. */
+  rpcServerPath: string
   /** OpenAI-compatible servers this node fronts (Ollama, vLLM, LM Studio, llama-server...). */
   upstreams: string[]
   /** Requests this node runs at once. */
@@ -66,6 +72,10 @@ export interface NodeOptions {
   allowRemote: boolean
   /** How a replica is chosen among peers. */
   routing: 'least-loaded' | 'round-robin' | 'random' | 'weighted' | 'lowest-latency'
+  /** Send a conversation's next turn to the replica that served its earlier turns (its KV cache holds the prefix). */
+  prefixRouting: boolean
+  /** Requests more than the least-loaded replica that the prefix's replica may carry before the turn goes elsewhere. */
+  prefixLoadSlack: number
   /** Whole-request limit for inference through the API. */
   requestTimeoutMs: number
   /** An idle relay stream to a peer is closed after this long (the host closes its side after twice as long). */
@@ -109,10 +119,16 @@ export interface NodeOptions {
   trustDeny: string[]
   /** Requests per minute per API key (or per client address without keys); 0 turns it off. */
   rateLimitPerMin: number
+  /** Responses API: stored responses kept on this node (`store`, `previous_response_id`); 0 stores none. */
+  responsesStoreMax: number
+  /** Responses API: memory for stored responses, MiB; the least recently used go first. */
+  responsesStoreMb: number
   /** Origins allowed to call the API from a browser (CORS); none by default. */
   corsOrigins: string[]
   /** API keys accepted as `Authorization: Bearer KEY`; none means no key is required. */
   apiKeys: string[]
+  /** File of API keys, one per line (`#` comments): keeps them out of argv (`ps`) and the environment. */
+  apiKeyFile: string
   /**
    * Extra names the API answers to in the `Host` header, besides the bind address, loopback
    * names, IP literals and this machine's hostname (`*.example.lan` matches subdomains, `*` turns
@@ -150,25 +166,30 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'heartbeatMs', type: 'int', yaml: 'membership.heartbeat_ms', env: 'SHEPHERD_HEARTBEAT_MS', flag: 'heartbeat-ms', help: 'heartbeat interval' },
   { key: 'suspectAfterMs', type: 'int', yaml: 'membership.suspect_after_ms', env: 'SHEPHERD_SUSPECT_AFTER_MS', flag: 'suspect-after-ms', help: 'silence before a peer is suspect' },
   { key: 'deadAfterMs', type: 'int', yaml: 'membership.dead_after_ms', env: 'SHEPHERD_DEAD_AFTER_MS', flag: 'dead-after-ms', help: 'silence before a peer is dead' },
-  { key: 'snapshotIntervalMs', type: 'int', yaml: 'membership.snapshot_interval_ms', env: 'SHEPHERD_SNAPSHOT_INTERVAL_MS', flag: 'snapshot-interval-ms', help: 'full snapshot period' },
+  { key: 'snapshotIntervalMs', type: 'int', yaml: 'membership.snapshot_interval_ms', env: 'SHEPHERD_SNAPSHOT_INTERVAL_MS', flag: 'snapshot-interval-ms', help: 'period of the check for an unpublished snapshot change' },
+  { key: 'deadPeerTtlMs', type: 'int', yaml: 'membership.dead_peer_ttl_ms', env: 'SHEPHERD_DEAD_PEER_TTL_MS', flag: 'dead-peer-ttl-ms', help: 'time a dead or departed peer stays listed before it is forgotten' },
   { key: 'pingIntervalMs', type: 'int', yaml: 'membership.ping_interval_ms', env: 'SHEPHERD_PING_INTERVAL_MS', flag: 'ping-interval-ms', help: 'RTT probe period' },
   { key: 'redialMinMs', type: 'int', yaml: 'membership.redial_min_ms', env: 'SHEPHERD_REDIAL_MIN_MS', flag: 'redial-min-ms', help: 'first redial delay' },
   { key: 'redialMaxMs', type: 'int', yaml: 'membership.redial_max_ms', env: 'SHEPHERD_REDIAL_MAX_MS', flag: 'redial-max-ms', help: 'longest redial delay' },
   { key: 'sampleIntervalMs', type: 'int', yaml: 'resources.sample_interval_ms', env: 'SHEPHERD_SAMPLE_INTERVAL_MS', flag: 'sample-interval-ms', help: 'resource sampling period' },
   { key: 'gpuIntervalMs', type: 'int', yaml: 'resources.gpu_interval_ms', env: 'SHEPHERD_GPU_INTERVAL_MS', flag: 'gpu-interval-ms', help: 'GPU query period' },
   { key: 'logLevel', type: 'string', yaml: 'log_level', env: 'SHEPHERD_LOG', flag: 'log-level', help: 'trace|debug|info|warn|error|silent' },
-  { key: 'engine', type: 'string', yaml: 'engine.kind', env: 'SHEPHERD_ENGINE', flag: 'engine', help: 'embedded|llama-server|none' },
+  { key: 'engine', type: 'string', yaml: 'engine.kind', env: 'SHEPHERD_ENGINE', flag: 'engine', help: 'auto|embedded|llama-server|none (auto: llama-server when a build is found, else embedded)' },
+  { key: 'parallel', type: 'int', yaml: 'engine.parallel', env: 'SHEPHERD_PARALLEL', flag: 'parallel', help: 'requests decoded together per loaded model (0 = engine default, 8)' },
   { key: 'gpu', type: 'string', yaml: 'engine.gpu', env: 'SHEPHERD_GPU', flag: 'gpu', help: 'auto|cuda|vulkan|metal|off' },
   { key: 'threads', type: 'int', yaml: 'engine.threads', env: 'SHEPHERD_THREADS', flag: 'threads', help: 'inference threads (0 = fit the machine)' },
   { key: 'contextSize', type: 'int', yaml: 'engine.context_size', env: 'SHEPHERD_CONTEXT_SIZE', flag: 'context-size', help: 'context per model (0 = engine default)' },
   { key: 'keepAliveMs', type: 'int', yaml: 'engine.keep_alive_ms', env: 'SHEPHERD_KEEP_ALIVE_MS', flag: 'keep-alive-ms', help: 'idle time before a model is unloaded' },
   { key: 'maxLoadedMb', type: 'int', yaml: 'engine.max_loaded_mb', env: 'SHEPHERD_MAX_LOADED_MB', flag: 'max-loaded-mb', help: 'memory for loaded models, MiB (0 = total less reserve); least recently used idle model unloaded first' },
   { key: 'memoryReserveMb', type: 'int', yaml: 'engine.memory_reserve_mb', env: 'SHEPHERD_MEMORY_RESERVE_MB', flag: 'memory-reserve-mb', help: 'memory kept available after a load, MiB (0 = 10% of RAM, max 1 GiB)' },
+  { key: 'rpcServerPath', type: 'string', yaml: 'engine.rpc_server', env: 'SHEPHERD_RPC_SERVER', flag: 'rpc-server', help: 'rpc-server binary for split replicas (default: beside llama-server)' },
   { key: 'upstreams', type: 'list', yaml: 'engine.upstreams', env: 'SHEPHERD_UPSTREAMS', flag: 'upstream', help: 'OpenAI-compatible base URL to front (repeatable)' },
   { key: 'maxConcurrency', type: 'int', yaml: 'serving.max_concurrency', env: 'SHEPHERD_MAX_CONCURRENCY', flag: 'max-concurrency', help: 'requests run at once' },
   { key: 'maxQueue', type: 'int', yaml: 'serving.max_queue', env: 'SHEPHERD_MAX_QUEUE', flag: 'max-queue', help: 'requests queued before 429' },
   { key: 'allowRemote', type: 'bool', yaml: 'serving.allow_remote', env: 'SHEPHERD_ALLOW_REMOTE', flag: 'allow-remote', help: 'serve peers\' requests (--no-allow-remote to refuse)' },
   { key: 'routing', type: 'string', yaml: 'serving.routing', env: 'SHEPHERD_ROUTING', flag: 'routing', help: 'least-loaded|round-robin|random|weighted|lowest-latency' },
+  { key: 'prefixRouting', type: 'bool', yaml: 'serving.prefix_routing', env: 'SHEPHERD_PREFIX_ROUTING', flag: 'prefix-routing', help: 'route a conversation\'s turns to the replica that has its prefix cached (--no-prefix-routing: strategy only)' },
+  { key: 'prefixLoadSlack', type: 'int', yaml: 'serving.prefix_load_slack', env: 'SHEPHERD_PREFIX_LOAD_SLACK', flag: 'prefix-load-slack', help: 'extra requests the prefix\'s replica may carry over the least-loaded one' },
   { key: 'requestTimeoutMs', type: 'int', yaml: 'serving.request_timeout_ms', env: 'SHEPHERD_REQUEST_TIMEOUT_MS', flag: 'request-timeout-ms', help: 'inference request limit' },
   { key: 'relayStreamIdleMs', type: 'int', yaml: 'serving.relay_stream_idle_ms', env: 'SHEPHERD_RELAY_STREAM_IDLE_MS', flag: 'relay-stream-idle-ms', help: 'idle time before a pooled relay stream is closed' },
   { key: 'breakerFailures', type: 'int', yaml: 'serving.breaker_failures', env: 'SHEPHERD_BREAKER_FAILURES', flag: 'breaker-failures', help: 'failures before a host is taken out' },
@@ -188,8 +209,11 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'trustAllow', type: 'list', yaml: 'trust.allow', env: 'SHEPHERD_TRUST_ALLOW', flag: 'allow-peer', help: 'peer id allowed to connect (repeatable)' },
   { key: 'trustDeny', type: 'list', yaml: 'trust.deny', env: 'SHEPHERD_TRUST_DENY', flag: 'deny-peer', help: 'peer id refused (repeatable)' },
   { key: 'rateLimitPerMin', type: 'int', yaml: 'api.rate_limit_per_min', env: 'SHEPHERD_RATE_LIMIT_PER_MIN', flag: 'rate-limit', help: 'requests per minute per key (0 = off)' },
+  { key: 'responsesStoreMax', type: 'int', yaml: 'api.responses_store_max', env: 'SHEPHERD_RESPONSES_STORE_MAX', flag: 'responses-store-max', help: 'stored Responses API responses kept on this node (0 = none)' },
+  { key: 'responsesStoreMb', type: 'int', yaml: 'api.responses_store_mb', env: 'SHEPHERD_RESPONSES_STORE_MB', flag: 'responses-store-mb', help: 'memory for stored responses, MiB (least recently used first out)' },
   { key: 'corsOrigins', type: 'list', yaml: 'api.cors_origins', env: 'SHEPHERD_CORS_ORIGINS', flag: 'cors-origin', help: 'browser origin allowed (repeatable)' },
-  { key: 'apiKeys', type: 'list', yaml: 'api.keys', env: 'SHEPHERD_API_KEYS', flag: 'api-key', help: 'API key clients must send (repeatable)' },
+  { key: 'apiKeys', type: 'list', yaml: 'api.keys', env: 'SHEPHERD_API_KEYS', flag: 'api-key', help: 'API key clients must send (repeatable; flags show in ps: prefer --api-key-file or SHEPHERD_API_KEYS)' },
+  { key: 'apiKeyFile', type: 'string', yaml: 'api.key_file', env: 'SHEPHERD_API_KEY_FILE', flag: 'api-key-file', help: 'file of API keys, one per line' },
   { key: 'allowedHosts', type: 'list', yaml: 'api.allowed_hosts', env: 'SHEPHERD_ALLOWED_HOSTS', flag: 'allowed-host', help: 'extra Host name the API answers to (repeatable; *.suffix ok)' }
 ]
 
@@ -212,24 +236,29 @@ export function defaultOptions (): NodeOptions {
     suspectAfterMs: 2000,
     deadAfterMs: 4000,
     snapshotIntervalMs: 15000,
+    deadPeerTtlMs: 300_000,
     pingIntervalMs: 5000,
     sampleIntervalMs: 5000,
     gpuIntervalMs: 10000,
     redialMinMs: 500,
     redialMaxMs: 2000,
     logLevel: 'warn',
-    engine: 'embedded',
+    engine: 'auto',
+    parallel: 0,
     gpu: 'auto',
     threads: 0,
     contextSize: 0,
     keepAliveMs: 5 * 60_000,
     maxLoadedMb: 0,
     memoryReserveMb: 0,
+    rpcServerPath: '',
     upstreams: [],
     maxConcurrency: 16,
     maxQueue: 256,
     allowRemote: true,
     routing: 'least-loaded',
+    prefixRouting: true,
+    prefixLoadSlack: 4,
     requestTimeoutMs: 600_000,
     relayStreamIdleMs: 30_000,
     breakerFailures: 3,
@@ -242,6 +271,9 @@ export function defaultOptions (): NodeOptions {
     trustAllow: [],
     trustDeny: [],
     rateLimitPerMin: 0,
+    // An agent loop keeps a few responses alive at once; 1,000 covers many loops, and the byte bound caps the memory.
+    responsesStoreMax: 1000,
+    responsesStoreMb: 64,
     corsOrigins: [],
     electionSettleMs: 500,
     electionBackoffMs: 300,
@@ -251,6 +283,7 @@ export function defaultOptions (): NodeOptions {
     auditRetentionMs: 30 * 24 * 3_600_000,
     auditMaxEntries: 100_000,
     apiKeys: [],
+    apiKeyFile: '',
     allowedHosts: []
   }
 }

@@ -1,18 +1,20 @@
 import fs from 'node:fs/promises'
 import type { PrivateKey } from '@libp2p/interface'
-import { MODEL_FINGERPRINT_MISMATCH, ModelNotFoundError, SOURCE_NOT_MEMBER, ShepherdError } from '../errors.js'
+import { AUTHORITY_CODES, MODEL_FINGERPRINT_MISMATCH, ModelNotFoundError, SOURCE_NOT_MEMBER, SPLIT_CODES, ShepherdError } from '../errors.js'
 import { createLogger, recentLogLines, setLogLevel } from '../logger.js'
 import type { NodeOptions } from '../config/index.js'
-import { BLOB_PROTOCOL, COMMAND_PROTOCOL, createCommand, sendCommand, type CommandType, type Mesh, type SignedResult } from '../p2p/index.js'
-import { CommandExecutor, CommandStore, type CommandAuditEntry, type CommandHandlers } from './commands/index.js'
+import { BLOB_PROTOCOL, COMMAND_PROTOCOL, createCommand, sendCommand, type CommandEnvelope, type CommandType, type MembershipMode, type Mesh, type SignedResult } from '../p2p/index.js'
+import { CommandExecutor, CommandStore, type AuthorityVerdict, type CommandAuditEntry, type CommandHandlers } from './commands/index.js'
 import { updateConfigHandler } from './commands/config-update.js'
 import { RunProcesses } from './commands/run-processes.js'
 import type { EngineHub } from './engine-hub.js'
 import type { GroupManager } from './groups/index.js'
 import { modelResolver } from './model-transfer.js'
 import { pullModel } from './model-pull.js'
+import type { TransferTracker } from './transfers.js'
 import type { ModelFile, ResourceMonitor } from './resources/index.js'
 import type { Store } from './store.js'
+import { isSplitCapable, type SplitNode } from './split/split-node.js'
 
 export interface ControlPlaneDeps {
   key: PrivateKey
@@ -28,7 +30,55 @@ export interface ControlPlaneDeps {
   pullDir: string
   /** Whether a peer is a member of this node's mesh: only members are pulled from. */
   isMember: (peer: string) => boolean
+  /** This node's model work in progress (pulls, loads), shown with deployments. */
+  transfers: TransferTracker
+  /** Membership mode: in `open` mode membership is only claimed, so it gives no operator authority. */
+  mode: MembershipMode
+  /** Split replicas (issue 16): `serve_rpc` and `load_model`'s `split`; absent, both are refused. */
+  split?: SplitNode
 }
+
+/**
+ * Who may give a command (issue 15: operator commands from any member). Three issuers:
+ * - this node itself: its local operator (API/CLI on this machine);
+ * - a member acting as an operator: the command says so with term 0 (no leader ever issues at
+ *   term 0, and the term is signed), and the issuer must be a member by proof: in the signed
+ *   ledger (admission) or a swarm key holder. Never in `open` mode, where anyone who connects is
+ *   a "member": nobody gains authority by claiming it;
+ * - the proven leader of the command's group at exactly its term (checked certificate).
+ * A deposed leader's commands keep their term, so they stay fenced and refused as before.
+ */
+export function operatorAuthority (env: Pick<CommandEnvelope, 'issuer' | 'group' | 'term'>, ctx: { selfId: string, mode: MembershipMode, isMember: (peer: string) => boolean, authorizeLeader: (env: Pick<CommandEnvelope, 'issuer' | 'group' | 'term'>) => AuthorityVerdict }): AuthorityVerdict {
+  if (env.issuer === ctx.selfId) return { ok: true, operator: true }
+  if (env.term === MEMBER_OPERATOR_TERM) {
+    if (ctx.mode === 'open') return { ok: false, operator: true, reason: `${AUTHORITY_CODES.notMemberOperator}: member commands are off in an open mesh (membership there is only claimed); send it from the group's leader` }
+    if (!ctx.isMember(env.issuer)) return { ok: false, operator: true, reason: `${AUTHORITY_CODES.notMemberOperator}: the issuer is not a member of this mesh` }
+    return { ok: true, operator: true }
+  }
+  return ctx.authorizeLeader(env)
+}
+
+/**
+ * Runs a load_model body, recording its end on `transfers`. A retirement (keep-alive change of a
+ * loaded replica) is no load worth showing: only commands that start from a model not yet loaded
+ * leave a row (`begin`/`loading` inside the body), and only such rows are closed here.
+ */
+async function trackLoad<T> (transfers: TransferTracker, model: string, _fingerprint: string | null, run: () => Promise<T>): Promise<T> {
+  const before = transfers.list().find(r => r.model === model)?.at
+  try {
+    const out = await run()
+    const row = transfers.list().find(r => r.model === model)
+    if (row != null && row.at !== before && row.phase !== 'loaded') transfers.loaded(model)
+    return out
+  } catch (err) {
+    const row = transfers.list().find(r => r.model === model)
+    if (row != null && row.at !== before) transfers.failed(model, err)
+    throw err
+  }
+}
+
+/** The term of a command a member sends as an operator, not as a leader (see operatorAuthority). */
+export const MEMBER_OPERATOR_TERM = 0
 
 /**
  * The node's side of signed commands: the executor that checks and runs them (with this node's
@@ -56,8 +106,7 @@ export class ControlPlane {
     this.executor = new CommandExecutor({
       privateKey: d.key,
       store: this.commands,
-      // The node's own operator, or the proven leader (checked certificate) at the command's term.
-      authority: env => env.issuer === d.selfId() ? { ok: true } : d.groups.authorize(env),
+      authority: env => operatorAuthority(env, { selfId: d.selfId(), mode: d.mode, isMember: d.isMember, authorizeLeader: e => d.groups.authorize(e) }),
       handlers: this.handlers()
     })
   }
@@ -92,7 +141,8 @@ export class ControlPlane {
   private handlers (): Partial<CommandHandlers> {
     const d = this.d
     return {
-      load_model: async (p, ctx) => {
+      // Progress (transfer, loading, loaded or failed) is tracked for the deployment views.
+      load_model: async (p, ctx) => await trackLoad(d.transfers, p.model, p.fingerprint ?? null, async () => {
         let engine = d.hub.engineFor(p.model)
         // A command that names a file gets that file or nothing: never another file of the same name.
         const own = p.fingerprint != null ? d.modelFiles().find(f => f.name === p.model) : undefined
@@ -109,18 +159,44 @@ export class ControlPlane {
         if (engine == null && p.fingerprint != null && sources.length > 0) {
           ctx.output(`pulling ${p.model} from ${sources.length} peer(s)`)
           await fs.mkdir(d.pullDir, { recursive: true })
-          const got = await pullModel(d, p.model, p.fingerprint, sources, ctx)
+          d.transfers.begin(p.model, p.fingerprint)
+          const got = await pullModel(d, p.model, p.fingerprint, sources, { ...ctx, onProgress: (got, total) => { d.transfers.progress(p.model, got, total) } })
           ctx.output(`pulled ${got.transferredBytes} bytes from ${got.peer} (sha256 ${got.sha256.slice(0, 16)}…)`)
           await d.monitor.refresh()
           engine = d.hub.engineFor(p.model)
         }
         if (engine == null) throw new ModelNotFoundError(p.model)
         const started = performance.now()
-        const m = await engine.load(p.model, { keepAliveMs: p.keepAliveMs, signal: ctx.signal })
+        // A model loaded already (a keep-alive change, a retirement) is no load to show.
+        if (!d.hub.models().some(x => x.id === p.model && x.state === 'loaded')) d.transfers.loading(p.model, p.fingerprint ?? null, d.modelFiles().find(f => f.name === p.model)?.sizeBytes ?? null)
+        if (p.split != null) {
+          // A split replica's head: tunnels to the workers first, then llama-server with --rpc.
+          const path = d.modelFiles().find(f => f.name === p.model)?.path
+          if (d.split == null || !isSplitCapable(engine) || path == null) throw new ShepherdError(`This node cannot head a split of '${p.model}' (it needs the llama-server engine and the file)`, { code: SPLIT_CODES.notSupported, status: 501 })
+          const shards = await d.split.prepareHead(p.model, path, p.split, engine)
+          ctx.output(`split over ${shards.length} nodes: ${shards.map(s => `${s.nodeId.slice(-6)} ${s.layers == null ? '-' : s.layers.join('..')}`).join(', ')}`)
+        }
+        let m
+        try {
+          m = await engine.load(p.model, { keepAliveMs: p.keepAliveMs, signal: ctx.signal })
+        } catch (err) {
+          if (p.split != null) await d.split?.releaseHead(p.model, true)
+          throw err
+        }
         ctx.output(`loaded ${p.model} in ${(performance.now() - started).toFixed(0)} ms`)
         return { model: m.id, state: m.state }
+      }),
+      serve_rpc: async (p, ctx) => {
+        if (d.split == null) throw new ShepherdError('This node serves no split replicas', { code: SPLIT_CODES.notSupported, status: 501 })
+        // A worker serves only what a leader assigned (or its own operator): a member's mere ask
+        // would open its rpc-server, which has no authentication, to that member.
+        const leader = ctx.issuer === d.selfId() || d.mesh.groups.some(g => d.groups.leaderOf(g).leader === ctx.issuer)
+        if (!leader) throw new ShepherdError('serve_rpc is taken from a group leader only', { code: AUTHORITY_CODES.notProvenLeader, status: 403, type: 'permission_error' })
+        if (!d.isMember(p.head)) throw new ShepherdError('the head of a split must be a member of this mesh', { code: SOURCE_NOT_MEMBER, status: 403, type: 'permission_error' })
+        return await d.split.serveRpc(p.model, p.head, p.stop === true)
       },
       unload_model: async (p) => {
+        await d.split?.releaseHead(p.model, false)
         const engine = d.hub.engineFor(p.model)
         if (engine == null) throw new ModelNotFoundError(p.model)
         return { unloaded: await engine.unload(p.model) }

@@ -20,6 +20,8 @@ export interface DeploymentConstraints {
   gpuRequired?: boolean
   minVramBytes?: number
   labels?: Record<string, string>
+  /** Run ONE replica split over several nodes (llama.cpp RPC through the mesh), even if one node could hold it (issue 16). */
+  split?: boolean
 }
 
 /** Desired state: `replicas` copies of `model` loaded in `group`. Last writer wins on (updatedAt, origin). */

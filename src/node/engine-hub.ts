@@ -1,9 +1,9 @@
 import { EventEmitter } from 'node:events'
 import { BadRequestError, ModelNotFoundError, ShepherdError } from '../errors.js'
 import { createLogger } from '../logger.js'
-import type { InferenceReply, InferenceRequestFrame } from '../p2p/index.js'
 import { Admission, LOCAL_SOURCE } from './admission.js'
 import type { Engine, EngineModel } from './engines/index.js'
+import { JsonPayload, type InferenceCall, type InferenceReply } from './inference-call.js'
 
 /** A model this node can serve, with the engine that serves it. */
 export interface LocalModel extends EngineModel {
@@ -98,12 +98,12 @@ export class EngineHub extends EventEmitter<EngineHubEvents> {
    * a stream is fully consumed or abandoned. `source` (a peer id, or this node's own clients) is
    * who gets a fair share of the slots.
    */
-  async run (req: InferenceRequestFrame, signal: AbortSignal, source: string = LOCAL_SOURCE): Promise<InferenceReply> {
-    const engine = this.engineFor(req.model)
-    if (engine == null) throw new ModelNotFoundError(req.model)
+  async run (call: InferenceCall, signal: AbortSignal, source: string = LOCAL_SOURCE): Promise<InferenceReply> {
+    const engine = this.engineFor(call.model)
+    if (engine == null) throw new ModelNotFoundError(call.model)
     const release = await this.admission.acquire(signal, source)
     try {
-      const reply = await this.dispatch(engine, req, signal)
+      const reply = await this.dispatch(engine, call, signal)
       if (reply.kind === 'result') {
         release()
         return reply
@@ -116,33 +116,26 @@ export class EngineHub extends EventEmitter<EngineHubEvents> {
     }
   }
 
-  private async dispatch (engine: Engine, req: InferenceRequestFrame, signal: AbortSignal): Promise<InferenceReply> {
-    const body = (req.body ?? {}) as any
-    switch (req.op) {
+  private async dispatch (engine: Engine, call: InferenceCall, signal: AbortSignal): Promise<InferenceReply> {
+    switch (call.op) {
       case 'chat':
-        if (req.stream) return { kind: 'stream', chunks: await primed(engine.chatStream(body, { signal })) as AsyncIterable<Record<string, unknown>> }
-        return { kind: 'result', data: await engine.chat(body, { signal }) as unknown as Record<string, unknown> }
+        if (call.stream) return { kind: 'stream', chunks: payloads(await primed(engine.chatStream(call.body, { signal }))) }
+        return { kind: 'result', data: JsonPayload.of(await engine.chat(call.body, { signal })) }
       case 'completion':
-        if (req.stream) return { kind: 'stream', chunks: await primed(engine.completionStream(body, { signal })) as AsyncIterable<Record<string, unknown>> }
-        return { kind: 'result', data: await engine.completion(body, { signal }) as unknown as Record<string, unknown> }
+        if (call.stream) return { kind: 'stream', chunks: payloads(await primed(engine.completionStream(call.body, { signal }))) }
+        return { kind: 'result', data: JsonPayload.of(await engine.completion(call.body, { signal })) }
       case 'embeddings':
-        return { kind: 'result', data: await engine.embeddings(body, { signal }) as unknown as Record<string, unknown> }
+        return { kind: 'result', data: JsonPayload.of(await engine.embeddings(call.body, { signal })) }
       case 'passthrough': {
         const pass = engine.passthrough
-        if (req.pass == null || pass == null || engine.supportsPassthrough?.(req.pass.path) !== true) {
-          throw new ShepherdError(`The host of '${req.model}' does not serve ${req.pass?.path ?? 'this endpoint'}`, { code: 'unsupported_endpoint', status: 404 })
+        if (pass == null || engine.supportsPassthrough?.(call.path) !== true) {
+          throw new ShepherdError(`The host of '${call.model}' does not serve ${call.path}`, { code: 'unsupported_endpoint', status: 404 })
         }
-        const res = await pass.call(engine, {
-          method: req.pass.method,
-          path: req.pass.path,
-          headers: req.pass.headers,
-          body: req.pass.body != null ? new Uint8Array(Buffer.from(req.pass.body, 'base64')) : null,
-          signal
-        })
+        const res = await pass.call(engine, { method: call.method, path: call.path, headers: call.headers, body: call.bytes, signal })
         return { kind: 'passthrough', status: res.status, headers: res.headers, body: res.body }
       }
       default:
-        throw new BadRequestError(`unknown operation '${String(req.op)}'`)
+        throw new BadRequestError(`unknown operation '${String((call as { op: unknown }).op)}'`)
     }
   }
 
@@ -173,6 +166,11 @@ async function primed<T> (iterable: AsyncIterable<T>): Promise<AsyncIterable<T>>
       }
     }
   }
+}
+
+/** Engine chunks as payloads: serialized once, where they leave this node (relay or HTTP). */
+async function * payloads (chunks: AsyncIterable<object>): AsyncGenerator<JsonPayload> {
+  for await (const c of chunks) yield JsonPayload.of(c)
 }
 
 async function * holdUntilDone<T> (source: AsyncIterable<T>, release: () => void): AsyncGenerator<T> {

@@ -8,13 +8,17 @@ import { isNodeSnapshot, summarizeModel, type ModelSummary, type NodeSnapshot } 
 import { Store } from './store.js'
 import { loadOrCreateIdentity } from './identity.js'
 import { EngineHub } from './engine-hub.js'
-import { createEngines } from './engine-setup.js'
+import { RemoteInference, relayHandler } from './relay.js'
+import { cachedLlamaServerDirs, createEngines } from './engine-setup.js'
 import type { ModelFile } from './resources/index.js'
-import { ShepherdError } from '../errors.js'
+import { RPC_TUNNEL_REFUSED, ShepherdError } from '../errors.js'
 import { GroupManager } from './groups/index.js'
 import { DeploymentStore } from './deployments.js'
 import { ControlPlane } from './control-plane.js'
+import { SplitNode } from './split/split-node.js'
 import { Membership, type MemberView } from './membership.js'
+import { SnapshotMerger } from './snapshot-merge.js'
+import { TransferTracker, type TransferRow } from './transfers.js'
 import path from 'node:path'
 import fs from 'node:fs/promises'
 
@@ -68,6 +72,14 @@ export interface NodeMetrics {
 
 export interface MeshNodeEvents {
   peer: [PeerEvent]
+  /** A model transfer/load row of this node or a member changed (SSE `deployment:progress`). */
+  progress: [ProgressEvent]
+}
+
+/** One replica's progress as the API relays it: a transfer row and the node it runs on. */
+export interface ProgressEvent extends TransferRow {
+  nodeId: string
+  name: string
 }
 
 /** Delay from start to the first prune of old records. */
@@ -85,9 +97,13 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   readonly groups: GroupManager
   /** Desired state: which models should run where (replicated). */
   readonly deployments: DeploymentStore
+  /** Serializes the merges of peers' gossiped deployments. */
+  readonly merger: SnapshotMerger
   readonly labels: Record<string, string>
   /** Signed commands: the executor, sending, the command audit log. */
   control!: ControlPlane
+  /** Split replicas (issue 16): this node as a head or a worker. */
+  split!: SplitNode
   /** Allow and deny lists (config plus changes made through the API, persisted). */
   trust!: TrustPolicy
   /** Who is a member: the mode, the signed ledger, pending peers, admission and invites. */
@@ -97,12 +113,26 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   private modelFiles: ModelFile[] = []
   /** Grows whenever the gossiped snapshot content changes. */
   snapshotVersion = 1
+  /** This node's model pulls and loads in progress (gossiped in the snapshot as `transfers`). */
+  readonly transfers = new TransferTracker()
+  /** When a peer's transfer row was last relayed as an event (`peer|model` → its `at`). */
+  private readonly relayedRows = new Map<string, number>()
+  private transferSnapshotTimer?: NodeJS.Timeout
   private apiPort: number | null = null
   private readonly startedAt = Date.now()
   private pruneTimer?: NodeJS.Timeout
   private pruneFirst?: NodeJS.Timeout
   private pruning?: Promise<unknown>
   private readonly log = createLogger('node')
+  /** Per-request lines of the relay (request ids), on both sides of a hop. */
+  private readonly relayLog = createLogger('node:relay')
+  private remoteInference?: RemoteInference
+
+  /** Typed calls to peers' engines over the inference protocol (the router's remote call). */
+  get remote (): RemoteInference {
+    this.remoteInference ??= new RemoteInference(this.mesh.inference, this.relayLog)
+    return this.remoteInference
+  }
 
   private constructor (
     readonly options: NodeOptions,
@@ -115,6 +145,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   ) {
     super()
     this.deployments = deployments
+    this.merger = new SnapshotMerger(deployments)
     this.labels = Object.fromEntries(options.labels.map(l => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
     deployments.on('change', () => { this.snapshotChanged() })
     // The snapshot lists duplicate ids: a new version tells their owners.
@@ -122,15 +153,24 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     mesh.on('peer:snapshot', rec => {
       // A member that sees this node's own id run twice says so: only it can (see duplicate-identity.ts).
       if (rec.snapshot?.duplicateIds?.includes(mesh.peerId) === true) mesh.reportDuplicateOfSelf(rec.id)
+      this.relayTransferRows(rec.id, rec.name, rec.snapshot?.transfers ?? [])
       const incoming = rec.snapshot?.deployments
       if (incoming != null && incoming.length > 0) {
-        deployments.merge(incoming, rec.id).catch(err => { this.log.warn('could not merge deployments', { err }) })
+        // One merge at a time, newest set per peer, unchanged sets skipped (see snapshot-merge.ts).
+        this.merger.offer(rec.id, incoming)
       }
     })
     this.mesh = mesh
     this.hub = hub
     this.groups = groups
     hub.on('change', () => { this.snapshotChanged() })
+    this.transfers.on('change', row => {
+      this.emit('progress', { ...row, nodeId: this.mesh.peerId, name: this.name })
+      // Progress is gossiped at most once a second; a phase change goes out at once.
+      if (row.phase !== 'transferring') { clearTimeout(this.transferSnapshotTimer); this.transferSnapshotTimer = undefined; this.snapshotChanged(); return }
+      this.transferSnapshotTimer ??= setTimeout(() => { this.transferSnapshotTimer = undefined; this.snapshotChanged() }, 1000)
+      this.transferSnapshotTimer.unref()
+    })
     groups.on('leader', (group, leader, term) => {
       const name = leader == null ? '' : leader === this.mesh.peerId ? this.name : this.mesh.table.get(leader)?.name ?? leader
       this.emit('peer', { type: 'group:leader', id: leader ?? '', name, status: 'alive', at: new Date().toISOString(), group, term })
@@ -161,7 +201,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         dataDir: options.dataDir,
         modelsDirs: [...new Set([...options.modelsDirs, pullDir])],
         modelHashFile: path.join(options.dataDir, 'model-hashes.json'),
-        llamacppPaths: options.llamacppPaths,
+        // `--engine auto` also looks in scripts/build-llama-server.sh's cache.
+        llamacppPaths: options.engine === 'auto' ? [...options.llamacppPaths, ...cachedLlamaServerDirs()] : options.llamacppPaths,
         sampleIntervalMs: options.sampleIntervalMs,
         gpuIntervalMs: options.gpuIntervalMs
       })
@@ -217,7 +258,18 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       trust.on('member', peer => {
         if (peer !== node!.id) node!.emit('peer', { type: 'peer:member', id: peer, name: trust.ledger?.members.get(peer)?.name ?? '', status: 'member', at: new Date().toISOString() })
       })
+      const splitNode = new SplitNode({
+        mesh,
+        selfId: () => node!.id,
+        threads: Math.max(1, options.threads),
+        rpcServerPath: options.rpcServerPath,
+        llamaServerPaths: () => monitor.snapshot().resources.llamacpp.map(b => b.path),
+        audit: (peer, detail) => { void store.appendAudit({ kind: RPC_TUNNEL_REFUSED, peer, detail, verdict: 'rejected' }).catch(() => {}) },
+        changed: () => { node!.snapshotChanged() }
+      })
+      node.split = splitNode
       node.control = new ControlPlane({
+        split: splitNode,
         key,
         selfId: () => node!.id,
         store,
@@ -228,7 +280,9 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         options,
         modelFiles: () => node!.modelFiles,
         pullDir,
-        isMember: peer => trust.isMember(peer)
+        isMember: peer => trust.isMember(peer),
+        mode: membership.mode,
+        transfers: node.transfers
       })
       return node
     } catch (err) {
@@ -261,17 +315,20 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     admission.on('changed', () => { this.mesh.heartbeatNow(); this.mesh.scheduleSnapshot(20) })
     if (this.options.join !== '') await this.membership.join(this.options.join, this.mesh.libp2p)
     await this.groups.start()
-    await this.mesh.inference.serve(async (req, ctx) => {
+    await this.mesh.inference.serve(relayHandler(async (call, signal, peer) => {
       if (!this.options.allowRemote) {
         throw new ShepherdError('This node serves its own clients only (allowRemote is off)', { code: 'remote_access_disabled', status: 403, type: 'permission_error' })
       }
-      return await this.hub.run(req, ctx.signal, ctx.peer)
-    }, {
+      return await this.hub.run(call, signal, peer)
+    }, this.relayLog), {
       onViolation: (peer, reason) => {
         void this.store.appendAudit({ kind: 'wire_violation', peer, detail: `${INFERENCE_PROTOCOL}: ${reason}`, verdict: 'rejected' }).catch(() => {})
       }
     })
     await this.control.start()
+    await this.split.start()
+    // A split replica's worker or head gone: what depended on it is released (see split-node.ts).
+    for (const ev of ['peer:dead', 'peer:left'] as const) this.mesh.on(ev, rec => { void this.split.peerGone(rec.id) })
     // The first prune waits a little: a start is busy enough, and one that fails right after
     // (a taken API port) must not find a prune writing to the store it is closing.
     this.pruneFirst = setTimeout(() => { this.schedulePrune() }, Math.min(PRUNE_FIRST_DELAY_MS, this.options.pruneIntervalMs))
@@ -306,13 +363,17 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
 
   /** Stops the node; a clean stop tells peers at once (status `left`). */
   async stop (opts: { announce?: boolean } = {}): Promise<void> {
+    clearTimeout(this.transferSnapshotTimer)
     clearTimeout(this.pruneFirst)
     clearInterval(this.pruneTimer)
     await this.pruning
     await this.groups.stop()
     await this.membership.stop()
     await this.mesh.stop(opts)
+    // No merge may write to the store once it closes.
+    await this.merger.idle()
     await this.control.stop()
+    await this.split?.stop()
     await this.hub.close()
     this.monitor.stop()
     await this.store.close()
@@ -341,16 +402,46 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
 
   currentSnapshot (): NodeSnapshot {
     const snap = this.monitor.snapshot()
+    // The model budget rides with memory, so the leader's placement respects it (issue 16).
+    const budget = this.options.maxLoadedMb > 0 ? this.options.maxLoadedMb * 2 ** 20 : undefined
     return {
       version: VERSION,
-      resources: snap.resources,
+      resources: budget != null ? { ...snap.resources, memory: { ...snap.resources.memory, modelBudgetBytes: budget } } : snap.resources,
       models: this.servedModels(),
       api: this.apiPort != null ? { port: this.apiPort } : null,
       labels: this.labels,
       servesPeers: this.options.allowRemote,
       deployments: this.deployments.gossip(),
-      ...this.duplicateIds()
+      ...this.duplicateIds(),
+      ...this.transferRows()
     }
+  }
+
+  /** This node's transfer rows for the snapshot (absent when none). */
+  private transferRows (): { transfers?: TransferRow[] } {
+    const rows = this.transfers.list()
+    return rows.length > 0 ? { transfers: rows } : {}
+  }
+
+  /** Every member's transfer rows (this node's first), for deployment progress. */
+  progressRows (): ProgressEvent[] {
+    const own = this.transfers.list().map(r => ({ ...r, nodeId: this.id, name: this.name }))
+    const theirs = this.mesh.peers()
+      .filter(rec => this.trust.isMember(rec.id) && (rec.status === 'alive' || rec.status === 'suspect'))
+      .flatMap(rec => (rec.snapshot?.transfers ?? []).map(r => ({ ...r, nodeId: rec.id, name: rec.name })))
+    return [...own, ...theirs]
+  }
+
+  /** Relays a member's rows that changed since its last snapshot as `progress` events. */
+  private relayTransferRows (peer: string, name: string, rows: TransferRow[]): void {
+    if (!this.trust.isMember(peer)) return
+    for (const r of rows) {
+      const key = `${peer}|${r.model}`
+      if (this.relayedRows.get(key) === r.at) continue
+      this.relayedRows.set(key, r.at)
+      this.emit('progress', { ...r, nodeId: peer, name })
+    }
+    if (this.relayedRows.size > 4096) this.relayedRows.clear()
   }
 
   /** Models this node serves: the engines' list, with GGUF header facts where a file backs it. */
@@ -358,7 +449,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     const files = new Map(this.modelFiles.map(f => [f.name, f]))
     return this.hub.models().map(m => {
       const file = files.get(m.id)
-      if (file != null) return summarizeModel(file, m.state, m.pinned === true)
+      const shards = this.split?.shardsOf(m.id)
+      if (file != null) return { ...summarizeModel(file, m.state, m.pinned === true), ...(shards != null ? { shards } : {}) }
       return {
         name: m.id,
         sizeBytes: m.sizeBytes ?? 0,

@@ -21,12 +21,14 @@ export interface PullDeps {
  * Pulls `name` with `fingerprint` from `sources`. Throws the transfer's typed error
  * (`model_fingerprint_mismatch`, `model_invalid_file`, ...) with nothing left in the models dir.
  */
-export async function pullModel (d: PullDeps, name: string, fingerprint: string, sources: readonly string[], ctx: { signal: AbortSignal, issuer: string, output: (line: string) => void }): Promise<FetchModelResult> {
+export async function pullModel (d: PullDeps, name: string, fingerprint: string, sources: readonly string[], ctx: { signal: AbortSignal, issuer: string, output: (line: string) => void, onProgress?: (receivedBytes: number, totalBytes: number) => void }): Promise<FetchModelResult> {
   const got = await fetchModel(d.mesh.libp2p, sources, {
     name,
     fingerprint,
     destDir: d.pullDir,
     signal: ctx.signal,
+    // Bytes on disk (a resumed pull starts from what it had), for the deployment's progress.
+    ...(ctx.onProgress != null ? { onProgress: p => { ctx.onProgress!(p.receivedBytes, p.totalBytes) } } : {}),
     onSourceRejected: (peer, code, message) => {
       ctx.output(`refused ${peer}: ${code}`)
       void d.store.appendAudit({ kind: code, peer, detail: `load_model ${name} (fingerprint ${fingerprint}, issued by ${ctx.issuer}): ${message}`, verdict: 'rejected' }).catch(() => {})

@@ -1,6 +1,7 @@
 import { Ajv, type ValidateFunction } from 'ajv'
 import type { ModelFile, NodeResources } from './resources/index.js'
 import type { Deployment } from './deployments.js'
+import { TRANSFER_ROWS_SCHEMA, type TransferRow } from './transfers.js'
 
 /** A model as peers see it in a snapshot. */
 export interface ModelSummary {
@@ -17,6 +18,8 @@ export interface ModelSummary {
   pinned?: boolean
   /** The peer this node pulled the file from, and when (absent for files it had itself). */
   source?: { peer: string, at: string, fingerprint: string }
+  /** A split replica this node heads (issue 16): each node's layers, the head first. */
+  shards?: Array<{ nodeId: string, layers: [number, number] | null }>
 }
 
 /**
@@ -35,6 +38,8 @@ export interface NodeSnapshot {
   deployments?: Deployment[]
   /** Peer ids this node sees run as two processes (a copied data dir): so the owner of one learns it. */
   duplicateIds?: string[]
+  /** This node's model pulls and loads in progress, and those finished in the last minute (transfers.ts). */
+  transfers?: TransferRow[]
 }
 
 const num = { type: 'number' }
@@ -56,7 +61,7 @@ const schema = {
         platform: str,
         arch: str,
         cpu: { type: 'object', required: ['cores'], properties: { model: str, cores: num, physicalCores: num, usagePercent: num, speedGHz: num, loadAvg: { type: 'array', maxItems: 3, items: num } } },
-        memory: { type: 'object', required: ['totalBytes'], properties: { totalBytes: num, usedBytes: num, availableBytes: num } },
+        memory: { type: 'object', required: ['totalBytes'], properties: { totalBytes: num, usedBytes: num, availableBytes: num, modelBudgetBytes: num } },
         disk: { type: 'object', properties: { totalBytes: num, availableBytes: num } },
         gpus: {
           type: 'array',
@@ -69,6 +74,7 @@ const schema = {
     servesPeers: { type: 'boolean' },
     labels: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 128 } },
     duplicateIds: { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 128 } },
+    transfers: TRANSFER_ROWS_SCHEMA,
     deployments: {
       type: 'array',
       maxItems: 1024,
@@ -106,7 +112,16 @@ const schema = {
           fingerprint: str,
           state: { enum: ['loaded', 'on_disk', 'loading'] },
           pinned: { type: 'boolean' },
-          source: { type: 'object', required: ['peer', 'at', 'fingerprint'], properties: { peer: str, at: str, fingerprint: str } }
+          source: { type: 'object', required: ['peer', 'at', 'fingerprint'], properties: { peer: str, at: str, fingerprint: str } },
+          shards: {
+            type: 'array',
+            maxItems: 16,
+            items: {
+              type: 'object',
+              required: ['nodeId', 'layers'],
+              properties: { nodeId: { type: 'string', maxLength: 128 }, layers: { anyOf: [{ type: 'null' }, { type: 'array', minItems: 2, maxItems: 2, items: { type: 'integer', minimum: 0, maximum: 100000 } }] } }
+            }
+          }
         }
       }
     }

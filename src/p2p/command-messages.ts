@@ -20,7 +20,8 @@ export const MAX_COMMAND_STREAMS = 64
 export const COMMAND_SIGNING_DOMAIN = 'shepherd/cmd/1'
 export const RESULT_SIGNING_DOMAIN = 'shepherd/cmd-result/1'
 
-export const COMMAND_TYPES = ['load_model', 'unload_model', 'run_llamacpp', 'stop_process', 'scan_models', 'collect_logs', 'update_config'] as const
+// `serve_rpc`: the leader asks a worker to serve its part of a split replica for a head (issue 16).
+export const COMMAND_TYPES = ['load_model', 'unload_model', 'run_llamacpp', 'stop_process', 'scan_models', 'collect_logs', 'update_config', 'serve_rpc'] as const
 export type CommandType = typeof COMMAND_TYPES[number]
 
 export function isCommandType (x: unknown): x is CommandType {

@@ -11,8 +11,13 @@ export class DelayHistogram {
   count = 0
   sum = 0
 
+  /**
+   * Records one delay. A negative one (a sender's clock ahead of ours, or a lying timestamp: one
+   * stamped 10 years ahead once made the sum -7.6e12) counts as 0, so the sum never goes negative.
+   */
   push (ms: number): void {
     if (!Number.isFinite(ms)) return
+    ms = Math.max(0, ms)
     const i = DELAY_BUCKETS_MS.findIndex(b => ms <= b)
     this.counts[i < 0 ? DELAY_BUCKETS_MS.length : i]++
     this.count++

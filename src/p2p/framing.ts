@@ -52,15 +52,39 @@ export class FramedStream {
   private wake?: () => void
   private failure?: unknown
 
-  constructor (readonly stream: Stream, limits: number | { read: number, write: number }) {
+  /** With flow control: the stream is paused above this many buffered bytes (see the constructor). */
+  private readonly pauseAbove?: number
+  private readonly maxBuffered?: number
+  private paused = false
+
+  /**
+   * `limits.pauseAbove` (with `limits.maxBuffered`) is for protocols whose peer sends many frames
+   * in a row (`/shepherd/openai/2.0.0` request bodies in blocks): above it the stream is paused,
+   * so the sender's writes wait (libp2p flow control) until reads drain the buffer; only more
+   * than `maxBuffered` (what arrives after the pause) breaks the protocol. Without it, at most
+   * one frame and its prefix may wait here.
+   */
+  constructor (readonly stream: Stream, limits: number | { read: number, write: number, pauseAbove?: number, maxBuffered?: number }) {
     this.maxFrameBytes = typeof limits === 'number' ? limits : limits.read
     this.maxWriteBytes = typeof limits === 'number' ? limits : limits.write
+    if (typeof limits !== 'number' && limits.pauseAbove != null) {
+      this.pauseAbove = limits.pauseAbove
+      this.maxBuffered = limits.maxBuffered ?? limits.pauseAbove + 2 * (this.maxFrameBytes + 16)
+    }
     // Listen from the start (as libp2p's own byte streams do): a close that comes before the
     // first read must still be seen as the end.
     stream.addEventListener('message', evt => {
       this.buf.append(evt.data)
-      // At most one frame and its prefix may wait here; more is a peer ignoring the protocol.
-      if (this.failure === undefined && this.buf.byteLength > this.maxFrameBytes + 16) {
+      if (this.pauseAbove != null) {
+        if (!this.paused && this.buf.byteLength > this.pauseAbove && stream.readStatus === 'readable') {
+          this.paused = true
+          stream.pause()
+        }
+        if (this.failure === undefined && this.buf.byteLength > this.maxBuffered!) {
+          this.failure = new WireError(`more than ${this.maxBuffered!} bytes buffered`, 'frame_too_large')
+        }
+      } else if (this.failure === undefined && this.buf.byteLength > this.maxFrameBytes + 16) {
+        // At most one frame and its prefix may wait here; more is a peer ignoring the protocol.
         try {
           const prefix = decodePrefix(this.buf, this.maxFrameBytes)
           if (prefix == null || this.buf.byteLength > prefix.offset + prefix.length + this.maxFrameBytes + 16) {
@@ -82,9 +106,18 @@ export class FramedStream {
   }
 
   async write (frame: unknown, signal?: AbortSignal): Promise<void> {
-    const bytes = encoder.encode(JSON.stringify(frame))
-    if (bytes.byteLength > this.maxWriteBytes) throw new WireError(`frame of ${bytes.byteLength} bytes exceeds ${this.maxWriteBytes}`, 'frame_too_large')
-    const list = new Uint8ArrayList(encodeVarint(bytes.byteLength), bytes)
+    await this.writeBytes([encoder.encode(JSON.stringify(frame))], signal)
+  }
+
+  /**
+   * Writes one frame whose body is `parts` concatenated, as they are (binary protocols such as
+   * `/shepherd/openai/2.0.0` put a type byte first): no copy of the parts is made.
+   */
+  async writeBytes (parts: Uint8Array[], signal?: AbortSignal): Promise<void> {
+    let length = 0
+    for (const p of parts) length += p.byteLength
+    if (length > this.maxWriteBytes) throw new WireError(`frame of ${length} bytes exceeds ${this.maxWriteBytes}`, 'frame_too_large')
+    const list = new Uint8ArrayList(encodeVarint(length), ...parts)
     if (!this.stream.send(list)) await this.stream.onDrain({ signal })
   }
 
@@ -95,9 +128,19 @@ export class FramedStream {
    * `AbortSignal.timeout`, nothing is left to fire later for a read that finished in time).
    */
   async read (signal?: AbortSignal, timeoutMs?: number): Promise<unknown> {
+    const body = await this.readBytes(signal, timeoutMs)
+    return body === null ? null : parseFrame(body)
+  }
+
+  /** {@link read} without the JSON: the frame's body bytes as they came. */
+  async readBytes (signal?: AbortSignal, timeoutMs?: number): Promise<Uint8Array | null> {
     const deadline = timeoutMs != null ? performance.now() + timeoutMs : undefined
     for (;;) {
       const frame = this.frame()
+      if (this.paused && this.buf.byteLength <= this.pauseAbove! / 2) {
+        this.paused = false
+        this.stream.resume()
+      }
       if (frame !== undefined) return frame
       if (this.failure !== undefined) throw this.failure
       if (this.ended()) {
@@ -109,12 +152,12 @@ export class FramedStream {
   }
 
   /** The next whole frame if it is buffered already, `undefined` if not. */
-  private frame (): unknown {
+  private frame (): Uint8Array | undefined {
     const prefix = decodePrefix(this.buf, this.maxFrameBytes)
     if (prefix != null && this.buf.byteLength >= prefix.offset + prefix.length) {
       const body = this.buf.subarray(prefix.offset, prefix.offset + prefix.length)
       this.buf.consume(prefix.offset + prefix.length)
-      return parseFrame(body)
+      return body
     }
     return undefined
   }

@@ -5,14 +5,19 @@
 import '../polyfill.js'
 export { Mesh, type MeshOptions, type MeshStats, type MeshEvents } from './mesh.js'
 export { type PeerRecord, type PeerStatus, type MembershipTimings, PeerTable, onHeard, onLeave, onTick, onDisconnected, onRefused, newRecord } from './membership.js'
+export {
+  initSwim, step as swimStep, nextDeadline as swimDeadline, memberOf as swimMember, SWIM_LAN_DEFAULTS,
+  type SwimState, type SwimEvent, type SwimAction, type SwimMessage, type SwimConfig, type SwimUpdate, type SwimStatus
+} from './swim.js'
+export { simulate as simulateSwim, type SimOptions as SwimSimOptions, type SimResult as SwimSimResult } from './swim-sim.js'
 export { decodeMembership, encodeMembership, type MembershipMessage, type DropReason } from './messages.js'
 export { createIdentity, encodeIdentity, decodeIdentity, peerIdOf } from './identity.js'
 export { MEMBERSHIP_TOPIC, MDNS_SERVICE_TAG, MAX_MEMBERSHIP_MESSAGE_BYTES } from './constants.js'
 export { isRefused } from './redialer.js'
 export { DuplicateIdentityDetector, DUPLICATE_IDENTITY_DEFAULTS, type DuplicateIdentity, type DuplicateIdentityOptions } from './duplicate-identity.js'
 export type { Host } from './host.js'
-export { InferenceService, RemoteError, type InferenceReply, type InferenceHandler, type ViolationListener } from './inference.js'
-export { isInferenceRequest, isInferenceResponse, type InferenceRequestFrame, type InferenceResponseFrame, type InferenceOp, type PassthroughRequest, type ErrorPayload } from './inference-messages.js'
+export { InferenceService, RemoteError, type RelayRequest, type RelayReply, type RelayHandler, type ViolationListener } from './inference.js'
+export { PASSTHROUGH_PATHS, REQUEST_ID_PATTERN, type RelayOp, type RelayPass, type PassthroughPath, type ErrorPayload } from './inference-messages.js'
 export { FramedStream } from './framing.js'
 export { INFERENCE_PROTOCOL } from './constants.js'
 export {
@@ -27,6 +32,7 @@ export {
 } from './blob-protocol.js'
 export { BLOB_PROTOCOL, isSafeModelName, isFingerprint } from './blob-messages.js'
 export { reachableAddresses } from './addresses.js'
+export { RpcTunnelService, RPC_TUNNEL_PROTOCOL, RPC_TUNNEL_DEFAULTS, encodeTunnelHeader, decodeTunnelHeader, type TunnelListener, type TunnelVerdict, type RpcTunnelServeOptions, type RpcTunnelStats } from './rpc-tunnel.js'
 export { TrustPolicy, changedLists, type TrustState, type MembershipMode, type TrustLists, type TrustChange } from './trust.js'
 export { AdmissionService, AdmissionError, foundMesh, type AdmissionBackend } from './admission.js'
 export { ADMISSION_PROTOCOL, MAX_LEDGER_STATEMENTS, cleanName, signStatement, statementId, isStatement, type Statement } from './admission-messages.js'

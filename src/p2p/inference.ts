@@ -2,21 +2,42 @@ import type { Stream, Connection } from '@libp2p/interface'
 import { ShepherdError, TimeoutError, WireError, NoHealthyHostError } from '../errors.js'
 import { createLogger } from '../logger.js'
 import {
-  INFERENCE_HOST_IDLE_MS, INFERENCE_IDLE_STREAMS_PER_PEER, INFERENCE_PROTOCOL, INFERENCE_PROTOCOL_SINGLE, INFERENCE_REQUEST_READ_TIMEOUT_MS,
-  INFERENCE_REQUESTER_IDLE_MS, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES, MAX_INFERENCE_STREAMS
+  INFERENCE_BODY_BLOCK_BYTES, INFERENCE_HOST_IDLE_MS, INFERENCE_IDLE_STREAMS_PER_PEER, INFERENCE_PROTOCOL, INFERENCE_REQUEST_READ_TIMEOUT_MS,
+  INFERENCE_REQUESTER_IDLE_MS, INFERENCE_VERSION, MAX_INFERENCE_BODY_BYTES, MAX_INFERENCE_BUFFERED_BYTES, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES, MAX_INFERENCE_STREAMS
 } from './constants.js'
 import { FramedStream } from './framing.js'
 import { finish, StreamPool, type Lease } from './stream-pool.js'
-import { isInferenceRequest, isInferenceResponse, type ErrorPayload, type InferenceRequestFrame, type InferenceResponseFrame } from './inference-messages.js'
+import {
+  decodeRequestFrame, decodeResponseFrame, encodeFrame, type CallHead, type ErrorPayload, type RelayOp, type RelayPass, type RequestFrame, type ResponseFrame
+} from './inference-messages.js'
 import type { Host } from './host.js'
 
-/** What a handler (or a remote peer) answers: one result, a stream of chunks, or raw HTTP bytes. */
-export type InferenceReply =
-  | { kind: 'result', data: Record<string, unknown> }
-  | { kind: 'stream', chunks: AsyncIterable<Record<string, unknown>> }
+/**
+ * A request as the relay carries it: the call's fields and its body as bytes (the OpenAI JSON
+ * body serialized once by the requesting node, or a passthrough body as the client sent it).
+ * The typed call above p2p (src/node/inference-call.ts) maps to and from it.
+ */
+export interface RelayRequest {
+  /** Request id, logged on both nodes. */
+  id: string
+  op: RelayOp
+  model: string
+  stream: boolean
+  pass?: RelayPass
+  body: Uint8Array
+}
+
+/**
+ * What a handler (or a remote peer) answers: one result, a stream of chunks, or raw HTTP bytes.
+ * Results and chunks are serialized JSON objects: relayed as the host wrote them, never parsed
+ * on the way.
+ */
+export type RelayReply =
+  | { kind: 'result', data: Uint8Array }
+  | { kind: 'stream', chunks: AsyncIterable<Uint8Array> }
   | { kind: 'passthrough', status: number, headers: Record<string, string>, body: AsyncIterable<Uint8Array> }
 
-export type InferenceHandler = (req: InferenceRequestFrame, ctx: { peer: string, signal: AbortSignal }) => Promise<InferenceReply>
+export type RelayHandler = (req: RelayRequest, ctx: { peer: string, signal: AbortSignal }) => Promise<RelayReply>
 
 /** A frame broke the protocol; the stream is reset and the peer reported. */
 export type ViolationListener = (peer: string, reason: string) => void
@@ -28,9 +49,9 @@ export class RemoteError extends ShepherdError {
   }
 }
 
-function errorFrame (err: unknown): InferenceResponseFrame {
+function errorFrame (err: unknown): ResponseFrame {
   const e = err instanceof ShepherdError ? err : new ShepherdError('Internal error on the host node', { code: 'internal_error', status: 500 })
-  return { t: 'error', status: e.status, error: { message: e.message, type: e.type, param: e.param, code: e.code } }
+  return { t: 'error', status: e.status, error: { message: e.message.slice(0, 8192), type: e.type, param: e.param, code: e.code } }
 }
 
 /** Timings and limits of the inference protocol; the defaults suit a LAN. */
@@ -58,17 +79,19 @@ type ExchangeEnd = 'answered' | 'gone'
 /** A pooled stream broke before the host answered: the request goes again on a new stream. */
 class StaleStreamError extends Error {}
 
+/** A whole request body may take this many read timeouts in all (a peer trickling blocks). */
+const BODY_DEADLINE_FACTOR = 6
+
 /**
- * `/shepherd/openai/1.1.0`: the requester sends one request frame; the host answers `result`,
- * or `chunk`... `end`, or `head` `bytes`... `end`, or `error` at any point. After that final
- * frame the stream carries the next request, so relayed requests reuse idle streams
- * (`/shepherd/openai/1.0.0`, still served, closes the stream after one exchange).
- * Either side resetting the stream aborts the other: a client that goes away stops generation on
- * the host, and that stream is never reused.
+ * `/shepherd/openai/2.0.0` (frames in src/p2p/inference-messages.ts): the requester sends a call
+ * head and its body in blocks; the host answers `result`, or `chunk`... `end`, or `head` `data`...
+ * `end`, or `error` at any point. After that final frame the stream carries the next request, so
+ * relayed requests reuse idle streams. Either side resetting the stream aborts the other: a
+ * client that goes away stops generation on the host, and that stream is never reused.
  */
 export class InferenceService {
   private readonly log = createLogger('p2p:inference')
-  private handler?: InferenceHandler
+  private handler?: RelayHandler
   private onViolation?: ViolationListener
   private readonly opts: InferenceOptions
   readonly pool: StreamPool
@@ -77,7 +100,7 @@ export class InferenceService {
   constructor (private readonly host: Host, opts: Partial<InferenceOptions> = {}) {
     this.opts = { ...DEFAULT_INFERENCE_OPTIONS, ...opts }
     this.pool = new StreamPool(host, {
-      protocols: [INFERENCE_PROTOCOL, INFERENCE_PROTOCOL_SINGLE],
+      protocols: [INFERENCE_PROTOCOL],
       reusable: new Set([INFERENCE_PROTOCOL]),
       limits: { read: MAX_INFERENCE_RESPONSE_BYTES, write: MAX_INFERENCE_REQUEST_BYTES },
       maxIdlePerPeer: this.opts.idleStreamsPerPeer,
@@ -87,18 +110,16 @@ export class InferenceService {
   }
 
   /** Starts serving requests from peers with `handler`. */
-  async serve (handler: InferenceHandler, opts: { onViolation?: ViolationListener } = {}): Promise<void> {
+  async serve (handler: RelayHandler, opts: { onViolation?: ViolationListener } = {}): Promise<void> {
     this.handler = handler
     this.onViolation = opts.onViolation
     const limits = { maxInboundStreams: MAX_INFERENCE_STREAMS, maxOutboundStreams: MAX_INFERENCE_STREAMS }
-    await this.host.handle(INFERENCE_PROTOCOL, (stream, conn) => { void this.onStream(stream, conn, true) }, limits)
-    await this.host.handle(INFERENCE_PROTOCOL_SINGLE, (stream, conn) => { void this.onStream(stream, conn, false) }, limits)
+    await this.host.handle(INFERENCE_PROTOCOL, (stream, conn) => { void this.onStream(stream, conn) }, limits)
   }
 
   async stop (): Promise<void> {
     await this.pool.close()
     await this.host.unhandle(INFERENCE_PROTOCOL).catch(() => {})
-    await this.host.unhandle(INFERENCE_PROTOCOL_SINGLE).catch(() => {})
   }
 
   private reportViolation (peer: string, reason: string): void {
@@ -112,14 +133,16 @@ export class InferenceService {
     stream.abort(new WireError(reason))
   }
 
-  /** Serves one request after another on `stream` (one only when not `reusable`). */
-  private async onStream (stream: Stream, conn: Connection, reusable: boolean): Promise<void> {
+  /** Serves one request after another on `stream`. */
+  private async onStream (stream: Stream, conn: Connection): Promise<void> {
     const peer = conn.remotePeer.toString()
-    const framed = new FramedStream(stream, { read: MAX_INFERENCE_REQUEST_BYTES, write: MAX_INFERENCE_RESPONSE_BYTES })
+    // A body comes in blocks, back to back: flow control holds the sender above 1 MiB buffered
+    // (yamux then stops granting window), and what was in flight when it paused is bounded.
+    const framed = new FramedStream(stream, { read: MAX_INFERENCE_REQUEST_BYTES, write: MAX_INFERENCE_RESPONSE_BYTES, pauseAbove: 1024 * 1024, maxBuffered: MAX_INFERENCE_BUFFERED_BYTES })
     for (let n = 0; ; n++) {
-      let req: unknown
+      let first: Uint8Array | null
       try {
-        req = await framed.read(undefined, n === 0 ? this.opts.requestReadTimeoutMs : this.opts.hostIdleMs)
+        first = await framed.readBytes(undefined, n === 0 ? this.opts.requestReadTimeoutMs : this.opts.hostIdleMs)
       } catch (err: any) {
         if (n > 0 && err?.name === 'TimeoutError' && framed.buffered === 0) {
           // Idle between requests: the requester let it go without closing it.
@@ -129,65 +152,96 @@ export class InferenceService {
         this.violation(peer, stream, err instanceof WireError ? err.message : `no request frame: ${err?.message ?? err}`)
         return
       }
-      if (req === null && n > 0) {
+      if (first === null && n > 0) {
         // The requester closed the stream between requests: the usual end of a pooled stream.
         await finish(stream)
         return
       }
-      if (!isInferenceRequest(req)) {
-        this.violation(peer, stream, 'invalid request frame')
+      let req: RelayRequest
+      try {
+        if (first === null) throw new WireError('the stream ended before a call frame', 'truncated_frame')
+        req = await this.readRequest(framed, decodeRequestFrame(first))
+      } catch (err: any) {
+        this.violation(peer, stream, err instanceof WireError ? err.message : `incomplete request: ${err?.message ?? err}`)
         return
       }
       const end = await this.answer(stream, framed, peer, req)
       if (end === 'gone') return
-      if (!reusable) {
-        await finish(stream)
-        return
-      }
     }
   }
 
+  /**
+   * Gathers the body the call head announced: exactly `size` bytes in `data` frames, then `end`,
+   * each frame within the read timeout and the whole body within a few of them. Bytes are kept
+   * only as they arrive: announcing a large body costs the requester the bytes it sends.
+   */
+  private async readRequest (framed: FramedStream, first: RequestFrame): Promise<RelayRequest> {
+    if (first.t !== 'call') throw new WireError(`'${first.t}' frame before a call`)
+    const head: CallHead = first.head
+    const deadline = performance.now() + this.opts.requestReadTimeoutMs * BODY_DEADLINE_FACTOR
+    const blocks: Uint8Array[] = []
+    let got = 0
+    for (;;) {
+      const left = deadline - performance.now()
+      const bytes = await framed.readBytes(undefined, Math.max(1, Math.min(this.opts.requestReadTimeoutMs, left)))
+      if (bytes === null) throw new WireError('the stream ended inside a request body', 'truncated_frame')
+      const frame = decodeRequestFrame(bytes)
+      if (frame.t === 'end') break
+      if (frame.t !== 'data') throw new WireError(`'${frame.t}' frame inside a request body`)
+      got += frame.bytes.byteLength
+      if (got > head.size) throw new WireError(`request body longer than the ${head.size} bytes announced`)
+      blocks.push(frame.bytes)
+    }
+    if (got !== head.size) throw new WireError(`request body of ${got} bytes, ${head.size} announced`)
+    const body = blocks.length === 1 ? blocks[0] : new Uint8Array(Buffer.concat(blocks))
+    return { id: head.id, op: head.op, model: head.model, stream: head.stream, ...(head.pass != null ? { pass: head.pass } : {}), body }
+  }
+
   /** Runs one request and writes its frames, ending with a final frame unless the stream is gone. */
-  private async answer (stream: Stream, framed: FramedStream, peer: string, req: InferenceRequestFrame): Promise<ExchangeEnd> {
+  private async answer (stream: Stream, framed: FramedStream, peer: string, req: RelayRequest): Promise<ExchangeEnd> {
     const ac = new AbortController()
     const onClose = (): void => { ac.abort(new ShepherdError('the requesting peer went away', { code: 'client_closed', status: 499 })) }
     stream.addEventListener('close', onClose)
+    const write = async (frame: ResponseFrame): Promise<void> => { await framed.writeBytes(encodeFrame(frame)) }
     try {
       if (this.handler == null) throw new NoHealthyHostError(req.model)
       const reply = await this.handler(req, { peer, signal: ac.signal })
       if (reply.kind === 'result') {
-        await framed.write({ t: 'result', data: reply.data })
+        await write({ t: 'result', bytes: reply.data })
       } else if (reply.kind === 'stream') {
         try {
           for await (const chunk of reply.chunks) {
             if (ac.signal.aborted) break
-            await framed.write({ t: 'chunk', data: chunk })
+            await write({ t: 'chunk', bytes: chunk })
           }
         } catch (err) {
           if (ac.signal.aborted) throw err
-          await framed.write(errorFrame(err))
+          await write(errorFrame(err))
           this.stats.failed++
           return 'answered'
         }
         if (ac.signal.aborted) return 'gone'
-        await framed.write({ t: 'end' })
+        await write({ t: 'end' })
       } else {
-        await framed.write({ t: 'head', status: reply.status, headers: reply.headers })
+        await write({ t: 'head', status: reply.status, headers: reply.headers })
         for await (const block of reply.body) {
-          await framed.write({ t: 'bytes', b64: Buffer.from(block).toString('base64') })
+          // An engine's block can be larger than a frame: cut it.
+          for (let at = 0; at < block.byteLength; at += MAX_BLOCK_OUT) {
+            await write({ t: 'data', bytes: block.subarray(at, at + MAX_BLOCK_OUT) })
+          }
         }
-        await framed.write({ t: 'end' })
+        await write({ t: 'end' })
       }
       this.stats.served++
       return 'answered'
     } catch (err) {
       if (ac.signal.aborted && stream.status !== 'open') {
-        this.log.debug('request aborted by the peer', { peer })
+        this.log.debug('request aborted by the peer', { peer, requestId: req.id })
         return 'gone'
       }
       this.stats.failed++
       try {
-        await framed.write(errorFrame(err))
+        await write(errorFrame(err))
         return 'answered'
       } catch {
         stream.abort(err as Error)
@@ -205,7 +259,10 @@ export class InferenceService {
    * An idle stream is reused when there is one; if it turns out broken before the host
    * answered, the request goes once more on a new stream.
    */
-  async request (peer: string, req: InferenceRequestFrame, opts: { signal?: AbortSignal, connectTimeoutMs?: number, firstByteTimeoutMs?: number } = {}): Promise<InferenceReply> {
+  async request (peer: string, req: RelayRequest, opts: { signal?: AbortSignal, connectTimeoutMs?: number, firstByteTimeoutMs?: number } = {}): Promise<RelayReply> {
+    if (req.body.byteLength > MAX_INFERENCE_BODY_BYTES) {
+      throw new ShepherdError(`The request body of ${req.body.byteLength} bytes exceeds the ${MAX_INFERENCE_BODY_BYTES} bytes a relay carries`, { code: 'request_too_large', status: 413 })
+    }
     this.stats.requested++
     let fresh = false
     for (;;) {
@@ -245,24 +302,35 @@ export class InferenceService {
     }
   }
 
-  private async exchange (lease: Lease, req: InferenceRequestFrame, opts: { signal?: AbortSignal, firstByteTimeoutMs?: number }): Promise<InferenceReply> {
+  /** Writes the call head and the body in blocks (each waits for the stream to drain), then `end`. */
+  private async send (framed: FramedStream, req: RelayRequest, signal?: AbortSignal): Promise<void> {
+    const head: CallHead = { v: INFERENCE_VERSION, id: req.id, op: req.op, model: req.model, stream: req.stream, size: req.body.byteLength, ...(req.pass != null ? { pass: req.pass } : {}) }
+    await framed.writeBytes(encodeFrame({ t: 'call', head }), signal)
+    for (let at = 0; at < req.body.byteLength; at += INFERENCE_BODY_BLOCK_BYTES) {
+      await framed.writeBytes(encodeFrame({ t: 'data', bytes: req.body.subarray(at, at + INFERENCE_BODY_BLOCK_BYTES) }), signal)
+    }
+    await framed.writeBytes(encodeFrame({ t: 'end' }), signal)
+  }
+
+  private async exchange (lease: Lease, req: RelayRequest, opts: { signal?: AbortSignal, firstByteTimeoutMs?: number }): Promise<RelayReply> {
     const { stream, framed, peer } = lease
     const abort = (): void => { stream.abort(new ShepherdError('request aborted by the client', { code: 'client_closed', status: 499 })) }
     opts.signal?.throwIfAborted()
     opts.signal?.addEventListener('abort', abort, { once: true })
     const cleanup = (): void => { opts.signal?.removeEventListener('abort', abort) }
-    const readFrame = async (timeoutMs?: number): Promise<InferenceResponseFrame> => {
-      const frame = await framed.read(undefined, timeoutMs)
-      if (frame == null) throw new NoHealthyHostError(req.model).withMessage('the host closed the stream early')
-      if (!isInferenceResponse(frame)) {
-        this.violation(peer, stream, 'invalid response frame')
-        throw new WireError('the host sent an invalid response frame')
+    const readFrame = async (timeoutMs?: number): Promise<ResponseFrame> => {
+      const bytes = await framed.readBytes(undefined, timeoutMs)
+      if (bytes == null) throw new NoHealthyHostError(req.model).withMessage('the host closed the stream early')
+      try {
+        return decodeResponseFrame(bytes)
+      } catch (err) {
+        this.violation(peer, stream, `invalid response frame: ${(err as Error).message}`)
+        throw err
       }
-      return frame
     }
-    let first: InferenceResponseFrame
+    let first: ResponseFrame
     try {
-      await framed.write(req)
+      await this.send(framed, req)
       first = await readFrame(opts.firstByteTimeoutMs)
     } catch (err: any) {
       cleanup()
@@ -279,10 +347,10 @@ export class InferenceService {
       cleanup()
       await this.pool.release(lease)
       if (first.t === 'error') throw new RemoteError(first.status, first.error)
-      return { kind: 'result', data: first.data }
+      return { kind: 'result', data: first.bytes }
     }
     const pool = this.pool
-    const rest = async function * <T> (map: (f: InferenceResponseFrame) => T | undefined, firstValue: T | undefined): AsyncGenerator<T> {
+    const rest = async function * (want: 'chunk' | 'data', firstValue: Uint8Array | undefined): AsyncGenerator<Uint8Array> {
       let done = false
       try {
         if (firstValue !== undefined) yield firstValue
@@ -290,9 +358,8 @@ export class InferenceService {
           const frame = await readFrame()
           if (frame.t === 'end') { done = true; return }
           if (frame.t === 'error') { done = true; throw new RemoteError(frame.status, frame.error) }
-          const v = map(frame)
-          if (v === undefined) throw new WireError(`unexpected '${frame.t}' frame`)
-          yield v
+          if (frame.t !== want) throw new WireError(`unexpected '${frame.t}' frame`)
+          yield frame.bytes
         }
       } catch (err) {
         if (err instanceof ShepherdError) throw err
@@ -303,12 +370,8 @@ export class InferenceService {
         else stream.abort(new ShepherdError('stream abandoned', { code: 'client_closed', status: 499 }))
       }
     }
-    if (first.t === 'head') {
-      return { kind: 'passthrough', status: first.status, headers: first.headers, body: rest(f => f.t === 'bytes' ? new Uint8Array(Buffer.from(f.b64, 'base64')) : undefined, undefined) }
-    }
-    if (first.t === 'chunk') {
-      return { kind: 'stream', chunks: rest(f => f.t === 'chunk' ? f.data : undefined, first.data) }
-    }
+    if (first.t === 'head') return { kind: 'passthrough', status: first.status, headers: first.headers, body: rest('data', undefined) }
+    if (first.t === 'chunk') return { kind: 'stream', chunks: rest('chunk', first.bytes) }
     cleanup()
     if (first.t === 'end') {
       // A stream that ends before its first chunk is a stream with no chunks.
@@ -320,3 +383,6 @@ export class InferenceService {
     throw new WireError(`the host sent a '${first.t}' frame before any head`)
   }
 }
+
+/** Passthrough answer blocks are cut to this size (a frame each). */
+const MAX_BLOCK_OUT = INFERENCE_BODY_BLOCK_BYTES

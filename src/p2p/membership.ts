@@ -125,6 +125,16 @@ export function onRefused<S> (rec: PeerRecord<S>, now: number): TransitionResult
   return { record: next, changed: true, accepted: true }
 }
 
+/** Default of `deadPeerTtlMs`: long enough to show a crash in /api/peers, short enough to bound a churning mesh. */
+export const DEAD_PEER_TTL_MS = 300_000
+
+/** Whether a record is old enough to forget: dead or gone past the TTL, or never heard from and not connected. */
+export function shouldEvict (rec: PeerRecord<unknown>, now: number, ttlMs: number): boolean {
+  if (rec.connected) return false
+  if (rec.lastSeen === 0) return now - rec.firstSeen > ttlMs
+  return (rec.status === 'dead' || rec.status === 'left') && now - rec.statusSince > ttlMs
+}
+
 export interface PeerTableEvents<S> {
   'peer:joined': [PeerRecord<S>]
   'peer:alive': [PeerRecord<S>]

@@ -8,16 +8,21 @@ import { createHost, type Host } from './host.js'
 import type { LanDiscoveryStats } from './lan-discovery.js'
 import { DelayHistogram } from './delay-histogram.js'
 import { decodeMembership, encodeMembership, type DropReason, type MembershipMessage } from './messages.js'
-import { PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
+import { DEAD_PEER_TTL_MS, shouldEvict, PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
 import { Redialer } from './redialer.js'
 import { InferenceService } from './inference.js'
 import { CommandService } from './command-protocol.js'
 import { BlobService } from './blob-protocol.js'
+import { RpcTunnelService } from './rpc-tunnel.js'
 import { reachableAddresses } from './addresses.js'
-import { TokenBuckets } from './token-buckets.js'
+import { MAX_CLOCK_SKEW_MS, MAX_WANTS, MIN_SNAPSHOT_GAP_MS } from './membership-limits.js'
+import { GossipGate } from './gossip-gate.js'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { TrustPolicy } from './trust.js'
 import { ConnectionListenAddrs, DuplicateIdentityDetector, type DuplicateIdentity, type Observation } from './duplicate-identity.js'
+
+/** A peer met before and evicted is still redialed (it may restart), but at most this often. */
+const DEAD_PEER_REDIAL_MS = 30_000
 
 export interface MeshOptions<S> {
   privateKey: PrivateKey
@@ -54,6 +59,8 @@ export interface MeshOptions<S> {
   load?: () => { active: number, queued: number }
   /** Validates a peer's snapshot content (the owner's schema); false drops the message. */
   validateSnapshot: (data: unknown) => data is S
+  /** A peer dead or gone this long is forgotten: its record, snapshot and (gossip-only) redial target. */
+  deadPeerTtlMs?: number
 }
 
 export interface MeshStats {
@@ -61,7 +68,14 @@ export interface MeshStats {
   gossipBytesReceived: number
   messagesSent: number
   messagesReceived: number
-  dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted' | 'rate_limited', number>
+  /**
+   * Messages dropped, by reason. `unverified`: from a peer this node neither is connected to nor
+   * finds in its ledger, beyond what one relaying connection may name; `state_rate`: snapshot
+   * bytes over the sender's budget.
+   */
+  dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted' | 'rate_limited' | 'unverified' | 'state_rate', number>
+  /** Work done on peers' state, counted (not timed) so tests bound it: snapshots validated and taken, peers evicted. */
+  work: { snapshotsValidated: number, snapshotsApplied: number, snapshotsPublished: number, evicted: number, wantsSent: number, wantsAnswered: number }
   /** mDNS queries sent, and peers its answers named: passed on to libp2p, or dropped as connected already. */
   mdns: LanDiscoveryStats
   /**
@@ -79,6 +93,10 @@ export interface MeshEvents<S> extends PeerTableEvents<S> {
   'duplicates:changed': [ids: string[]]
 }
 
+function want (ids: string[]): { want?: string[] } {
+  return ids.length > 0 ? { want: ids } : {}
+}
+
 function loadTuple (l: { active: number, queued: number }): [number, number] {
   return [Math.max(0, Math.floor(l.active)), Math.max(0, Math.floor(l.queued))]
 }
@@ -94,15 +112,21 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     gossipBytesReceived: 0,
     messagesSent: 0,
     messagesReceived: 0,
-    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, unsupported_version: 0, stale: 0, invalid_snapshot: 0, untrusted: 0, rate_limited: 0 },
+    dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, unsupported_version: 0, stale: 0, invalid_snapshot: 0, untrusted: 0, rate_limited: 0, unverified: 0, state_rate: 0 },
+    work: { snapshotsValidated: 0, snapshotsApplied: 0, snapshotsPublished: 0, evicted: 0, wantsSent: 0, wantsAnswered: 0 },
     mdns: { queries: 0, announced: 0, suppressed: 0 },
     heartbeatDelay: new DelayHistogram()
   }
 
   /** Decode results of validated messages, keyed by their payload, consumed by the handler. */
   private readonly decoded = new WeakMap<Uint8Array, ReturnType<typeof decodeMembership>>()
-  /** Membership messages per origin: a heartbeat a second plus snapshots fits well inside. */
-  private readonly floodGuard = new TokenBuckets(20, 40)
+  /** Rate, verification and byte budget of the membership topic, before parsing (see gossip-gate.ts). */
+  private readonly gate: GossipGate
+  /** Peers whose advertised snapshot this node lacks, since when (asked for with `want`). */
+  private readonly missing = new Map<string, { since: number, askedAt: number }>()
+  private lastSnapshotAt = 0
+  private lastPublishedVersion = -1
+  private lastPublishedConnections = -1
 
   private host?: Host
   private readonly log: Logger
@@ -115,11 +139,18 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
 
   constructor (private readonly opts: MeshOptions<S>) {
     super()
+    this.gate = new GossipGate({
+      selfId: () => this.peerId,
+      connected: id => this.host != null && this.host.getConnections(peerIdFromString(id)).length > 0,
+      trust: opts.trust
+    })
     this.log = createLogger('p2p:mesh')
     // Re-emit table events so consumers subscribe to the mesh alone.
     for (const ev of ['peer:joined', 'peer:alive', 'peer:suspect', 'peer:dead', 'peer:left', 'peer:snapshot'] as const) {
       this.table.on(ev, (rec: PeerRecord<S>) => {
-        this.log.info(ev, { peer: rec.id, name: rec.name })
+        // Snapshots arrive every 15 s per peer: at info they drowned the transitions that matter.
+        if (ev === 'peer:snapshot') this.log.debug(ev, { peer: rec.id, name: rec.name })
+        else this.log.info(ev, { peer: rec.id, name: rec.name })
         this.emit(ev, rec)
       })
     }
@@ -133,6 +164,13 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private inferenceService?: InferenceService
   private commandService?: CommandService
   private blobService?: BlobService
+  private rpcTunnelService?: RpcTunnelService
+
+  /** `/shepherd/rpc-tunnel/1.0.0`: llama.cpp RPC of split replicas, head to workers (issue 16). */
+  get rpcTunnel (): RpcTunnelService {
+    this.rpcTunnelService ??= new RpcTunnelService(this.libp2p)
+    return this.rpcTunnelService
+  }
 
   /** `/shepherd/cmd/1.0.0`: signed commands. */
   get commands (): CommandService {
@@ -146,7 +184,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     return this.blobService
   }
 
-  /** `/shepherd/openai/1.1.0`: serve peers' inference requests and send ours. */
+  /** `/shepherd/openai/2.0.0`: serve peers' inference requests and send ours. */
   get inference (): InferenceService {
     const idle = this.opts.relayStreamIdleMs
     this.inferenceService ??= new InferenceService(this.libp2p, idle != null ? { requesterIdleMs: idle, hostIdleMs: 2 * idle } : {})
@@ -226,6 +264,12 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     return o.duplicate
   }
 
+  /** The redialer's targets (peers heard of only through gossip counted apart) and dials made. */
+  redialStats (): { targets: number, hinted: number, dials: number, hintDials: number, hintsRefused: number, hintsDropped: number } {
+    const r = this.redialer
+    return r == null ? { targets: 0, hinted: 0, dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0 } : { ...r.size(), ...r.stats }
+  }
+
   addresses (): string[] {
     return this.libp2p.getMultiaddrs().map(ma => ma.toString())
   }
@@ -270,15 +314,29 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
         this.stats.dropped.untrusted++
         return source.toString() === from ? TopicValidatorResult.Reject : TopicValidatorResult.Ignore
       }
-      if (!this.floodGuard.take(from)) {
-        this.stats.dropped.rate_limited++
+      // Only a peer this node can verify (connected, or in its ledger) gets a record. Anyone else
+      // named by a relaying connection is at most a dial hint, a few per connection: throw-away
+      // keys cost an attacker nothing, and each once became a record dialed for ever. Snapshot
+      // bytes per origin are budgeted before they are parsed.
+      const verdict = this.gate.check(source.toString(), from, msg.data.byteLength, Date.now())
+      if (!verdict.ok) {
+        this.stats.dropped[verdict.reason]++
         return TopicValidatorResult.Ignore
       }
+      const verified = verdict.verified
       const decoded = decodeMembership(msg.data)
+      if (!decoded.ok) {
+        this.stats.dropped[decoded.reason]++
+        return decoded.reason === 'unsupported_version' ? TopicValidatorResult.Ignore : TopicValidatorResult.Reject
+      }
+      if (!verified) {
+        // Not relayed either: a peer this node does not know is not vouched for to others.
+        this.stats.dropped.unverified++
+        this.hint(from, decoded.message)
+        return TopicValidatorResult.Ignore
+      }
       this.decoded.set(msg.data, decoded)
-      if (decoded.ok) return TopicValidatorResult.Accept
-      this.stats.dropped[decoded.reason]++
-      return decoded.reason === 'unsupported_version' ? TopicValidatorResult.Ignore : TopicValidatorResult.Reject
+      return TopicValidatorResult.Accept
     })
     pubsub.addEventListener('message', evt => {
       const msg = evt.detail
@@ -295,7 +353,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     host.addEventListener('peer:discovery', evt => {
       const { id, multiaddrs } = evt.detail
       if (id.equals(host.peerId)) return
-      this.redialer?.addPeer(id.toString(), multiaddrs.map(m => m.toString()))
+      if (this.redialer?.addDiscovered(id.toString(), multiaddrs.map(m => m.toString())) !== true) return
       if (host.getConnections(id).length === 0) this.redialer?.dialNow(id.toString())
     })
     host.addEventListener('peer:connect', evt => { this.onConnect(evt.detail) })
@@ -318,6 +376,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       minMs: o.redialMinMs,
       maxMs: o.redialMaxMs,
       onRefused: id => { this.refused(id) },
+      hintDialsPerSec: 10,
       isWanted: id => {
         const rec = this.table.get(id)
         // Every peer not connected is dialed (the LAN mesh is a full mesh) except one that said goodbye.
@@ -333,7 +392,13 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     const tickMs = Math.max(50, Math.min(250, Math.floor(o.heartbeatMs / 4)))
     this.timers.push(setInterval(() => { this.heartbeat() }, o.heartbeatMs))
     this.timers.push(setInterval(() => { this.tick() }, tickMs))
-    this.timers.push(setInterval(() => { this.scheduleSnapshot(0) }, o.snapshotIntervalMs))
+    // A safety net, idle in a settled mesh: snapshots go out on change (and when a peer asks for
+    // one it missed, `want`), not to everyone every period. Again here only when a change was not
+    // published or this node's connections changed since (a newcomer is still being met: a peer
+    // that missed its relayed snapshot, so never dialed it, gets another chance).
+    this.timers.push(setInterval(() => {
+      if (this.opts.snapshotVersion() !== this.lastPublishedVersion || this.connectionCount() !== this.lastPublishedConnections) this.scheduleSnapshot(0)
+    }, o.snapshotIntervalMs))
     this.timers.push(setInterval(() => { void this.probeRtt() }, o.pingIntervalMs))
     for (const t of this.timers) t.unref()
     this.heartbeat()
@@ -349,6 +414,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     await this.inferenceService?.stop()
     await this.commandService?.stop()
     await this.blobService?.stop()
+    await this.rpcTunnelService?.stop()
     if (opts.announce !== false) {
       await this.publish({ v: MEMBERSHIP_VERSION, t: 'leave', inc: this.incarnation, seq: ++this.seq, at: Date.now() })
       // Give the frame a moment to leave the socket before the connections close.
@@ -357,9 +423,14 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     await this.host.stop()
   }
 
-  /** Publishes the current snapshot soon; calls within the delay are merged into one. */
+  /**
+   * Publishes the current snapshot soon; calls within the delay are merged into one, and two
+   * publishes are at least `MIN_SNAPSHOT_GAP_MS` apart (a burst of changes, say a merge of 1,024
+   * deployments, is one snapshot, not one per change).
+   */
   scheduleSnapshot (delayMs = 50): void {
     if (this.snapshotDebounce != null || this.stopping) return
+    delayMs = Math.max(delayMs, this.lastSnapshotAt + MIN_SNAPSHOT_GAP_MS - Date.now())
     this.snapshotDebounce = setTimeout(() => {
       this.snapshotDebounce = undefined
       this.publishSnapshot()
@@ -369,10 +440,33 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
 
   private publishSnapshot (): void {
     if (this.host == null || this.stopping) return
+    this.lastSnapshotAt = Date.now()
+    this.stats.work.snapshotsPublished++
+    const version = this.lastPublishedVersion = this.opts.snapshotVersion()
+    this.lastPublishedConnections = this.connectionCount()
     void this.publish({
       v: MEMBERSHIP_VERSION, t: 'snap', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
-      name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(), addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>
+      name: this.opts.name, groups: this.opts.groups, snap: version, addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>
     })
+  }
+
+  private connectionCount (): number {
+    return this.host?.getPeers().length ?? 0
+  }
+
+  /** Peers whose advertised snapshot has been missing for a while (asked at most every 2 heartbeats). */
+  private wants (now: number): string[] {
+    const out: string[] = []
+    for (const [id, m] of this.missing) {
+      if (out.length >= MAX_WANTS) break
+      if (now - m.since < this.opts.heartbeatMs / 2 || now - m.askedAt < 2 * this.opts.heartbeatMs) continue
+      const rec = this.table.get(id)
+      if (rec == null || rec.status === 'dead' || rec.status === 'left') { this.missing.delete(id); continue }
+      m.askedAt = now
+      out.push(id)
+    }
+    this.stats.work.wantsSent += out.length
+    return out
   }
 
   private heartbeat (): void {
@@ -381,7 +475,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       v: MEMBERSHIP_VERSION, t: 'hb', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
       name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(),
       ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
-      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
+      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {}),
+      ...want(this.wants(Date.now()))
     })
   }
 
@@ -442,6 +537,11 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     }
     const msg = decoded.message
     const now = Date.now()
+    // The topic validator lets only verified peers' messages through; a direct call is held to the same rule.
+    if (this.host == null || !this.gate.verified(from)) {
+      this.stats.dropped.unverified++
+      return
+    }
     const duplicate = this.checkIdentity(from, msg.inc, now)
     const prev = this.table.ensure(from, now)
     if (msg.t === 'leave') {
@@ -450,9 +550,15 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       this.table.apply(prev, res)
       return
     }
-    if (msg.t === 'snap' && !this.opts.validateSnapshot(msg.data)) {
-      this.stats.dropped.invalid_snapshot++
-      return
+    // A snapshot of a version this node holds already (a re-publish) is not validated again:
+    // it counts as a heartbeat. Validating 240 KiB every 50 ms once cost a third of a core.
+    const freshSnapshot = msg.t === 'snap' && (msg.inc > prev.incarnation || (msg.inc === prev.incarnation && msg.snap > prev.snapshotVersion))
+    if (freshSnapshot) {
+      this.stats.work.snapshotsValidated++
+      if (!this.opts.validateSnapshot(msg.data)) {
+        this.stats.dropped.invalid_snapshot++
+        return
+      }
     }
     const wasNew = prev.lastSeen === 0 || msg.inc > prev.incarnation
     const res = onHeard(prev, { incarnation: msg.inc, seq: msg.seq, name: msg.name, groups: msg.groups }, now)
@@ -464,7 +570,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       res.record.addresses = this.host.getConnections(peerIdFromString(from)).map(c => c.remoteAddr.toString())
     }
     res.record.connected = this.host != null && this.host.getConnections(peerIdFromString(from)).length > 0
-    if (msg.t === 'hb') this.stats.heartbeatDelay.push(now - msg.at)
+    // A timestamp ahead of our clock by more than the skew allowed is clamped (it is informational only).
+    if (msg.t === 'hb') this.stats.heartbeatDelay.push(now - Math.min(msg.at, now + MAX_CLOCK_SKEW_MS))
     if (msg.t === 'hb' && msg.load != null) res.record.load = { active: msg.load[0], queued: msg.load[1], at: now }
     const rec = this.table.apply(prev, res)
     if (msg.t === 'hb' && msg.lead != null && msg.lead.length > 0) this.emit('peer:lead', from, msg.lead)
@@ -474,9 +581,24 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (msg.t === 'snap') this.redialer?.addPeer(from, msg.addrs)
       this.redialer?.dialSoon(from)
     }
-    if (msg.t === 'snap' && msg.snap > rec.snapshotVersion && !duplicate) {
+    if (freshSnapshot && msg.t === 'snap' && msg.snap > rec.snapshotVersion && !duplicate) {
+      this.stats.work.snapshotsApplied++
+      this.missing.delete(from)
       const next = this.table.patch(from, { snapshot: msg.data as S, snapshotVersion: msg.snap, snapshotAt: now })
       if (next != null) this.table.emit('peer:snapshot', next)
+    }
+    if (msg.t === 'hb') {
+      // A heartbeat names the sender's snapshot version: one this node lacks is asked for (`want`).
+      const current = this.table.get(from)
+      if (current != null && msg.snap > current.snapshotVersion && !duplicate) {
+        if (!this.missing.has(from)) this.missing.set(from, { since: now, askedAt: 0 })
+      } else {
+        this.missing.delete(from)
+      }
+      if (msg.want?.includes(this.peerId) === true) {
+        this.stats.work.wantsAnswered++
+        this.scheduleSnapshot(20)
+      }
     }
     if (wasNew) {
       this.emit('peer:addresses', rec)
@@ -499,10 +621,34 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       this.emit('duplicates:changed', dups)
     }
     const timings = { suspectAfterMs: this.opts.suspectAfterMs, deadAfterMs: this.opts.deadAfterMs }
+    const ttl = this.opts.deadPeerTtlMs ?? DEAD_PEER_TTL_MS
     for (const rec of this.table.list()) {
+      if (shouldEvict(rec, now, ttl)) {
+        this.evict(rec.id)
+        continue
+      }
       if (rec.lastSeen === 0) continue
       const res = onTick(rec, now, timings)
       if (res.changed) this.table.apply(rec, res)
+    }
+    this.gate.sweep(now)
+  }
+
+  /** Forgets a peer gone for longer than the TTL: its record and snapshot; a gossip-only redial target too. */
+  private evict (id: string): void {
+    this.table.delete(id)
+    this.missing.delete(id)
+    this.redialer?.forget(id, DEAD_PEER_REDIAL_MS)
+    this.stats.work.evicted++
+  }
+
+  /** What an unverified peer's message may do: name addresses to dial (bounded, rate-limited). */
+  private hint (from: string, msg: MembershipMessage): void {
+    if (this.redialer == null || this.stopping) return
+    if (msg.t === 'snap') {
+      if (this.redialer.addHint(from, msg.addrs)) this.redialer.dialSoon(from)
+    } else if (msg.t === 'hb' && this.redialer.has(from)) {
+      this.redialer.dialSoon(from)
     }
   }
 
@@ -518,6 +664,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private onDisconnect (peer: PeerId): void {
     if (this.stopping) return
     const id = peer.toString()
+    this.gate.forgetSource(id)
     const rec = this.table.get(id)
     if (rec == null) return
     if (rec.lastSeen === 0) {

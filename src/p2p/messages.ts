@@ -1,5 +1,6 @@
 import { Ajv, type ValidateFunction } from 'ajv'
 import { MAX_ADDRS, MAX_GROUPS, MAX_MEMBERSHIP_MESSAGE_BYTES, MAX_NAME_LENGTH, MEMBERSHIP_VERSION } from './constants.js'
+import { MAX_WANTS } from './membership-limits.js'
 
 /**
  * Membership wire messages, version 1. JSON on the gossip topic. The sender's identity is
@@ -25,6 +26,12 @@ export interface HeartbeatMessage extends Common {
   load?: [active: number, queued: number]
   /** The sender's view of each of its groups' leadership: [group, term, leader id]. */
   lead?: Array<[group: string, term: number, leader: string]>
+  /**
+   * Peers whose latest snapshot the sender lacks (their heartbeats name a newer version than it
+   * holds): each named peer publishes its snapshot again. Snapshots are pulled this way when one
+   * was missed, instead of every node re-publishing its own to everyone periodically.
+   */
+  want?: string[]
 }
 
 export interface SnapshotMessage extends Common {
@@ -75,7 +82,8 @@ const schema = {
             maxItems: 3,
             items: [{ type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH }, { type: 'integer', minimum: 0 }, { type: 'string', minLength: 1, maxLength: 128 }]
           }
-        }
+        },
+        want: { type: 'array', maxItems: MAX_WANTS, items: { type: 'string', minLength: 1, maxLength: 128 } }
       },
       additionalProperties: false
     },

@@ -3,6 +3,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { createLogger } from '../logger.js'
 import type { Host } from './host.js'
 import { reachableAddresses } from './addresses.js'
+import { TokenBuckets } from './token-buckets.js'
 
 export interface RedialerOptions {
   minMs: number
@@ -13,6 +14,12 @@ export interface RedialerOptions {
   onRefused: (id: string) => void
   /** Whether a known peer should be dialed now (not connected, not departed). */
   isWanted: (id: string) => boolean
+  /** Peers heard of only through gossip kept as dial targets at once (default 64). */
+  maxHinted?: number
+  /** Failed dials after which a peer heard of only through gossip is dropped (default 3). */
+  maxHintAttempts?: number
+  /** Dials a second to peers heard of only through gossip, all of them together (default 10, burst 20). */
+  hintDialsPerSec?: number
 }
 
 interface Target {
@@ -23,6 +30,14 @@ interface Target {
   inFlight: boolean
   /** A dial was asked for while one was in flight: run it as soon as that one ends. */
   again?: boolean
+  /**
+   * Heard of only through gossip (a snapshot's addresses), never connected: such a target is
+   * bounded in number, rate-limited and dropped after a few failed dials, because anyone can
+   * claim any address (200 ghost peers naming one victim port once made 7,090 connections to it).
+   */
+  hinted?: boolean
+  /** Longest backoff for this target (a peer gone for long is dialed less often). */
+  maxMs?: number
 }
 
 /** Connection refused on every address means the process is gone, not the network. */
@@ -47,8 +62,27 @@ export class Redialer {
   private timer?: NodeJS.Timeout
   private readonly log = createLogger('p2p:redialer')
   private stopped = false
+  private readonly hintDials: TokenBuckets
+  /** Gossip-only targets dropped (newest 4,096): libp2p may announce them again as discovered. */
+  private readonly droppedHints = new Set<string>()
+  /** Dials made, by kind: what the flood tests count (work, not time). */
+  readonly stats = { dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0 }
 
-  constructor (private readonly host: Host, private readonly opts: RedialerOptions) {}
+  constructor (private readonly host: Host, private readonly opts: RedialerOptions) {
+    const rate = opts.hintDialsPerSec ?? 10
+    this.hintDials = new TokenBuckets(rate, 2 * rate)
+  }
+
+  /** Targets now (hinted ones included), for tests and metrics. */
+  size (): { targets: number, hinted: number } {
+    let hinted = 0
+    for (const t of this.peers.values()) if (t.hinted === true) hinted++
+    return { targets: this.peers.size, hinted }
+  }
+
+  has (id: string): boolean {
+    return this.peers.has(id)
+  }
 
   start (): void {
     this.timer = setInterval(() => { this.run() }, Math.max(50, Math.min(200, this.opts.minMs)))
@@ -65,14 +99,70 @@ export class Redialer {
     if (!this.bootstrap.has(addr)) this.bootstrap.set(addr, { attempts: 0, nextAt: 0, inFlight: false })
   }
 
+  /** A peer this node met (a connection, identify, mDNS, the store of peers met before). */
   addPeer (id: string, addrs: string[]): void {
     if (id === this.host.peerId.toString()) return
+    this.droppedHints.delete(id)
     let t = this.peers.get(id)
     if (t == null) this.peers.set(id, t = { attempts: 0, nextAt: 0, inFlight: false })
-    // Our own list, not the peer store's: libp2p adds every address mDNS and identify report,
-    // loopback ones included, and a dial of those must not decide whether a peer is gone.
-    const usable = reachableAddresses(addrs).map(a => a.includes('/p2p/') ? a : `${a}/p2p/${id}`)
+    t.hinted = false
+    t.maxMs = undefined
+    const usable = usableAddrs(id, addrs)
     if (usable.length > 0) t.addrs = usable
+  }
+
+  /**
+   * A peer libp2p's peer store announces (`peer:discovery`: mDNS, but also any peer a dial of ours
+   * named): a target like `addPeer`, except that a gossip-only target stays one and a dropped one
+   * stays dropped (dialing a ghost's address put it in the peer store, which announced it as
+   * discovered: it became a target dialed for ever). False when ignored.
+   */
+  addDiscovered (id: string, addrs: string[]): boolean {
+    if (this.peers.get(id)?.hinted === true || this.droppedHints.has(id)) return false
+    this.addPeer(id, addrs)
+    return true
+  }
+
+  private dropHint (id: string): void {
+    this.peers.delete(id)
+    this.stats.hintsDropped++
+    this.droppedHints.add(id)
+    if (this.droppedHints.size > 4096) this.droppedHints.delete(this.droppedHints.values().next().value as string)
+  }
+
+  /**
+   * A peer heard of only through gossip (its snapshot, relayed): dialed so the mesh stays full,
+   * but at most `maxHinted` such targets at once (false: refused) and never overriding the
+   * addresses of a peer this node met itself.
+   */
+  addHint (id: string, addrs: string[]): boolean {
+    if (id === this.host.peerId.toString()) return false
+    const t = this.peers.get(id)
+    if (t != null) {
+      if (t.hinted === true && t.addrs == null) t.addrs = usableAddrs(id, addrs)
+      return true
+    }
+    const usable = usableAddrs(id, addrs)
+    if (usable.length === 0 || this.size().hinted >= (this.opts.maxHinted ?? 64)) {
+      this.stats.hintsRefused++
+      return false
+    }
+    this.peers.set(id, { attempts: 0, nextAt: 0, inFlight: false, addrs: usable, hinted: true })
+    return true
+  }
+
+  /**
+   * The peer is dead and its record evicted: a target heard of only through gossip is dropped; a
+   * peer met before is kept (a restart comes back) but dialed at most every `slowMs`.
+   */
+  forget (id: string, slowMs = 30_000): void {
+    const t = this.peers.get(id)
+    if (t == null) return
+    if (t.hinted === true) {
+      this.dropHint(id)
+    } else {
+      t.maxMs = Math.max(this.opts.maxMs, slowMs)
+    }
   }
 
   /** Dial this peer now unless a dial is already under way (cheap to call on every heartbeat). */
@@ -97,7 +187,7 @@ export class Redialer {
 
   private backoff (t: Target): void {
     t.attempts++
-    t.nextAt = Date.now() + Math.min(this.opts.maxMs, this.opts.minMs * 2 ** (t.attempts - 1))
+    t.nextAt = Date.now() + Math.min(t.maxMs ?? this.opts.maxMs, this.opts.minMs * 2 ** Math.min(30, t.attempts - 1))
   }
 
   private connected (id: string): boolean {
@@ -131,22 +221,39 @@ export class Redialer {
 
   private dialPeer (id: string, t: Target): void {
     if (this.stopped || t.inFlight || this.connected(id) || !this.opts.isWanted(id)) return
+    if (t.hinted === true) {
+      if (!this.hintDials.take('all')) return
+      this.stats.hintDials++
+    }
+    this.stats.dials++
     t.inFlight = true
     const target = t.addrs != null && t.addrs.length > 0 ? t.addrs.map(a => multiaddr(a)) : peerIdFromString(id)
     this.host.dial(target, { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 1500) })
-      .then(() => { t.attempts = 0 })
+      .then(() => {
+        t.attempts = 0
+        // Met now: its identify gives the addresses it listens on.
+        t.hinted = false
+      })
       .catch(err => {
         if (isRefused(err)) this.opts.onRefused(id)
         this.log.debug('dial failed', { peer: id, err })
         this.backoff(t)
+        if (t.hinted === true && t.attempts >= (this.opts.maxHintAttempts ?? 3) && this.peers.get(id) === t) this.dropHint(id)
       })
       .finally(() => {
         t.inFlight = false
-        if (t.again === true) {
+        if (t.again === true && this.peers.get(id) === t) {
           t.again = false
           t.nextAt = 0
           this.dialPeer(id, t)
         }
       })
   }
+}
+
+/** A peer's reachable addresses, each naming the peer (see `addPeer`). */
+function usableAddrs (id: string, addrs: string[]): string[] {
+  // Our own list, not the peer store's: libp2p adds every address mDNS and identify report,
+  // loopback ones included, and a dial of those must not decide whether a peer is gone.
+  return reachableAddresses(addrs).slice(0, 16).map(a => a.includes('/p2p/') ? a : `${a}/p2p/${id}`)
 }

@@ -8,16 +8,19 @@ export class TokenBuckets {
 
   constructor (private readonly ratePerSec: number, private readonly burst: number, private readonly now: () => number = Date.now) {}
 
-  /** Takes one token for `key`; false when its bucket is empty (the caller drops the message). */
-  take (key: string): boolean {
+  /**
+   * Takes `cost` tokens (default one) for `key`; false when its bucket holds fewer (the caller
+   * drops the message, and nothing is taken). A cost above `burst` can never pass.
+   */
+  take (key: string, cost = 1): boolean {
     const now = this.now()
     if (now - this.sweptAt > 60_000) this.sweep(now)
     let b = this.buckets.get(key)
     if (b == null) this.buckets.set(key, b = { tokens: this.burst, at: now })
     b.tokens = Math.min(this.burst, b.tokens + (now - b.at) / 1000 * this.ratePerSec)
     b.at = now
-    if (b.tokens < 1) return false
-    b.tokens--
+    if (b.tokens < cost) return false
+    b.tokens -= cost
     return true
   }
 

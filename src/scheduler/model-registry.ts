@@ -15,6 +15,8 @@ export interface ModelHost {
   weight: number
   /** Where the host's file came from, when it pulled it (as the host reports it). */
   source?: ModelSummary['source']
+  /** The host heads a split replica (issue 16): each node's layers, the host first. */
+  shards?: ModelSummary['shards']
 }
 
 /**
@@ -59,7 +61,8 @@ function hostOf (p: PeerView, m: ModelSummary, local: boolean): ModelHost {
     load: p.load != null ? p.load.active + p.load.queued : 0,
     rttMs: local ? 0 : p.rttMs,
     weight: Math.max(1, gpuGiB + (r?.cpu.cores ?? 1)),
-    ...(m.source != null ? { source: m.source } : {})
+    ...(m.source != null ? { source: m.source } : {}),
+    ...(m.shards != null ? { shards: m.shards } : {})
   }
 }
 

@@ -1,10 +1,12 @@
 import { createLogger } from '../logger.js'
-import type { Deployment, MeshNode, PeerView } from '../node/index.js'
+import type { Deployment, PeerView } from '../node/index.js'
 import { placeReplicas, type PlacementCandidate, type PlacementStrategy } from './placement.js'
-import type { Router } from './router.js'
+import { brokenSplitHeads, budgetedResources, planSplitReplica, shardsOf } from './split-reconcile.js'
+import type { MeshModel } from './model-registry.js'
+import type { ReconcilerView } from './router-ports.js'
 
 /** Sends one signed command as the leader of `group` at `term`; resolves with the executor's verdict. */
-export type CommandSender = (target: string, type: 'load_model' | 'unload_model', payload: Record<string, unknown>, ctx: { group: string, term: number }) => Promise<{ status: string, error?: { code: string, message: string } }>
+export type CommandSender = (target: string, type: 'load_model' | 'unload_model' | 'serve_rpc', payload: Record<string, unknown>, ctx: { group: string, term: number }) => Promise<{ status: string, error?: { code: string, message: string } }>
 
 export interface ReconcilerOptions {
   intervalMs: number
@@ -16,7 +18,8 @@ export interface ReconcilerOptions {
 /** What a deployment looks like now, for `GET /api/deployments`. */
 export interface DeploymentStatus {
   desired: number
-  actual: Array<{ nodeId: string, name: string, state: string }>
+  /** `shards`: a split replica (issue 16), each node's layers, the head (`nodeId`) first. */
+  actual: Array<{ nodeId: string, name: string, state: string, shards?: Array<{ nodeId: string, layers: [number, number] | null }> }>
   pending: string[]
   unplaceable: number
   lastError: string | null
@@ -50,14 +53,17 @@ export class Reconciler {
   private readonly log = createLogger('scheduler:reconciler')
   readonly stats = { placed: 0, unloaded: 0, failed: 0, ticks: 0 }
 
-  constructor (private readonly node: MeshNode, private readonly router: Router, private readonly opts: ReconcilerOptions) {}
+  /**
+   * `view` is what it reads of the mesh and its groups; `router` gives the models the mesh has
+   * (the router's registry, so both agree on which file a name means).
+   */
+  constructor (private readonly view: ReconcilerView, private readonly router: { models: () => Map<string, MeshModel> }, private readonly opts: ReconcilerOptions) {}
 
   start (): void {
     this.timer = setInterval(() => { void this.tick() }, this.opts.intervalMs)
     this.timer.unref()
     const poke = (): void => { this.kick() }
-    this.node.on('peer', ev => { if (ev.type !== 'peer:alive') poke() })
-    this.node.deployments.on('change', poke)
+    this.view.onChange(poke)
   }
 
   stop (): void {
@@ -77,9 +83,9 @@ export class Reconciler {
    * on a loaded machine must not trigger a second copy); new ones go to `alive` members only.
    */
   private members (group: string, statuses: ReadonlyArray<PeerView['status']> = ['alive']): PeerView[] {
-    const self = this.node.self()
-    const peers = this.node.peers().filter(p => statuses.includes(p.status) && p.groups.includes(group))
-    return this.node.groups.get(group)?.joined === true ? [self, ...peers] : peers
+    const self = this.view.self()
+    const peers = this.view.peers().filter(p => statuses.includes(p.status) && p.groups.includes(group))
+    return this.view.joined(group) ? [self, ...peers] : peers
   }
 
   /** A replica is a pinned copy (loaded for a deployment); on-demand copies come and go. */
@@ -91,14 +97,17 @@ export class Reconciler {
 
   status (d: Deployment): DeploymentStatus {
     const fp = this.router.models().get(d.model)?.fingerprint ?? undefined
-    const actual = this.replicasOn(this.members(d.group, ['alive', 'suspect']), d.model, fp).map(r => ({ nodeId: r.member.id, name: r.member.name, state: r.state }))
+    const actual = this.replicasOn(this.members(d.group, ['alive', 'suspect']), d.model, fp).map(r => {
+      const shards = shardsOf(r.member, d.model, fp)
+      return { nodeId: r.member.id, name: r.member.name, state: r.state, ...(shards != null ? { shards } : {}) }
+    })
     return {
       desired: d.replicas,
       actual,
       pending: (this.pending.get(d.model) ?? []).map(p => p.node),
       unplaceable: this.unplaceable.get(d.model) ?? 0,
       lastError: this.lastError.get(d.model) ?? null,
-      leader: this.node.groups.leaderOf(d.group).leader
+      leader: this.view.leaderOf(d.group).leader
     }
   }
 
@@ -108,9 +117,9 @@ export class Reconciler {
     this.stats.ticks++
     try {
       const now = Date.now()
-      for (const d of this.node.deployments.gossip()) {
-        if (!this.node.groups.isLeader(d.group)) continue
-        const { term } = this.node.groups.leaderOf(d.group)
+      for (const d of this.view.deployments()) {
+        if (!this.view.isLeader(d.group)) continue
+        const { term } = this.view.leaderOf(d.group)
         if (d.deleted) await this.retire(d, term)
         else await this.reconcile(d, term, now)
       }
@@ -136,7 +145,10 @@ export class Reconciler {
       this.lastError.set(d.model, `members hold different files named '${d.model}'; redeploy it with a fingerprint`)
       return
     }
-    const holding = this.replicasOn(counted, d.model, fingerprint).map(r => r.member.id)
+    // A split replica that lost a node is no replica: its head is told to drop it (issue 16).
+    const broken = brokenSplitHeads(counted, d.model, fingerprint)
+    for (const head of broken) void this.command(d, head, 'unload_model', { model: d.model }, term)
+    const holding = this.replicasOn(counted, d.model, fingerprint).map(r => r.member.id).filter(id => !broken.includes(id))
     const pending = (this.pending.get(d.model) ?? []).filter(p => p.until > now && alive.has(p.node) && !holding.includes(p.node))
     this.pending.set(d.model, pending)
     const current = [...new Set([...holding, ...pending.map(p => p.node)])]
@@ -145,7 +157,7 @@ export class Reconciler {
       const candidates: PlacementCandidate[] = members.filter(m => m.resources != null && m.servesPeers).map(m => ({
         id: m.id,
         name: m.name,
-        resources: m.resources!,
+        resources: budgetedResources(m)!,
         models: m.models,
         load: m.load != null ? m.load.active + m.load.queued : 0,
         labels: m.labels
@@ -164,6 +176,11 @@ export class Reconciler {
       this.unplaceable.set(d.model, decision.unplaceable)
       if (decision.unplaceable > 0) this.lastError.set(d.model, `${decision.unplaceable} replica(s) fit on no node: ${decision.rejected.map(r => `${r.nodeId.slice(-6)} ${r.code}`).join(', ')}`)
       const sources = entry.hosts.filter(h => alive.has(h.peerId) || h.local).map(h => h.peerId)
+      // Fits no single node (or a split was asked for): ONE replica over several nodes (issue 16).
+      if ((d.constraints?.split === true || (decision.place.length === 0 && decision.unplaceable > 0)) && current.length === 0) {
+        this.placeSplit(d, term, now, fingerprint, decision.needBytes, members, sources, pending)
+        return
+      }
       for (const p of decision.place) {
         pending.push({ node: p.nodeId, until: now + this.opts.pendingTtlMs })
         this.stats.placed++
@@ -181,6 +198,39 @@ export class Reconciler {
     }
   }
 
+  /**
+   * Places one split replica: each worker is told to serve its part for the head (`serve_rpc`,
+   * awaited: the head's llama-server connects to them at once), then the head loads the model
+   * with `--rpc` through the tunnel.
+   */
+  private placeSplit (d: Deployment, term: number, now: number, fingerprint: string, needBytes: number, members: PeerView[], sources: string[], pending: Pending[]): void {
+    const plan = planSplitReplica(members, d.model, fingerprint, needBytes)
+    if (!plan.ok) {
+      this.unplaceable.set(d.model, 1)
+      this.lastError.set(d.model, `fits on no node and cannot be split: ${plan.reason}`)
+      return
+    }
+    this.unplaceable.set(d.model, 0)
+    pending.push({ node: plan.head, until: now + this.opts.pendingTtlMs })
+    this.stats.placed++
+    this.log.info('placing split replica', { model: d.model, head: plan.head, workers: plan.workers, reason: plan.reason })
+    void (async () => {
+      const served = await Promise.all(plan.workers.map(async w => await this.command(d, w, 'serve_rpc', { model: d.model, head: plan.head }, term)))
+      if (served.some(ok => !ok)) {
+        const list = this.pending.get(d.model)
+        if (list != null) this.pending.set(d.model, list.filter(p => p.node !== plan.head))
+        return
+      }
+      await this.command(d, plan.head, 'load_model', {
+        model: d.model,
+        fingerprint,
+        sources: sources.filter(s => s !== plan.head).slice(0, 8),
+        keepAliveMs: -1,
+        split: { workers: plan.workers, fractions: plan.shares.map(s => Math.round(s.fraction * 1e6) / 1e6) }
+      }, term)
+    })()
+  }
+
   private async retire (d: Deployment, term: number): Promise<void> {
     if (this.retired.get(d.model) === d.updatedAt) return
     this.retired.set(d.model, d.updatedAt)
@@ -190,11 +240,12 @@ export class Reconciler {
     }
   }
 
-  private async command (d: Deployment, target: string, type: 'load_model' | 'unload_model', payload: Record<string, unknown>, term: number): Promise<void> {
+  private async command (d: Deployment, target: string, type: 'load_model' | 'unload_model' | 'serve_rpc', payload: Record<string, unknown>, term: number): Promise<boolean> {
     try {
       const res = await this.opts.send(target, type, payload, { group: d.group, term })
       if (res.status !== 'ok') throw new Error(`${res.error?.code ?? res.status}: ${res.error?.message ?? ''}`)
       this.lastError.delete(d.model)
+      return true
     } catch (err: any) {
       this.stats.failed++
       this.lastError.set(d.model, `${type} on ${target.slice(-8)} failed: ${err?.message ?? String(err)}`)
@@ -202,6 +253,7 @@ export class Reconciler {
       const list = this.pending.get(d.model)
       if (list != null) this.pending.set(d.model, list.filter(p => p.node !== target))
       this.kick(500)
+      return false
     }
   }
 }

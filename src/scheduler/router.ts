@@ -1,10 +1,11 @@
 import { ModelNotFoundError, NoHealthyHostError, ShepherdError } from '../errors.js'
 import { createLogger } from '../logger.js'
-import type { InferenceReply, InferenceRequestFrame } from '../p2p/index.js'
-import type { MeshNode } from '../node/index.js'
+import type { InferenceCall, InferenceReply } from '../node/index.js'
 import { orderHosts, stateRank, type BalanceStrategy } from './balancer.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { buildModelRegistry, pinnedHosts, type MeshModel, type ModelHost } from './model-registry.js'
+import { PrefixAffinity, prefixKeys, preferPrefixHost } from './prefix-affinity.js'
+import type { RouterPorts } from './router-ports.js'
 
 export interface RouterOptions {
   /** A strategy, or a getter when it can change at run time. */
@@ -15,6 +16,10 @@ export interface RouterOptions {
   connectTimeoutMs?: number
   /** Time allowed until a peer's first response frame (a model load may be part of it). */
   firstByteTimeoutMs?: number
+  /** Prefix-aware routing on (read per request); off: the strategy alone decides. */
+  prefixRouting?: () => boolean
+  /** Extra requests the prefix's replica may carry over the first candidate (read per request). */
+  prefixLoadSlack?: () => number
 }
 
 /** Where a request went, for the `x-shepherd-host` header and the metrics. */
@@ -45,13 +50,16 @@ function hostFault (err: unknown): boolean {
  */
 export class Router {
   readonly breaker: CircuitBreaker
+  /** Which replica served each conversation prefix (prefix-aware routing). */
+  readonly prefixes: PrefixAffinity
   private readonly inflight = new Map<string, number>()
   private counter = 0
   private readonly log = createLogger('scheduler:router')
-  readonly stats = { local: 0, remote: 0, retries: 0, failures: 0 }
+  readonly stats = { local: 0, remote: 0, retries: 0, failures: 0, prefixRouted: 0 }
 
-  constructor (private readonly node: MeshNode, private readonly opts: RouterOptions) {
+  constructor (private readonly ports: RouterPorts, private readonly opts: RouterOptions) {
     this.breaker = new CircuitBreaker(opts.breakerFailures, opts.breakerCooldownMs)
+    this.prefixes = new PrefixAffinity(ports.now ?? Date.now)
   }
 
   private cached?: { at: number, models: Map<string, MeshModel> }
@@ -66,8 +74,9 @@ export class Router {
   models (): Map<string, MeshModel> {
     const now = performance.now()
     if (this.cached == null || now - this.cached.at > 100) {
-      const models = buildModelRegistry(this.node.self(), this.node.peers(), {
-        deployed: name => this.node.deployments.get(name)?.fingerprint,
+      const view = this.ports.view
+      const models = buildModelRegistry(view.self(), view.peers(), {
+        deployed: name => view.deployedFingerprint(name),
         incumbent: name => this.chosen.get(name)
       })
       for (const name of this.chosen.keys()) if (!models.has(name)) this.chosen.delete(name)
@@ -90,7 +99,6 @@ export class Router {
     }
     const hosts = fingerprint != null ? pinnedHosts(entry, fingerprint) : entry.hosts
     const local = hosts.find(h => h.local)
-    const admission = this.node.hub.admission
     const remote = hosts.filter(h => !h.local && !this.breaker.isOpen(h.peerId))
     const strategy = typeof this.opts.strategy === 'function' ? this.opts.strategy() : this.opts.strategy
     const ordered = orderHosts(remote, strategy, { inflight: id => this.inflight.get(id) ?? 0, counter: this.counter++ })
@@ -98,13 +106,37 @@ export class Router {
     // on disk must not be loaded while a loaded replica is one hop away (that would add a copy).
     if (local == null) return ordered
     const readier = ordered.length > 0 && stateRank(ordered[0]) < stateRank(local)
-    return admission.active < admission.maxConcurrent && !readier ? [local, ...ordered] : [...ordered, local]
+    return this.localHasRoom() && !readier ? [local, ...ordered] : [...ordered, local]
   }
 
-  /** Runs `req` on the best host; `opts.fingerprint` pins the file (see `candidates`). */
-  async route (req: InferenceRequestFrame, signal: AbortSignal, opts: { fingerprint?: string } = {}): Promise<RouteResult> {
-    const hosts = this.candidates(req.model, opts.fingerprint)
-    if (hosts.length === 0) throw new NoHealthyHostError(req.model)
+  private localHasRoom (): boolean {
+    const c = this.ports.local.capacity()
+    return c.active < c.maxConcurrent
+  }
+
+  /**
+   * The hosts for `call`: {@link candidates}, with the replica that served the call's longest
+   * known prefix first while it is healthy and not overloaded.
+   */
+  private hostsFor (call: InferenceCall, keys: string[], fingerprint?: string): ModelHost[] {
+    const hosts = this.candidates(call.model, fingerprint)
+    if (keys.length === 0) return hosts
+    const hit = this.prefixes.lookup(keys)
+    const ordered = preferPrefixHost(hosts, hit?.host, {
+      load: h => h.load + (this.inflight.get(h.peerId) ?? 0),
+      slack: this.opts.prefixLoadSlack?.() ?? 4,
+      localHasRoom: this.localHasRoom(),
+      stateRank
+    })
+    if (hit != null && ordered[0]?.peerId === hit.host) this.stats.prefixRouted++
+    return ordered
+  }
+
+  /** Runs `call` on the best host; `opts.fingerprint` pins the file (see `candidates`). */
+  async route (call: InferenceCall, signal: AbortSignal, opts: { fingerprint?: string } = {}): Promise<RouteResult> {
+    const keys = this.opts.prefixRouting?.() === true ? prefixKeys(call) : []
+    const hosts = this.hostsFor(call, keys, opts.fingerprint)
+    if (hosts.length === 0) throw new NoHealthyHostError(call.model)
     let lastErr: unknown
     let attempts = 0
     for (const host of hosts) {
@@ -112,26 +144,28 @@ export class Router {
       if (!host.local && !this.breaker.allow(host.peerId)) continue
       attempts++
       if (attempts === 2) this.stats.retries++
+      this.log.debug('routing request', { requestId: call.requestId, model: call.model, host: host.peerId, attempt: attempts })
       try {
-        const reply = await this.attempt(host, req, signal)
+        const reply = await this.attempt(host, call, signal)
+        if (keys.length > 0) this.prefixes.record(keys, host.peerId)
         return { reply, host, attempts }
       } catch (err) {
         lastErr = err
         if (signal.aborted) throw err
         if (!host.local && hostFault(err)) this.breaker.failure(host.peerId)
-        this.log.debug('attempt failed', { model: req.model, host: host.peerId, err })
+        this.log.debug('attempt failed', { requestId: call.requestId, model: call.model, host: host.peerId, err })
         if (!retriable(err)) break
       }
     }
     this.stats.failures++
     if (lastErr instanceof ShepherdError) throw lastErr
-    throw new NoHealthyHostError(req.model)
+    throw new NoHealthyHostError(call.model)
   }
 
-  private async attempt (host: ModelHost, req: InferenceRequestFrame, signal: AbortSignal): Promise<InferenceReply> {
+  private async attempt (host: ModelHost, call: InferenceCall, signal: AbortSignal): Promise<InferenceReply> {
     if (host.local) {
       this.stats.local++
-      return await this.node.hub.run(req, signal)
+      return await this.ports.local.run(call, signal)
     }
     this.stats.remote++
     const id = host.peerId
@@ -144,7 +178,7 @@ export class Router {
       if (ok) this.breaker.success(id)
     }
     try {
-      const reply = await this.node.mesh.inference.request(id, req, {
+      const reply = await this.ports.remote.call(id, call, {
         signal,
         connectTimeoutMs: this.opts.connectTimeoutMs ?? 3000,
         firstByteTimeoutMs: this.opts.firstByteTimeoutMs ?? 120_000

@@ -1,6 +1,6 @@
 /**
  * The Anthropic Messages mapping (src/api/anthropic-mapping.ts) and the stop-sequence scanner it
- * relies on (src/api/stop-scanner.ts): pure functions, driven directly.
+ * relies on (src/node/engines/stop-scanner.ts): pure functions, driven directly.
  */
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -8,7 +8,7 @@ import { BadRequestError, ShepherdError } from '../../src/errors.js'
 import { toolUseBlock } from '../../src/api/anthropic-tools.js'
 import { generationEvents } from '../../src/api/inference-call.js'
 import { anthropicError, errorTypeOf, messageId, messageObject, parseMessagesRequest, stopReasonOf, streamEnd, streamStart, textDelta, usageOf } from '../../src/api/anthropic-mapping.js'
-import { StopScanner } from '../../src/api/stop-scanner.js'
+import { StopScanner } from '../../src/node/engines/stop-scanner.js'
 
 const base = { model: 'm', max_tokens: 32, messages: [{ role: 'user', content: 'hi' }] }
 

@@ -157,7 +157,13 @@ describe('browser guards: DNS rebinding and CSRF over real HTTP', () => {
         assertError(res, 415, 'unsupported_media_type', `${what} POST ${path}`)
       }
       const del = await request(port, '/api/deployments/x', { method: 'DELETE', headers, body })
-      assertError(del, 415, 'unsupported_media_type', `${what} DELETE`)
+      if (body === undefined || body === '') {
+        // A bodiless DELETE (what the official SDKs send) passes the type check: DELETE always
+        // needs a CORS preflight, and the Origin check still runs (next test).
+        assertError(del, 404, 'deployment_not_found', `${what} DELETE`)
+      } else {
+        assertError(del, 415, 'unsupported_media_type', `${what} DELETE`)
+      }
     }
     assert.equal(joined('default'), true, 'still in default')
     assert.equal(joined('spare'), true, 'still in spare')
@@ -182,6 +188,8 @@ describe('browser guards: DNS rebinding and CSRF over real HTTP', () => {
   it('refuses a mutation from an Origin that is neither listed nor this server (403), reads are unaffected', async () => {
     const json = { 'content-type': 'application/json' }
     for (const origin of ['https://evil.example', 'null', `http://127.0.0.1:${port + 1}`, 'http://localhost', 'garbage']) {
+      const del = await request(port, '/api/deployments/x', { method: 'DELETE', headers: { origin } })
+      assertError(del, 403, 'origin_not_allowed', `bodiless DELETE from ${origin}`)
       const res = await request(port, '/api/groups/spare/leave', { method: 'POST', headers: { ...json, origin }, body: '{}' })
       assertError(res, 403, 'origin_not_allowed', `Origin ${origin}`)
       const upload = await request(port, '/v1/audio/transcriptions', { method: 'POST', headers: { 'content-type': 'multipart/form-data; boundary=b', origin }, body: '--b--\r\n' })

@@ -1,6 +1,7 @@
 /** The Ollama mapping (src/api/ollama-mapping.ts): pure functions, driven directly. */
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import { OllamaToolCalls } from '../../src/api/ollama-tools.js'
 import { BadRequestError } from '../../src/errors.js'
 import {
   chatFinal, chatLine, detailsOf, doneReasonOf, embedResult, generateFinal, mapOptions, parseOllamaChat, parseOllamaEmbed,
@@ -51,13 +52,59 @@ describe('Ollama requests', () => {
     refused(() => parseOllamaChat({ model: 'm', messages: [], format: 'yaml' }), 'format')
   })
 
+  it('maps tools, assistant tool_calls (object arguments) and tool results paired by name onto OpenAI chat', () => {
+    const tools = [{ type: 'function', function: { name: 'get_weather', description: 'd', parameters: { type: 'object', properties: { city: { type: 'string' } } } } }]
+    const p = parseOllamaChat({
+      model: 'm',
+      tools,
+      tool_choice: 'required',
+      messages: [
+        { role: 'user', content: 'weather?' },
+        { role: 'assistant', content: '', tool_calls: [{ function: { name: 'get_weather', arguments: { city: 'Paris' } } }, { id: 'call_given', function: { name: 'other', arguments: {} } }] },
+        { role: 'tool', tool_name: 'other', content: 'o' },
+        { role: 'tool', tool_name: 'get_weather', content: 'sunny' }
+      ]
+    })
+    assert.deepEqual(p.body.tools, tools)
+    assert.equal(p.body.tool_choice, 'required')
+    assert.deepEqual(p.body.messages, [
+      { role: 'user', content: 'weather?' },
+      { role: 'assistant', content: null, tool_calls: [
+        { id: 'call_m1c0', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
+        { id: 'call_given', type: 'function', function: { name: 'other', arguments: '{}' } }
+      ] },
+      { role: 'tool', content: 'o', tool_call_id: 'call_given' },
+      { role: 'tool', content: 'sunny', tool_call_id: 'call_m1c0' }
+    ])
+    // A second result for an answered call has nothing left to answer.
+    refused(() => parseOllamaChat({ model: 'm', messages: [{ role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: {} } }] }, { role: 'tool', tool_name: 'f', content: '1' }, { role: 'tool', tool_name: 'f', content: '2' }] }), 'messages[2]')
+  })
+
+  it('gathers streamed call pieces into whole Ollama calls with object arguments', () => {
+    const calls = new OllamaToolCalls()
+    assert.equal(calls.take({ kind: 'text', text: 'x' }), false)
+    calls.take({ kind: 'tool_start', call: 0, id: 'call_a', name: 'get_weather' })
+    calls.take({ kind: 'tool_args', call: 0, json: '{"city":' })
+    calls.take({ kind: 'tool_args', call: 0, json: '"Paris"}' })
+    calls.take({ kind: 'tool_start', call: 1, id: 'call_b', name: 'cut' })
+    calls.take({ kind: 'tool_args', call: 1, json: '{"a":' })
+    assert.deepEqual(calls.list(), [
+      { id: 'call_a', function: { index: 0, name: 'get_weather', arguments: { city: 'Paris' } } },
+      { id: 'call_b', function: { index: 1, name: 'cut', arguments: {} } }
+    ])
+  })
+
   it('refuses what it cannot honour, naming the field', () => {
     refused(() => parseOllamaChat({ messages: [] }), 'model')
     refused(() => parseOllamaChat({ model: 'm' }), 'messages')
-    refused(() => parseOllamaChat({ model: 'm', messages: [{ role: 'tool', content: 'x' }] }), 'messages[0].role')
+    refused(() => parseOllamaChat({ model: 'm', messages: [{ role: 'robot', content: 'x' }] }), 'messages[0].role')
+    // A tool result must answer a call of the assistant message before it.
+    refused(() => parseOllamaChat({ model: 'm', messages: [{ role: 'tool', content: 'x' }] }), 'messages[0]')
     refused(() => parseOllamaChat({ model: 'm', messages: [{ role: 'user', content: 5 }] }), 'messages[0].content')
-    refused(() => parseOllamaChat({ model: 'm', messages: [{ role: 'user', content: 'x', images: ['aGk='] }] }), 'images')
-    refused(() => parseOllamaChat({ model: 'm', messages: [], tools: [{ type: 'function', function: { name: 'f' } }] }), 'tools')
+    refused(() => parseOllamaChat({ model: 'm', messages: [{ role: 'user', content: 'x', images: ['aGk='] }] }), 'messages[0].images')
+    refused(() => parseOllamaChat({ model: 'm', messages: [], tools: { name: 'f' } }), 'tools')
+    refused(() => parseOllamaChat({ model: 'm', messages: [], tools: [{ type: 'function' }] }), 'tools[0].function')
+    refused(() => parseOllamaChat({ model: 'm', messages: [{ role: 'assistant', content: '', tool_calls: [{ function: { arguments: {} } }] }] }), 'messages[0].tool_calls[0].function.name')
     refused(() => parseOllamaChat({ model: 'm', messages: [], think: true }), 'think')
     refused(() => parseOllamaChat({ model: 'm', messages: [], stream: 'no' }), 'stream')
     refused(() => mapOptions({ temperature: 'hot' }), 'options.temperature')
@@ -137,6 +184,6 @@ describe('Ollama answers', () => {
     assert.equal(psEntry(model, 'E').expires_at, 'E')
     const show = showResult(model, 'T')
     assert.deepEqual(show.model_info, { 'general.architecture': 'llama', 'llama.context_length': 256 })
-    assert.deepEqual(show.capabilities, ['completion', 'embedding'])
+    assert.deepEqual(show.capabilities, ['completion', 'tools', 'embedding'])
   })
 })

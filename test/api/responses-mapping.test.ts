@@ -2,6 +2,7 @@
  * The Responses API mapping (src/api/responses-mapping.ts, requests) and output shapes
  * (src/api/responses-output.ts, objects and stream events): pure functions, driven directly.
  */
+import { JsonPayload } from '../../src/node/inference-call.js'
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { BadRequestError } from '../../src/errors.js'
@@ -78,7 +79,7 @@ describe('parseResponsesRequest', () => {
     assert.equal(p.body.top_p, 0.5)
     assert.equal(p.body.response_format, undefined)
     assert.equal(p.stream, true)
-    assert.deepEqual(p.echo, { instructions: 'be brief', maxOutputTokens: 20, temperature: 0, topP: 0.5, metadata: { k: 'v' }, store: false, format: { type: 'text' }, user: null, safetyIdentifier: null, promptCacheKey: null, parallelToolCalls: true, tools: [], toolChoice: 'auto' })
+    assert.deepEqual(p.echo, { previousResponseId: null, instructions: 'be brief', maxOutputTokens: 20, temperature: 0, topP: 0.5, metadata: { k: 'v' }, store: false, format: { type: 'text' }, user: null, safetyIdentifier: null, promptCacheKey: null, parallelToolCalls: true, tools: [], toolChoice: 'auto' })
   })
 
   it('passes json_object and json_schema formats to the engine as response_format', () => {
@@ -349,7 +350,10 @@ describe('function tools (issue 13)', () => {
   it('reads chat tool calls from streamed chunks and from a whole result', async () => {
     const collect = async (gen: AsyncGenerator<GenerationEvent>): Promise<GenerationEvent[]> => { const out: GenerationEvent[] = []; for await (const e of gen) out.push(e); return out }
     const chunk = (delta: Record<string, unknown>, finish: string | null = null): Record<string, unknown> => ({ choices: [{ index: 0, delta, finish_reason: finish }] })
-    async function * chunks (): AsyncGenerator<Record<string, unknown>> {
+    async function * chunks (): AsyncGenerator<JsonPayload> {
+      for await (const c of objects()) yield JsonPayload.of(c)
+    }
+    async function * objects (): AsyncGenerator<Record<string, unknown>> {
       yield chunk({ role: 'assistant', content: 'ok' })
       yield chunk({ tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }] })
       yield chunk({ tool_calls: [{ index: 0, function: { arguments: '{"a"' } }] })
@@ -364,7 +368,7 @@ describe('function tools (issue 13)', () => {
       { kind: 'end', finishReason: 'tool_calls', promptTokens: 5, completionTokens: 4 }
     ])
     const data = { choices: [{ index: 0, message: { role: 'assistant', content: null, tool_calls: [{ id: 'call_2', type: 'function', function: { name: 'g', arguments: '{}' } }] }, finish_reason: 'tool_calls' }], usage: { prompt_tokens: 2, completion_tokens: 3 } }
-    assert.deepEqual(await collect(generationEvents({ kind: 'result', data }, new AbortController().signal)), [
+    assert.deepEqual(await collect(generationEvents({ kind: 'result', data: JsonPayload.fromBytes(Buffer.from(JSON.stringify(data))) }, new AbortController().signal)), [
       { kind: 'tool_start', call: 0, id: 'call_2', name: 'g' },
       { kind: 'tool_args', call: 0, json: '{}' },
       { kind: 'end', finishReason: 'tool_calls', promptTokens: 2, completionTokens: 3 }

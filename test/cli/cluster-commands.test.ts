@@ -12,7 +12,7 @@ describe('shepherd-mesh groups / deploy / undeploy / command / logs', () => {
   before(async () => {
     const models = await tempDir()
     await createTinyModel(path.join(models, 'tiny.gguf'))
-    n = await startNode({ name: 'cli-ops', args: ['--models-dir', models, '--threads', '1', '--api-key', 'sekret'] })
+    n = await startNode({ name: 'cli-ops', timeoutMs: 90_000, args: ['--models-dir', models, '--threads', '1', '--api-key', 'sekret'] })
     await waitFor('leader of default', async () => (await (await fetch(`${n.api}/api/groups/default`, { headers: { authorization: 'Bearer sekret' } })).json() as any).leader === n.id, 8000)
   })
   after(async () => { await stopNode(n, 'SIGKILL') })
@@ -28,7 +28,7 @@ describe('shepherd-mesh groups / deploy / undeploy / command / logs', () => {
     const r = await cli(['groups'], env())
     assert.equal(r.code, 0, r.err)
     assert.match(r.out, /^GROUP\s+LEADER\s+TERM/m)
-    assert.match(r.out, /default\s+cli-ops\s+\d+\s+yes\s+cli-ops/)
+    assert.match(r.out, new RegExp(`default\\s+cli-ops \\(…${n.id.slice(-8)}\\)\\s+\\d+\\s+yes\\s+cli-ops`))
     const json = JSON.parse((await cli(['groups', '--json'], env())).out)
     assert.equal(json[0].leader, n.id)
   })

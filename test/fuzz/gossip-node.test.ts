@@ -49,7 +49,7 @@ describe('fuzz: gossip into a real node, seen through its API', () => {
     node = await MeshNode.create(options)
     await node.start()
     app = await buildApi({ node })
-    fakes = await Promise.all([0, 1, 2, 3].map(async () => peerIdOf(await createIdentity())))
+    fakes = await Promise.all([0, 1, 2, 3].map(async () => await fakePeer()))
     heapBefore = await heapUsed()
   })
 
@@ -61,6 +61,16 @@ describe('fuzz: gossip into a real node, seen through its API', () => {
     watch.stop()
     watch.assertClean()
   })
+
+  /**
+   * A made-up peer this node vouches for (its allow list): only peers a node can verify, connected
+   * or listed, enter its peer table (issue 14), and these have no connection.
+   */
+  async function fakePeer (): Promise<string> {
+    const id = peerIdOf(await createIdentity())
+    await node.membership.updateLists({ allow: [id] })
+    return id
+  }
 
   async function assertReadRoutes (extra: string[] = []): Promise<void> {
     for (const url of [...READ_ROUTES, ...extra]) {
@@ -82,7 +92,7 @@ describe('fuzz: gossip into a real node, seen through its API', () => {
 
   it('answers every read route after hostile but valid heartbeats, snapshots and leaves', async () => {
     // Peers of their own: the random messages above may have left the others at a huge incarnation.
-    const peers = await Promise.all([0, 1, 2, 3].map(async () => peerIdOf(await createIdentity())))
+    const peers = await Promise.all([0, 1, 2, 3].map(async () => await fakePeer()))
     let seq = 1
     const snapshotData = fc.tuple(nodeSnapshot, fc.dictionary(fc.constantFrom('uptimeSec', 'platform', 'arch', 'x'), hostileJsonValue, { maxKeys: 2 }), fc.dictionary(fc.string({ maxLength: 8 }), hostileJsonValue, { maxKeys: 2 }))
       .map(([snap, resourceExtras, topExtras]) => ({ ...topExtras, ...snap, resources: { ...snap.resources, ...resourceExtras } }))
@@ -112,7 +122,7 @@ describe('fuzz: gossip into a real node, seen through its API', () => {
 
   describe('regressions', () => {
     it('keeps listing peers when a peer gossips a snapshot with a non-numeric uptime and an object for its platform', async () => {
-      const fake = peerIdOf(await createIdentity())
+      const fake = await fakePeer()
       // Either the snapshot is refused at the boundary, or the API shows it: never a 500 for every client.
       const data = { version: '1', resources: { cpu: { cores: 4 }, memory: { totalBytes: 1 }, disk: {}, gpus: [], llamacpp: [], uptimeSec: 'soon', platform: { x: 1 } }, models: [], api: null }
       node.mesh.onMessage(fake, encodeMembership({ v: 1, t: 'hb', inc: 1, seq: 1, at: 1, name: 'odd-peer', groups: [], snap: 0 }))
@@ -123,6 +133,7 @@ describe('fuzz: gossip into a real node, seen through its API', () => {
     it('keeps its own snapshot valid for its peers however many deployments peers gossip', async () => {
       const key = await createIdentity()
       const fake = peerIdOf(key)
+      await node.membership.updateLists({ allow: [fake] })
       const before = node.deployments.list().length
       node.mesh.onMessage(fake, encodeMembership({ v: 1, t: 'hb', inc: 1, seq: 1, at: 1, name: 'deployer', groups: ['default'], snap: 0 }))
       for (let batch = 0; batch < 3; batch++) {
@@ -143,7 +154,7 @@ describe('fuzz: gossip into a real node, seen through its API', () => {
     })
 
     it('keeps a bounded number of group states whatever groups peers claim to lead or say they are in', async () => {
-      const fake = peerIdOf(await createIdentity())
+      const fake = await fakePeer()
       const name = (i: number, k: number): string => `claimed-${i}-${k}`
       const heartbeats = 200
       for (let i = 0; i < heartbeats; i++) {

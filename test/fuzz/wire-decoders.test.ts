@@ -15,7 +15,9 @@ import type { PrivateKey } from '@libp2p/interface'
 import { decodeMembership, encodeMembership, type MembershipMessage } from '../../src/p2p/messages.js'
 import { MAX_ADDRS, MAX_GROUPS, MAX_MEMBERSHIP_MESSAGE_BYTES, MAX_NAME_LENGTH } from '../../src/p2p/constants.js'
 import { isNodeSnapshot } from '../../src/node/snapshot.js'
-import { isInferenceRequest, isInferenceResponse } from '../../src/p2p/inference-messages.js'
+import { decodeRequestFrame, decodeResponseFrame, isCallHead } from '../../src/p2p/inference-messages.js'
+import { WireError } from '../../src/errors.js'
+import { badResponseFrame, callHead, callHeadBreaks, modelRawFramed, responseFrame } from '../support/fuzz-inference.js'
 import {
   COMMAND_SIGNING_DOMAIN, COMMAND_TYPES, createCommand, isCommandEnvelope, isCommandResponse, isSignedResult, signResult, verifyCommand, verifyResult,
   type CommandType, type SignedResult
@@ -30,7 +32,7 @@ import {
 } from '../support/fuzz-arbitraries.js'
 import {
   blobControl, blobControlBreaks, blobRequest, blobRequestBreaks, commandEnvelope, commandEnvelopeBreaks, commandResponse, commandResponseBreaks,
-  heartbeat, heartbeatBreaks, inferenceRequest, inferenceRequestBreaks, inferenceResponse, inferenceResponseBreaks, jsonObject, leaveBreaks, leaveMessage,
+  heartbeat, heartbeatBreaks, jsonObject, leaveBreaks, leaveMessage,
   membershipMessage, nodeSnapshot, nodeSnapshotBreaks, payloadBreaks, signedResult, signedResultBreaks, snapshotMessage, snapshotMessageBreaks, validPayloads
 } from '../support/fuzz-messages.js'
 
@@ -197,8 +199,25 @@ describe('fuzz: pure wire decoders', () => {
   })
 
   describe('inference frames (src/p2p/inference-messages.ts)', () => {
-    validatorSuite('isInferenceRequest', isInferenceRequest, inferenceRequest, [[inferenceRequest as fc.Arbitrary<Record<string, unknown>>, inferenceRequestBreaks]])
-    validatorSuite('isInferenceResponse', isInferenceResponse, inferenceResponse, inferenceResponseBreaks)
+    validatorSuite('isCallHead', isCallHead, callHead, [[callHead as unknown as fc.Arbitrary<Record<string, unknown>>, callHeadBreaks]])
+
+    it('binary frame decoders return a frame or throw invalid_frame, for any bytes', () => {
+      const body = (f: Uint8Array): Uint8Array => modelRawFramed(f, 1 << 20).bodies[0] ?? new Uint8Array(0)
+      const anyBody = fc.oneof(fc.uint8Array({ maxLength: 64 }), responseFrame.map(body), badResponseFrame.map(body), callHead.map(h => Uint8Array.from([1, ...new TextEncoder().encode(JSON.stringify(h))])))
+      check('inference frame decoders', anyBody, 5000, b => {
+        for (const decode of [decodeRequestFrame, decodeResponseFrame]) {
+          try {
+            const f = decode(b)
+            assert.ok(typeof f.t === 'string')
+          } catch (err) {
+            assert.ok(err instanceof WireError && err.code === 'invalid_frame', String(err))
+          }
+        }
+      })
+      // Well-formed response frames decode; the broken ones never do.
+      check('response frames', responseFrame, 1000, f => { assert.ok(decodeResponseFrame(body(f))) })
+      check('broken response frames', badResponseFrame, 500, f => { assert.throws(() => decodeResponseFrame(body(f)), (e: unknown) => e instanceof WireError) })
+    })
   })
 
   describe('command frames, signatures and payloads (src/p2p/command-messages.ts, signing.ts, src/node/commands/payloads.ts)', () => {

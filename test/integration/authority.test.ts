@@ -55,7 +55,8 @@ const PAYLOADS: Record<CommandType, Record<string, unknown>> = {
   stop_process: { processId: 'run-00000000' },
   scan_models: {},
   collect_logs: { lines: 10 },
-  update_config: { key: 'maxConcurrency', value: 1 }
+  update_config: { key: 'maxConcurrency', value: 1 },
+  serve_rpc: { model: MODEL, head: '12D3KooWAbcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQ' }
 }
 
 /** A passive member that only listens to gossip (snapshots of the honest nodes). */

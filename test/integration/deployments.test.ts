@@ -115,18 +115,19 @@ describe('deployments placed by the group leader', () => {
     nodes = survivors
   })
 
-  it('runs operator commands on self, refuses a non-leader\'s command to a peer, and audits both', async () => {
+  it('runs operator commands on self and, from a non-leader member, on a peer (issue 15), and audits both', async () => {
     const group = await getJson(`${a.api}/api/groups/default`)
     const follower = nodes.find(n => n.id !== group.leader)!
     const other = nodes.find(n => n !== follower)!
     const self = await post(`${follower.api}/api/commands`, { target: 'self', type: 'scan_models' })
     assert.equal(self.status, 200)
     assert.equal(self.body.status, 'ok')
-    const refused = await post(`${follower.api}/api/commands`, { target: other.id, type: 'scan_models' })
-    assert.equal(refused.body.status, 'rejected')
-    assert.equal(refused.body.error.code, 'not_authorized')
+    // A member signs as an operator (term 0): the peer checks its membership, not a leadership claim.
+    const remote = await post(`${follower.api}/api/commands`, { target: other.id, type: 'scan_models' })
+    assert.equal(remote.body.status, 'ok', JSON.stringify(remote.body))
+    assert.equal(remote.body.issuedAs, 'member')
     const audit = await getJson(`${other.api}/api/commands`)
-    assert.ok(audit.commands.some((e: any) => e.reason === 'not_authorized' && e.issuer === follower.id), JSON.stringify(audit.commands.slice(0, 3)))
+    assert.ok(audit.commands.some((e: any) => e.verdict === 'accepted' && e.issuer === follower.id && e.term === 0), JSON.stringify(audit.commands.slice(0, 3)))
     // The node is still serving.
     assert.equal((await chat(other.api)).status, 200)
   })

@@ -41,9 +41,9 @@ describe('Ollama and Anthropic APIs across the mesh', () => {
   before(async () => {
     const dir = await tempDir('shepherd-models-oa-')
     await createTinyModel(path.join(dir, `${MODEL}.gguf`))
-    a = await startNode({ name: 'entry-a', args: ['--api-key', KEY] })
+    a = await startNode({ name: 'entry-a', timeoutMs: 60_000, args: ['--api-key', KEY] })
     nodes.push(a)
-    b = await startNode({ name: 'host-b', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--threads', '1', '--keep-alive-ms', '60000', '--models-dir', dir] })
+    b = await startNode({ name: 'host-b', timeoutMs: 60_000, args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--engine', 'embedded', '--threads', '1', '--keep-alive-ms', '60000', '--models-dir', dir] })
     nodes.push(b)
     ollama = new Ollama({ host: a.api, headers: auth })
     ollamaB = new Ollama({ host: b.api })
@@ -183,7 +183,9 @@ describe('Ollama and Anthropic APIs across the mesh', () => {
         ['unknown option', '/api/generate', JSON.stringify({ model: MODEL, prompt: 'x', options: { warp: 9 } }), 400, /warp/],
         ['out of range on the host', '/api/generate', JSON.stringify({ model: MODEL, prompt: 'x', stream: false, options: { temperature: 7 } }), 400, /temperature/],
         ['bad keep_alive on the host', '/api/chat', JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x' }], keep_alive: 'forever' }), 400, /keep_alive/],
-        ['tools', '/api/chat', JSON.stringify({ model: MODEL, messages: [], tools: [{ type: 'function', function: { name: 'f' } }] }), 400, /tools/],
+        // Tools are served (client-libraries.test.ts); a hostile definition is the engine's 400.
+        ['bad tool name', '/api/chat', JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x' }], tools: [{ type: 'function', function: { name: 'bad name' } }] }), 400, /tools\[0\]/],
+        ['orphan tool result', '/api/chat', JSON.stringify({ model: MODEL, messages: [{ role: 'tool', content: 'x' }] }), 400, /tool message/],
         ['images', '/api/generate', JSON.stringify({ model: MODEL, prompt: 'x', images: ['aGk='] }), 400, /images/],
         ['unknown model', '/api/chat', JSON.stringify({ model: 'nope', messages: [{ role: 'user', content: 'x' }] }), 404, /nope/],
         ['empty embed', '/api/embed', JSON.stringify({ model: MODEL, input: [] }), 400, /input/]

@@ -27,7 +27,7 @@ const KEY = 'sk-test-responses'
 const RESPONSE = {
   id: 'string', object: 'string', created_at: 'integer', status: 'string', background: 'boolean', completed_at: ['integer', 'null'],
   error: 'null', incomplete_details: ['object', 'null'], instructions: ['string', 'null'], max_output_tokens: ['integer', 'null'],
-  max_tool_calls: 'null', model: 'string', output: 'array', parallel_tool_calls: 'boolean', previous_response_id: 'null',
+  max_tool_calls: 'null', model: 'string', output: 'array', parallel_tool_calls: 'boolean', previous_response_id: ['string', 'null'],
   prompt_cache_key: ['string', 'null'], reasoning: 'object', safety_identifier: ['string', 'null'], service_tier: 'string', store: 'boolean',
   temperature: 'number', text: 'object', tool_choice: ['string', 'object'], tools: 'array', top_logprobs: 'integer', top_p: 'number',
   truncation: 'string', usage: ['object', 'null'], user: ['string', 'null'], metadata: 'object'
@@ -85,7 +85,7 @@ describe('Responses API across the mesh', () => {
     await createTinyModel(path.join(dir, `${MODEL}.gguf`))
     a = await startNode({ name: 'entry-a', args: ['--api-key', KEY] })
     nodes.push(a)
-    b = await startNode({ name: 'host-b', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--threads', '1', '--keep-alive-ms', '60000', '--models-dir', dir] })
+    b = await startNode({ name: 'host-b', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--engine', 'embedded', '--threads', '1', '--keep-alive-ms', '60000', '--models-dir', dir] })
     nodes.push(b)
     client = new OpenAI({ baseURL: `${a.api}/v1`, apiKey: KEY, maxRetries: 0 })
     await waitFor('A to see B\'s model', async () => (await client.models.list()).data.some(m => m.id === MODEL), 15_000)
@@ -243,13 +243,13 @@ describe('Responses API across the mesh', () => {
     }
     await refused(client.responses.create({ ...ask, tools: [{ type: 'web_search' }] }), 400, 'tools[0].type', /only function tools/)
     await refused(client.responses.create({ ...ask, tools: [{ type: 'file_search', vector_store_ids: ['vs_1'] }] }), 400, 'tools[0].type', /file_search/)
-    await refused(client.responses.create({ ...ask, previous_response_id: 'resp_123' }), 400, 'previous_response_id', /does not store responses/)
+    await refused(client.responses.create({ ...ask, previous_response_id: 'resp_123' }), 404, 'previous_response_id', /Previous response with id 'resp_123' not found/)
     await refused(client.responses.create({ ...ask, input: [{ type: 'computer_call_output', call_id: 'c1', output: { type: 'computer_screenshot' } }] as any }), 400, 'input[0].type', /computer_call_output/)
     await refused(client.responses.create({ ...ask, input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'http://x/y.png', detail: 'auto' }] }] }), 400, 'input[0].content[0].type', /input_image/)
     await refused(client.responses.create({ ...ask, max_output_tokens: TINY_MODEL.contextLength + 1 }), 400, 'max_output_tokens', /maximum/)
     await refused(client.responses.create({ ...ask, model: 'nope' }), 404, 'model', /nope/)
     await refused(client.responses.create({ ...ask, model: 'nope', stream: true }), 404, 'model', /nope/)
-    await refused(client.responses.retrieve('resp_123'), 404, 'response_id', /does not store responses/)
+    await refused(client.responses.retrieve('resp_123'), 404, 'response_id', /No response found with id 'resp_123'/)
     await refused(new OpenAI({ baseURL: `${a.api}/v1`, apiKey: 'wrong', maxRetries: 0 }).responses.create(ask), 401, null, /API key/)
     const cases: Array<[string, string, string | null]> = [
       ['truncated JSON', '{"model":', null],
@@ -293,7 +293,7 @@ describe('Responses API across the mesh', () => {
     // A third node serves a model of its own, so the entry node has no other host to turn to.
     const dir = await tempDir('shepherd-models-resp-doomed-')
     await createTinyModel(path.join(dir, 'tiny-doomed.gguf'))
-    const c = await startNode({ name: 'host-c', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--threads', '1', '--models-dir', dir] })
+    const c = await startNode({ name: 'host-c', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--engine', 'embedded', '--threads', '1', '--models-dir', dir] })
     nodes.push(c)
     await waitFor('A to see C\'s model', async () => (await client.models.list()).data.some(m => m.id === 'tiny-doomed'), 15_000)
     await client.responses.create({ model: 'tiny-doomed', input: 'warm up', max_output_tokens: 1 })
@@ -349,7 +349,7 @@ describe('Responses API function tools across the mesh (embedded engine)', () =>
     await createTinyModel(path.join(dir, `${TOOLS_MODEL}.gguf`), { addSpacePrefix: false, contextLength: 2048 })
     const a = await startNode({ name: 'resp-tools-a' })
     nodes.push(a)
-    nodes.push(await startNode({ name: 'resp-tools-b', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--threads', '1', '--models-dir', dir] }))
+    nodes.push(await startNode({ name: 'resp-tools-b', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--engine', 'embedded', '--threads', '1', '--models-dir', dir] }))
     client = new OpenAI({ baseURL: `${a.api}/v1`, apiKey: 'unused', maxRetries: 0 })
     await waitFor('A to see B\'s model', async () => (await client.models.list()).data.some(m => m.id === TOOLS_MODEL), 15_000)
   })

@@ -28,7 +28,7 @@ describe('tool calling through the mesh (embedded engine, openai client)', () =>
     await createTinyModel(path.join(dir, `${MODEL}.gguf`), { addSpacePrefix: false, contextLength: 2048 })
     const a = await startNode({ name: 'tools-e-a' })
     nodes.push(a)
-    nodes.push(await startNode({ name: 'tools-e-b', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--threads', '1', '--models-dir', dir] }))
+    nodes.push(await startNode({ name: 'tools-e-b', args: ['--bootstrap', `/ip4/127.0.0.1/tcp/${a.p2pPort}`, '--engine', 'embedded', '--threads', '1', '--models-dir', dir] }))
     client = new OpenAI({ baseURL: `${a.api}/v1`, apiKey: 'unused', maxRetries: 0 })
     await waitFor('A to see B\'s model', async () => (await client.models.list()).data.some(m => m.id === MODEL), 15_000)
   })

@@ -159,7 +159,8 @@ export class MeshCluster {
     ]
     if (node.modelsDir != null) args.push('--models-dir', node.modelsDir)
     const own = [...this.extraArgs, ...(this.nodeArgs[i] ?? [])]
-    args.push(...await membershipArgs(this.membership, own), ...own)
+    // Embedded unless the test names an engine (the default, auto, follows what is cached here).
+    args.push(...await membershipArgs(this.membership, own), ...(own.includes('--engine') ? [] : ['--engine', 'embedded']), ...own)
     node.stderr = ''
     node.spawnedAt = performance.now()
     const proc = this.lan.spawn(i, process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: nodeEnv() })

@@ -16,4 +16,13 @@ describe('DelayHistogram', () => {
     assert.equal(c['5000'], 6)
     assert.equal(c['+Inf'], 7)
   })
+
+  it('counts a negative delay (a clock or a stamp from the future) as 0: the sum never goes negative', () => {
+    const h = new DelayHistogram()
+    h.push(-10 * 365 * 24 * 3600_000)
+    h.push(3)
+    assert.equal(h.count, 2)
+    assert.equal(h.sum, 3)
+    assert.equal(Object.fromEntries(h.cumulative())['1'], 1)
+  })
 })

@@ -1,27 +1,36 @@
 /**
- * `/shepherd/openai/1.1.0` between real libp2p hosts (tcp + noise + yamux) on loopback: streams
- * reused between requests, and every way a reused stream can go wrong.
+ * `/shepherd/openai/2.0.0` between real libp2p hosts (tcp + noise + yamux) on loopback: streams
+ * reused between requests, every way a reused stream can go wrong, bodies relayed as bytes in
+ * blocks (a 7.5 MiB body byte-identical), chunks forwarded as the host wrote them.
  */
 import '../../src/polyfill.js'
+import { createHash } from 'node:crypto'
 import { after, afterEach, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import type { Stream } from '@libp2p/interface'
 import { setLogSink, logSink } from '../../src/logger.js'
 import { ShepherdError } from '../../src/errors.js'
-import { INFERENCE_PROTOCOL, INFERENCE_PROTOCOL_SINGLE, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES } from '../../src/p2p/constants.js'
+import { INFERENCE_PROTOCOL, MAX_INFERENCE_REQUEST_BYTES, MAX_INFERENCE_RESPONSE_BYTES } from '../../src/p2p/constants.js'
 import { FramedStream } from '../../src/p2p/framing.js'
 import type { Host } from '../../src/p2p/host.js'
-import { InferenceService, type InferenceReply } from '../../src/p2p/inference.js'
-import type { InferenceRequestFrame } from '../../src/p2p/inference-messages.js'
+import { InferenceService, type RelayReply, type RelayRequest } from '../../src/p2p/inference.js'
+import { decodeRequestFrame, encodeFrame, type CallHead, type ResponseFrame } from '../../src/p2p/inference-messages.js'
 import { newHost } from '../support/fuzz-hosts.js'
 import { until } from '../support/fuzz-harness.js'
 
-const req = (model: string, stream = false): InferenceRequestFrame => ({ v: 1, op: 'chat', stream, body: { messages: [] }, model })
+const enc = (x: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(x))
+const dec = (b: Uint8Array): unknown => JSON.parse(new TextDecoder().decode(b))
+const req = (model: string, stream = false): RelayRequest => ({ id: `req-${model}`, op: 'chat', stream, model, body: enc({ model, messages: [] }) })
 
-async function result (reply: Promise<InferenceReply>): Promise<Record<string, unknown>> {
+async function result (reply: Promise<RelayReply>): Promise<unknown> {
   const r = await reply
   assert.equal(r.kind, 'result')
-  return (r as { data: Record<string, unknown> }).data
+  return dec((r as { data: Uint8Array }).data)
+}
+
+/** Writes one response frame by hand. */
+async function send (framed: FramedStream, frame: ResponseFrame): Promise<void> {
+  await framed.writeBytes(encodeFrame(frame))
 }
 
 /** Streams of `protocol` open between the two hosts, as `host` sees them. */
@@ -30,15 +39,26 @@ function openStreams (host: Host, peer: Host, protocol: string): Stream[] {
 }
 
 /** A host that answers by hand: `answer` runs for each request frame read on each stream. */
-async function scriptedHost (protocol: string, answer: (req: InferenceRequestFrame, framed: FramedStream, stream: Stream, n: number) => Promise<'next' | 'stop'>): Promise<Host> {
+async function scriptedHost (protocol: string, answer: (req: CallHead, framed: FramedStream, stream: Stream, n: number) => Promise<'next' | 'stop'>): Promise<Host> {
   const host = await newHost()
   await host.handle(protocol, stream => {
     const framed = new FramedStream(stream, { read: MAX_INFERENCE_REQUEST_BYTES, write: MAX_INFERENCE_RESPONSE_BYTES })
+    /** A call head, once its body was read to the end. */
+    const readCall = async (): Promise<CallHead | null> => {
+      const first = await framed.readBytes().catch(() => null)
+      if (first == null) return null
+      const f = decodeRequestFrame(first)
+      if (f.t !== 'call') return null
+      for (;;) {
+        const b = await framed.readBytes()
+        if (b == null || decodeRequestFrame(b).t === 'end') return f.head
+      }
+    }
     void (async () => {
       for (let n = 0; ; n++) {
-        const r = await framed.read().catch(() => null)
+        const r = await readCall().catch(() => null)
         if (r == null) break
-        if (await answer(r as InferenceRequestFrame, framed, stream, n) === 'stop') return
+        if (await answer(r, framed, stream, n) === 'stop') return
       }
       await stream.close().catch(() => {})
     })()
@@ -46,7 +66,7 @@ async function scriptedHost (protocol: string, answer: (req: InferenceRequestFra
   return host
 }
 
-describe('inference protocol 1.1.0: pooled streams', () => {
+describe('inference protocol 2.0.0: pooled streams, bytes as bytes', () => {
   let server: Host, client: Host
   let service: InferenceService, requester: InferenceService
   const extra: Host[] = []
@@ -65,15 +85,19 @@ describe('inference protocol 1.1.0: pooled streams', () => {
           chunks: (async function * () {
             for (let i = 0; i < 1000; i++) {
               if (ctx.signal.aborted) { aborted++; return }
-              yield { i }
+              yield enc({ i })
               await new Promise(resolve => setTimeout(resolve, 5))
             }
           })()
         }
       }
-      if (r.model === 'three-chunks') return { kind: 'stream', chunks: (async function * () { yield { i: 0 }; yield { i: 1 }; yield { i: 2 } })() }
+      if (r.model === 'three-chunks') return { kind: 'stream', chunks: (async function * () { yield enc({ i: 0 }); yield enc({ i: 1 }); yield enc({ i: 2 }) })() }
+      // Formatting JSON.stringify would not write: a requester that parsed and re-serialized would lose it.
+      if (r.model === 'verbatim') return { kind: 'stream', chunks: (async function * () { yield new TextEncoder().encode('{"x": 1.50, "y":"\\u00e9"}') })() }
+      if (r.model === 'bad-chunk') return { kind: 'stream', chunks: (async function * () { yield new TextEncoder().encode('{"a":1}\n\ndata: {"injected":true}') })() }
+      if (r.model === 'echo') return { kind: 'result', data: enc({ id: r.id, op: r.op, size: r.body.byteLength, sha: createHash('sha256').update(r.body).digest('hex'), pass: r.pass ?? null }) }
       if (r.model === 'fails') throw new ShepherdError('no such thing', { code: 'model_not_found', status: 404 })
-      return { kind: 'result', data: { model: r.model } }
+      return { kind: 'result', data: enc({ model: r.model }) }
     }, { onViolation: (_p, reason) => { violations.push(reason) } })
     requester = new InferenceService(client, { requesterIdleMs: 60_000 })
     await client.dial(server.getMultiaddrs()[0])
@@ -103,7 +127,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
       const r = await requester.request(peer, req('three-chunks', true))
       assert.equal(r.kind, 'stream')
       const got: unknown[] = []
-      if (r.kind === 'stream') for await (const c of r.chunks) got.push(c)
+      if (r.kind === 'stream') for await (const c of r.chunks) got.push(dec(c))
       assert.deepEqual(got, [{ i: 0 }, { i: 1 }, { i: 2 }])
       await assert.rejects(requester.request(peer, req('fails')), (err: any) => err.status === 404 && err.code === 'model_not_found')
     }
@@ -154,7 +178,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
   it('a host closes a stream left idle past its idle time, and the requester opens a new one', async () => {
     const host = await newHost()
     const impatient = new InferenceService(host, { hostIdleMs: 100 })
-    await impatient.serve(async r => ({ kind: 'result', data: { model: r.model } }))
+    await impatient.serve(async r => ({ kind: 'result', data: enc({ model: r.model }) }))
     const peer = await meet(host)
     await result(requester.request(peer, req('one')))
     await until('the host to close the idle stream', () => openStreams(client, host, INFERENCE_PROTOCOL).every(s => s.remoteWriteStatus !== 'writable'), 2000)
@@ -166,7 +190,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
     // Answers the first request of each stream, resets the stream on its second.
     const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed, stream, n) => {
       if (n > 0) { stream.abort(new Error('gone')); return 'stop' }
-      await framed.write({ t: 'result', data: { model: r.model } })
+      await send(framed, { t: 'result', bytes: enc({ model: r.model }) })
       return 'next'
     })
     const peer = await meet(host)
@@ -184,7 +208,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
         for (const c of host!.getConnections(client.peerId)) c.abort(new Error('link gone'))
         return 'stop'
       }
-      await framed.write({ t: 'result', data: { model: r.model } })
+      await send(framed, { t: 'result', bytes: enc({ model: r.model }) })
       return 'next'
     })
     const peer = await meet(host)
@@ -199,7 +223,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
 
   it('does not resend on a new stream when the host broke the protocol', async () => {
     const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed, _s, n) => {
-      await framed.write(n === 0 ? { t: 'result', data: { model: r.model } } : { t: 'nonsense' })
+      await (n === 0 ? send(framed, { t: 'result', bytes: enc({ model: r.model }) }) : framed.writeBytes([Uint8Array.of(9)]))
       return 'next'
     })
     const peer = await meet(host)
@@ -211,8 +235,8 @@ describe('inference protocol 1.1.0: pooled streams', () => {
 
   it('drops a stream on which the host sent something between exchanges; a stray frame never answers a later request', async () => {
     const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed) => {
-      await framed.write({ t: 'result', data: { model: r.model } })
-      setTimeout(() => { void framed.write({ t: 'result', data: { model: 'stray' } }).catch(() => {}) }, 30)
+      await send(framed, { t: 'result', bytes: enc({ model: r.model }) })
+      setTimeout(() => { void send(framed, { t: 'result', bytes: enc({ model: 'stray' }) }).catch(() => {}) }, 30)
       return 'next'
     })
     const peer = await meet(host)
@@ -227,7 +251,7 @@ describe('inference protocol 1.1.0: pooled streams', () => {
     // Found by the fuzz test: a host that closed just after its answer left a half-closed stream
     // in the pool until the idle timeout.
     const host = await scriptedHost(INFERENCE_PROTOCOL, async (r, framed, stream) => {
-      await framed.write({ t: 'result', data: { model: r.model } })
+      await send(framed, { t: 'result', bytes: enc({ model: r.model }) })
       setTimeout(() => { void stream.close().catch(() => {}) }, 50)
       return 'stop'
     })
@@ -237,15 +261,43 @@ describe('inference protocol 1.1.0: pooled streams', () => {
     await until('the pool to let the stream go', () => requester.pool.idleCount(peer) === 0 && openStreams(client, host, INFERENCE_PROTOCOL).length === 0, 1000)
   })
 
-  it('talks to a host that serves only 1.0.0, one stream per request', async () => {
-    const host = await scriptedHost(INFERENCE_PROTOCOL_SINGLE, async (r, framed, stream) => {
-      await framed.write({ t: 'result', data: { model: r.model } })
-      await stream.close()
-      return 'stop'
-    })
-    const peer = await meet(host)
-    for (let i = 0; i < 5; i++) assert.deepEqual(await result(requester.request(peer, req(`old${i}`))), { model: `old${i}` })
-    assert.equal(requester.pool.idleCount(peer), 0)
-    await until('every 1.0.0 stream to be closed', () => openStreams(client, host, INFERENCE_PROTOCOL_SINGLE).length === 0, 3000)
+  it('relays a 7.5 MiB body in blocks, byte for byte, with its request id and endpoint', async () => {
+    const peer = server.peerId.toString()
+    const body = new Uint8Array(7.5 * 1024 * 1024)
+    for (let i = 0; i < body.length; i++) body[i] = (i * 31 + (i >> 11)) & 0xff
+    const pass = { method: 'POST' as const, path: '/audio/transcriptions' as const, headers: { 'content-type': 'multipart/form-data; boundary=x' } }
+    const got = await result(requester.request(peer, { id: 'audio-1', op: 'passthrough', stream: false, model: 'echo', pass, body }))
+    assert.deepEqual(got, { id: 'audio-1', op: 'passthrough', size: body.length, sha: createHash('sha256').update(body).digest('hex'), pass })
+    assert.deepEqual(violations, [])
+  })
+
+  it('forwards a chunk as the host serialized it (never parsed and written again)', async () => {
+    const r = await requester.request(server.peerId.toString(), req('verbatim', true))
+    assert.equal(r.kind, 'stream')
+    const got: string[] = []
+    if (r.kind === 'stream') for await (const c of r.chunks) got.push(new TextDecoder().decode(c))
+    assert.deepEqual(got, ['{"x": 1.50, "y":"\\u00e9"}'])
+  })
+
+  it('refuses a chunk that would break the client\'s event stream (a line break), as a violation', async () => {
+    const r = await requester.request(server.peerId.toString(), req('bad-chunk', true)).catch((err: unknown) => err)
+    assert.ok(r instanceof ShepherdError && r.code === 'invalid_frame', String(r))
+    assert.ok(requester.stats.violations > 0)
+  })
+
+  it('refuses a body longer or shorter than its call announced, and keeps serving', async () => {
+    const peer = server.peerId.toString()
+    for (const [size, sent] of [[4, 8], [8, 4]]) {
+      const stream = await client.dialProtocol(server.peerId, INFERENCE_PROTOCOL)
+      const framed = new FramedStream(stream, { read: MAX_INFERENCE_RESPONSE_BYTES, write: MAX_INFERENCE_REQUEST_BYTES })
+      const head: CallHead = { v: 2, id: 'liar', op: 'chat', model: 'm', stream: false, size }
+      await framed.writeBytes(encodeFrame({ t: 'call', head }))
+      await framed.writeBytes(encodeFrame({ t: 'data', bytes: new Uint8Array(sent) }))
+      await framed.writeBytes(encodeFrame({ t: 'end' }))
+      await until('the host to reset the stream', () => stream.status !== 'open', 3000)
+    }
+    assert.equal(violations.length, 2, violations.join('; '))
+    assert.ok(violations.every(v => /request body/.test(v)), violations.join('; '))
+    assert.deepEqual(await result(requester.request(peer, req('still'))), { model: 'still' })
   })
 })

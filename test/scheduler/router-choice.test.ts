@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { Router } from '../../src/scheduler/router.js'
-import type { MeshNode, PeerView } from '../../src/node/index.js'
+import type { PeerView } from '../../src/node/index.js'
+import type { RouterPorts } from '../../src/scheduler/router-ports.js'
 
 const HONEST = 'c7'.repeat(32)
 const ATTACKER = '0'.repeat(64)
@@ -18,14 +19,13 @@ function peer (id: string, models: Array<[string, string]>): PeerView {
   } as unknown as PeerView // trust state does not matter: the router gets members only
 }
 
-/** Just what the router reads of a node: its own view, its peers, deployments and admission. */
-function fakeNode (state: { peers: PeerView[], deployed?: string }): MeshNode {
+/** Just what the router reads: its own view, its peers, deployments and capacity (no node). */
+function fakeNode (state: { peers: PeerView[], deployed?: string }): RouterPorts {
   return {
-    self: () => peer('self', []),
-    peers: () => state.peers,
-    deployments: { get: (model: string) => state.deployed != null ? { model, fingerprint: state.deployed } : undefined },
-    hub: { admission: { active: 0, maxConcurrent: 4 } }
-  } as unknown as MeshNode
+    view: { self: () => peer('self', []), peers: () => state.peers, deployedFingerprint: () => state.deployed },
+    local: { run: async () => { throw new Error('not called') }, capacity: () => ({ active: 0, maxConcurrent: 4 }) },
+    remote: { call: async () => { throw new Error('not called') } }
+  }
 }
 
 const rebuild = async (): Promise<void> => { await new Promise(resolve => setTimeout(resolve, 130)) } // the registry is cached 100 ms

@@ -72,7 +72,9 @@ export async function membershipArgs (mode: MembershipHarness, args: string[] = 
 /**
  * Starts `shepherd-mesh start` as a child process on loopback with mDNS off, and waits for its
  * ready line. Extra args are appended (e.g. `--bootstrap`). Nodes share this test's swarm key
- * unless `membership` says otherwise.
+ * unless `membership` says otherwise. The engine is `embedded` unless the args name one: the
+ * default (`auto`) would pick llama-server wherever a build is cached, and tests say which
+ * engine they exercise.
  */
 export async function startNode (opts: { name: string, dataDir?: string, apiPort?: number, p2pPort?: number, args?: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number, membership?: MembershipHarness }): Promise<NodeProcess> {
   const dataDir = opts.dataDir ?? await tempDir()
@@ -86,6 +88,7 @@ export async function startNode (opts: { name: string, dataDir?: string, apiPort
     '--api-port', String(apiPort),
     '--listen', `/ip4/127.0.0.1/tcp/${p2pPort}`,
     ...await membershipArgs(opts.membership ?? 'swarm-key', opts.args),
+    ...(opts.args?.includes('--engine') === true ? [] : ['--engine', 'embedded']),
     ...(opts.args ?? [])
   ]
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })

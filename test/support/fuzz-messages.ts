@@ -9,7 +9,6 @@ import type { CommandType } from '../../src/p2p/command-messages.js'
 import { ascii, objectOf, type BreakSpec } from './fuzz-arbitraries.js'
 
 const MAX_SAFE = Number.MAX_SAFE_INTEGER
-const PATHS = ['/audio/transcriptions', '/audio/speech', '/audio/translations', '/images/generations', '/images/edits', '/images/variations'] as const
 
 /** A JSON object as `JSON.parse` returns it (poison keys included as own properties). */
 export const jsonObject: fc.Arbitrary<Record<string, unknown>> = fc.dictionary(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 3 }), { maxKeys: 6 })
@@ -153,64 +152,7 @@ export const nodeSnapshotBreaks: BreakSpec = {
 
 // --- inference (src/p2p/inference-messages.ts) ---
 
-export const passthroughRequest = fc.record({
-  method: fc.constantFrom('GET', 'POST'),
-  path: fc.constantFrom(...PATHS),
-  headers: fc.dictionary(fc.string({ maxLength: 12 }), text(0, 64), { maxKeys: 6 }).map(o => JSON.parse(JSON.stringify(o)) as Record<string, string>),
-  body: fc.option(fc.base64String({ maxLength: 64 }), { nil: null })
-})
-
-export const inferenceRequest = fc.record({
-  v: fc.constant(1 as const),
-  op: fc.constantFrom('chat', 'completion', 'embeddings', 'passthrough'),
-  stream: fc.boolean(),
-  body: fc.option(jsonObject, { nil: null }),
-  model: text(1, 256),
-  pass: passthroughRequest
-}, { requiredKeys: ['v', 'op', 'stream', 'body', 'model'] })
-
-export const inferenceRequestBreaks: BreakSpec = {
-  required: ['v', 'op', 'stream', 'body', 'model'],
-  closed: ['v', 'op', 'stream', 'body', 'model', 'pass'],
-  invalid: {
-    v: [2, '1', 0, null],
-    op: ['chat2', '', 5, null, 'CHAT'],
-    stream: ['true', 1, null],
-    body: ['b', 5, [], true],
-    model: ['', ascii(257), 5, null],
-    pass: [
-      {},
-      { method: 'PUT', path: '/audio/speech', headers: {}, body: null },
-      { method: 'GET', path: '/../etc/passwd', headers: {}, body: null },
-      { method: 'GET', path: '/audio/speech/x', headers: {}, body: null },
-      { method: 'POST', path: '/audio/speech', headers: { a: 5 }, body: null },
-      { method: 'POST', path: '/audio/speech', headers: {}, body: 5 },
-      { method: 'POST', path: '/audio/speech', headers: {}, body: null, extra: 1 },
-      { method: 'POST', path: '/audio/speech', headers: objectOf(Array.from({ length: 65 }, (_, i) => [`h${i}`, 'v'])), body: null }
-    ]
-  }
-}
-
-const errorPayload = fc.record({ message: text(0, 200), type: text(0, 32), param: maybe(text(0, 32)), code: maybe(text(0, 32)) })
-
-export const inferenceResult = fc.record({ t: fc.constantFrom('result' as const, 'chunk' as const), data: jsonObject })
-export const inferenceEnd = fc.constant({ t: 'end' as const })
-export const inferenceError = fc.record({ t: fc.constant('error' as const), status: fc.integer({ min: 400, max: 599 }), error: errorPayload })
-export const inferenceHead = fc.record({ t: fc.constant('head' as const), status: fc.integer({ min: 100, max: 599 }), headers: passthroughRequest.map(p => p.headers) })
-export const inferenceBytes = fc.record({ t: fc.constant('bytes' as const), b64: fc.base64String({ maxLength: 128 }) })
-export const inferenceResponse = fc.oneof(inferenceResult, inferenceEnd, inferenceError, inferenceHead, inferenceBytes)
-
-export const inferenceResponseBreaks: Array<[fc.Arbitrary<Record<string, unknown>>, BreakSpec]> = [
-  [inferenceResult, { required: ['t', 'data'], closed: ['t', 'data'], invalid: { t: ['results', 'end', null], data: [[], 'd', null, 5] } }],
-  [inferenceEnd, { required: ['t'], closed: ['t'], invalid: { t: ['END', '', null] } }],
-  [inferenceError, {
-    required: ['t', 'status', 'error'],
-    closed: ['t', 'status', 'error'],
-    invalid: { status: [399, 600, 404.5, '404', null], error: [{}, { message: 'm', type: 't', param: null }, { message: ascii(8193), type: 't', param: null, code: null }, { message: 'm', type: 5, param: null, code: null }, 'e'] }
-  }],
-  [inferenceHead, { required: ['t', 'status', 'headers'], closed: ['t', 'status', 'headers'], invalid: { status: [99, 600, 1.5, '200'], headers: [{ a: 5 }, { a: null }, [], 'h'] } }],
-  [inferenceBytes, { required: ['t', 'b64'], closed: ['t', 'b64'], invalid: { b64: [5, null, [], {}] } }]
-]
+// Inference frames (/shepherd/openai/2.0.0, binary): test/support/fuzz-inference.ts.
 
 // --- commands (src/p2p/command-messages.ts, src/node/commands/payloads.ts) ---
 
@@ -328,7 +270,8 @@ export const validPayloads: Record<CommandType, fc.Arbitrary<Record<string, unkn
     fc.record({ key: fc.constant('requestTimeoutMs'), value: fc.integer({ min: 1000, max: 24 * 3600_000 }) }),
     fc.record({ key: fc.constant('routing'), value: fc.constantFrom('least-loaded', 'round-robin', 'random', 'weighted', 'lowest-latency') }),
     fc.record({ key: fc.constant('logLevel'), value: fc.constantFrom('trace', 'debug', 'info', 'warn', 'error', 'silent') })
-  )
+  ),
+  serve_rpc: fc.record({ model: modelName, head: peerIdText, stop: fc.boolean() }, { requiredKeys: ['model', 'head'] })
 }
 
 const badModel = ['', '.hidden', '..', '../etc/passwd', 'a/b', 'a\\b', 'a\u0000b', 'a\nb', ascii(257), 5, null, ['m']]
@@ -336,7 +279,7 @@ const badModel = ['', '.hidden', '..', '../etc/passwd', 'a/b', 'a\\b', 'a\u0000b
 /** Payloads each type's checks must refuse. `stop_process` and `update_config` refuse whole shapes, not fields. */
 export const payloadBreaks: Record<CommandType, { spec: BreakSpec, also: readonly unknown[] }> = {
   load_model: {
-    spec: { required: ['model'], closed: ['model', 'keepAliveMs', 'fingerprint', 'sources'], invalid: { model: badModel, keepAliveMs: [-2, 7 * 24 * 3600_000 + 1, 1.5, '1'], fingerprint: ['', 'ABC', ascii(129, 'a'), 'a b'], sources: [['short'], Array(17).fill(ascii(40, 'A')), [ascii(129, 'A')], ['a/b' + ascii(40, 'A')], 's'] } },
+    spec: { required: ['model'], closed: ['model', 'keepAliveMs', 'fingerprint', 'sources', 'split'], invalid: { split: [{ workers: [] }, { workers: ['short'], fractions: [0.5, 0.5] }, { workers: [ascii(40, 'A')], fractions: [2, 0] }, 's'],  model: badModel, keepAliveMs: [-2, 7 * 24 * 3600_000 + 1, 1.5, '1'], fingerprint: ['', 'ABC', ascii(129, 'a'), 'a b'], sources: [['short'], Array(17).fill(ascii(40, 'A')), [ascii(129, 'A')], ['a/b' + ascii(40, 'A')], 's'] } },
     also: [[], 'model', null]
   },
   unload_model: { spec: { required: ['model'], closed: ['model'], invalid: { model: badModel } }, also: [[]] },
@@ -358,7 +301,8 @@ export const payloadBreaks: Record<CommandType, { spec: BreakSpec, also: readonl
   update_config: {
     spec: { required: [], closed: false, invalid: {} },
     also: [{}, { value: 1 }, { key: 'apiKeys', value: ['k'] }, { key: 'dataDir', value: '/' }, { key: 'logLevel', value: 'loud' }, { key: 'maxConcurrency', value: 0 }, { key: 'maxQueue', value: -1 }, { key: 'requestTimeoutMs', value: 999 }, { key: '__proto__', value: 1 }, { key: 'routing', value: 'fastest' }, { key: 'keepAliveMs', value: 1, extra: true }, { key: 5, value: 1 }, { key: null }, []]
-  }
+  },
+  serve_rpc: { spec: { required: ['model', 'head'], closed: ['model', 'head', 'stop'], invalid: { model: badModel, head: ['', 'short', ascii(129, 'A'), 'a/b' + ascii(40, 'A'), 5], stop: ['yes', 1] } }, also: [[], null] }
 }
 
 // --- blobs (src/p2p/blob-messages.ts) ---

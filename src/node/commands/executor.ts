@@ -12,11 +12,17 @@ import type { AuditInput, CommandStore } from './command-store.js'
 import type { CommandHandlers } from './handlers.js'
 import { checkPayload } from './payloads.js'
 
-export type AuthorityVerdict = { ok: true } | { ok: false, reason: string }
+/**
+ * `operator: true`: the issuer acts (or, refused, claimed to act) as an operator (this node's own,
+ * or a proven member's: see ControlPlane), not as a group's leader. Such a command is neither fenced by the group's term
+ * nor raises it, so an operator can never depose or fence out the real leader.
+ */
+export type AuthorityVerdict = { ok: true, operator?: boolean } | { ok: false, reason: string, operator?: boolean }
 
 /**
- * Decides whether the issuer of an (authenticated, unexpired, unfenced) command may give it:
- * the group's current leader at the command's term, or this node itself for its local operator.
+ * Decides whether the issuer of an authenticated, unexpired command may give it: the group's
+ * current leader at the command's term, or an operator (this node itself, or a member when this
+ * node allows member operators).
  */
 export type Authority = (env: CommandEnvelope) => AuthorityVerdict | Promise<AuthorityVerdict>
 
@@ -58,7 +64,8 @@ export const COMMAND_EXECUTOR_DEFAULTS = {
     stop_process: 30_000,
     scan_models: 30_000,
     collect_logs: 30_000,
-    update_config: 30_000
+    update_config: 30_000,
+    serve_rpc: 60_000
   } satisfies Record<CommandType, number>,
   clockSkewMs: 30_000,
   maxLifetimeMs: 24 * 3600_000,
@@ -186,18 +193,19 @@ export class CommandExecutor implements CommandReceiver {
     if (env.issuedAt > now + this.o.clockSkewMs) return await this.reject(who, receivedAt, 'expired', 'the command is issued in the future')
     if (env.expiresAt - env.issuedAt > this.o.maxLifetimeMs) return await this.reject(who, receivedAt, 'expired', 'the command lives longer than allowed')
 
-    // The node's own operator is not a leader; its commands are neither fenced nor raise a term.
-    const fenced = env.issuer !== this.selfId
-    if (fenced) {
-      const seen = await this.o.store.termOf(env.group)
-      if (env.term < seen) return await this.reject(who, receivedAt, 'stale_term', `term ${env.term} is older than term ${seen} of group '${env.group}'`)
-    }
     let verdict: AuthorityVerdict
     try {
       verdict = await this.o.authority(env)
     } catch (err) {
       this.log.warn('authority check failed', { err })
       verdict = { ok: false, reason: 'the authority check failed' }
+    }
+    // An operator (this node's own, or a member's) is not a leader: its commands are neither
+    // fenced nor raise a term. A leader's are, checked before the verdict as always (stale first).
+    const fenced = env.issuer !== this.selfId && verdict.operator !== true
+    if (fenced) {
+      const seen = await this.o.store.termOf(env.group)
+      if (env.term < seen) return await this.reject(who, receivedAt, 'stale_term', `term ${env.term} is older than term ${seen} of group '${env.group}'`)
     }
     if (!verdict.ok) return await this.reject(who, receivedAt, 'not_authorized', verdict.reason)
     // Only an authorised command may raise the term: anyone can sign a huge one.

@@ -15,7 +15,16 @@ const MAX_KEEP_ALIVE_MS = 7 * 24 * 3600_000
  * `keepAliveMs` -1 pins the model (a deployment's replica); `fingerprint` and `sources` let a
  * node that lacks the file pull it from those peers first.
  */
-export interface LoadModelPayload { model: string, keepAliveMs?: number, fingerprint?: string, sources?: string[] }
+export interface LoadModelPayload {
+  model: string
+  keepAliveMs?: number
+  fingerprint?: string
+  sources?: string[]
+  /** Load as a split replica's head: llama-server reaches these workers' rpc-servers through the tunnel (issue 16). */
+  split?: { workers: string[], fractions: number[] }
+}
+/** A worker's part of a split replica: serve `model` for `head` over the RPC tunnel, or stop. */
+export interface ServeRpcPayload { model: string, head: string, stop?: boolean }
 export interface UnloadModelPayload { model: string }
 export interface RunLlamacppPayload { model: string, args?: string[], port?: number }
 export type StopProcessPayload = { pid: number } | { processId: string }
@@ -37,6 +46,7 @@ export interface CommandPayloads {
   scan_models: ScanModelsPayload
   collect_logs: CollectLogsPayload
   update_config: UpdateConfigPayload
+  serve_rpc: ServeRpcPayload
 }
 
 /** The configuration keys a leader may change at run time: none of them touches identity, keys, paths or the network. */
@@ -126,8 +136,23 @@ const schemas: Record<CommandType, object> = {
       model,
       keepAliveMs: intIn(-1, MAX_KEEP_ALIVE_MS),
       fingerprint: { type: 'string', pattern: '^[a-z0-9:._-]{1,128}$' },
-      sources: { type: 'array', maxItems: 16, items: { type: 'string', pattern: '^[A-Za-z0-9]{32,128}$' } }
+      sources: { type: 'array', maxItems: 16, items: { type: 'string', pattern: '^[A-Za-z0-9]{32,128}$' } },
+      split: {
+        type: 'object',
+        required: ['workers', 'fractions'],
+        additionalProperties: false,
+        properties: {
+          workers: { type: 'array', minItems: 1, maxItems: 8, uniqueItems: true, items: { type: 'string', pattern: '^[A-Za-z0-9]{32,128}$' } },
+          fractions: { type: 'array', minItems: 2, maxItems: 9, items: { type: 'number', minimum: 0, maximum: 1 } }
+        }
+      }
     }
+  },
+  serve_rpc: {
+    type: 'object',
+    required: ['model', 'head'],
+    additionalProperties: false,
+    properties: { model, head: { type: 'string', pattern: '^[A-Za-z0-9]{32,128}$' }, stop: { type: 'boolean' } }
   },
   unload_model: { type: 'object', required: ['model'], additionalProperties: false, properties: { model } },
   run_llamacpp: {

@@ -71,7 +71,9 @@ export class RunProcesses {
         ...(p.port != null ? { pickPort: async () => p.port! } : {}),
         ...(this.d.threads > 0 ? { threads: this.d.threads } : {})
       })
-      await engine.load(p.model, { keepAliveMs: Infinity, signal: ctx.signal })
+      // No keep-alive here: one would pin the model, making it count as a deployment's replica;
+      // the engine's own keep-alive (Infinity) already keeps it until stop_process.
+      await engine.load(p.model, { signal: ctx.signal })
       const pid = engine.pid(p.model)
       if (pid == null) throw new ShepherdError('llama-server did not start', { code: 'process_failed', status: 500 })
       this.processes.set(id, { engine, pid, model: p.model })

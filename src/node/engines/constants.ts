@@ -20,6 +20,10 @@ export const REQUEST_LIMITS = {
   maxStopSequences: 16,
   /** Inputs per embeddings request (OpenAI's limit). */
   maxEmbeddingInputs: 2048,
+  /** Choices per request (`n`): each is a full generation, run one after another on one sequence. */
+  maxChoices: 8,
+  /** Prompts per `/v1/completions` request (one choice each, times `n`). */
+  maxPrompts: 64,
   /**
    * Bounds on a `response_format` JSON schema, checked before any grammar is built from it: a
    * grammar's size and build time grow with the schema's, and repetition bounds (`maxLength`,
@@ -45,8 +49,12 @@ export const EMBEDDED_DEFAULTS = {
   gpu: 'auto',
   /** Tokens per sequence, capped by the model's trained length. */
   contextSize: 2048,
-  /** Concurrent requests per loaded model (context sequences). */
-  maxSequences: 4,
+  /**
+   * Concurrent requests per loaded model (context sequences, decoded together in one batch).
+   * 8, as llama-server's slots in the issue 12 bench: with 4, an 8th client waits for a whole
+   * answer before its first token (TTFT p50 1.9 s vs 63 ms). Each costs a context's KV cache.
+   */
+  maxSequences: 8,
   /** Requests that may wait for a sequence per model before new ones get `OverloadedError`. */
   maxQueue: 64,
   /** Idle time before a model is unloaded. */

@@ -46,23 +46,17 @@ function nlc (): NodeLlamaCpp {
 import { BadRequestError, InsufficientMemoryError, ModelNotFoundError, ShepherdError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
-import { holdRequest } from './request-hold.js'
 import { grammarFor } from './json-grammar.js'
 import { chatHistory, chatModelFunctions, forcedCallInstructions, forcedCallSchema, forcedIsArray, ToolCallCollector, type ParamsChunk } from './tool-calls.js'
 import { tokenBiasOption } from './logit-bias.js'
+import { StopScanner } from './stop-scanner.js'
 import { scanModelsDirs } from './model-dirs.js'
 import { raceSignal } from './race-signal.js'
 import { defaultThreads } from './constants.js'
 import { probeGpu, type GpuProbeResult } from './gpu-probe.js'
 import { EMBEDDED_DEFAULTS } from './constants.js'
-import {
-  checkMemoryBudgetOptions,
-  defaultMemoryLimits,
-  modelFileBytes,
-  victimsFor,
-  type LoadedModelUsage,
-  type MemoryBudgetOptions
-} from './memory-budget.js'
+import { modelFileBytes, type MemoryBudgetOptions } from './memory-budget.js'
+import { Residency, type LoadPlan, type StartContext } from './residency.js'
 import {
   parseChatRequest,
   parseCompletionRequest,
@@ -76,10 +70,13 @@ import {
   chatCompletion,
   chatUsageChunk,
   embeddingObject,
+  embeddingSize,
+  shapeEmbedding,
   legacyFunctionChunk,
   legacyFunctionCompletion,
+  choiceSeed,
+  mergeChoices,
   newResponseId,
-  normalizeVector,
   textChunk,
   textCompletion,
   textUsageChunk,
@@ -146,7 +143,7 @@ export interface EmbeddedEngineOptions extends MemoryBudgetOptions {
   threads?: number
   /** Tokens per sequence, capped by the model's trained length. Default 2048. */
   contextSize?: number
-  /** Concurrent requests per loaded model. Default 4. */
+  /** Concurrent requests per loaded model (sequences decoded in one batch). Default 8. */
   maxSequences?: number
   /** Requests that may wait for a sequence per model. Default 64. */
   maxQueue?: number
@@ -170,21 +167,9 @@ interface LoadedModel {
   chatWrapper?: ChatWrapper
   pool: SlotPool<LlamaContextSequence>
   embedding?: Promise<{ context: LlamaEmbeddingContext, contextSize: number }>
-  /** One controller per request using the model (queued or generating). */
-  requests: Set<AbortController>
-  onDrained: Array<() => void>
-  lastUsed: number
-  /** Loaded for a deployment: never unloaded for idleness. */
-  pinned?: boolean
-  idleTimer?: NodeJS.Timeout
   /** Weights plus context state. */
   sizeBytes: number
 }
-
-type ModelSlotState =
-  | { state: 'loading', entry: ModelEntry, promise: Promise<LoadedModel> }
-  | { state: 'loaded', loaded: LoadedModel }
-  | { state: 'unloading', entry: ModelEntry, promise: Promise<void> }
 
 /**
  * A request checked against its model (prompt tokenized, token budget known) and ready to run
@@ -202,6 +187,19 @@ interface Lease {
   release: (keepAliveMs: number | undefined) => void
 }
 
+
+/** One request per choice (`n`), each with its own seed (see `choiceSeed`). */
+function chatRuns (req: ParsedChatRequest): ParsedChatRequest[] {
+  return Array.from({ length: req.sampling.n }, (_, i) => i === 0 ? req : { ...req, sampling: { ...req.sampling, ...choiceSeed(req.sampling.seed, i) } })
+}
+
+/** One request per prompt and choice, in OpenAI's order (prompt by prompt, `n` each); `first` marks a prompt's first. */
+function textRuns (req: ParsedCompletionRequest): Array<{ run: ParsedCompletionRequest, first: boolean }> {
+  return req.prompts.flatMap(prompt => Array.from({ length: req.sampling.n }, (_, i) => ({
+    run: { ...req, prompt, sampling: { ...req.sampling, ...choiceSeed(req.sampling.seed, i) } },
+    first: i === 0
+  })))
+}
 
 /** node-llama-cpp's error for a load its memory estimates say cannot fit. */
 function isInsufficientMemory (err: unknown): boolean {
@@ -243,11 +241,12 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
 
   private readonly opts: Required<Omit<EmbeddedEngineOptions, 'id' | 'modelsDirs' | 'listModelFiles' | 'resolveModel' | 'llama' | keyof MemoryBudgetOptions>>
   private readonly ownsLlama: boolean
-  /** Loaded models are weights plus context state, counted against these. */
-  private readonly memory: MemoryBudgetOptions
+  /** Load, keep-alive, pins, memory budget and unload of the loaded models (weights plus context state). */
+  private readonly residency: Residency<LoadedModel>
+  /** The state and pin last told to listeners, per model. */
+  private readonly told = new Map<string, string>()
   private readonly listModelFiles: () => ModelEntry[]
   private readonly resolveModel: ((name: string) => string | undefined) | undefined
-  private readonly models = new Map<string, ModelSlotState>()
   private llamaPromise: Promise<Llama> | undefined
   private llamaError: unknown
   private closed = false
@@ -269,12 +268,28 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     for (const key of ['threads', 'contextSize', 'maxSequences'] as const) {
       if (!Number.isInteger(this.opts[key]) || this.opts[key] < 1) throw new RangeError(`${key} must be a positive integer`)
     }
-    checkMemoryBudgetOptions(options)
-    this.memory = {
+    this.residency = new Residency<LoadedModel>({
+      driver: {
+        stop: async lm => { await this.disposeLoaded(lm) },
+        sizeOf: lm => lm.sizeBytes,
+        // Requests still queued for a sequence fail at once rather than wait for one.
+        abandon: (lm, reason) => { lm.pool.close(reason) }
+      },
+      keepAliveMs: this.opts.keepAliveMs,
       maxLoadedBytes: options.maxLoadedBytes,
       memoryReserveBytes: options.memoryReserveBytes,
-      availableMemoryBytes: options.availableMemoryBytes
-    }
+      availableMemoryBytes: options.availableMemoryBytes,
+      onChange: (model, state, pinned) => {
+        const now: EngineModelState = state === 'loading' || state === 'loaded' ? state : 'on_disk'
+        // Unloading and gone both read on_disk: told once. A pin changing is told though the state stays.
+        const told = `${now}:${String(pinned)}`
+        if ((this.told.get(model) ?? 'on_disk:false') === told) return
+        if (now === 'on_disk') this.told.delete(model)
+        else this.told.set(model, told)
+        this.emitChange(model, now)
+      },
+      log: (message, fields) => { log.info(message, fields) }
+    })
     this.ownsLlama = options.llama === undefined
     if (options.llama !== undefined) this.llamaPromise = Promise.resolve(options.llama)
     const dirs = options.modelsDirs ?? []
@@ -290,24 +305,24 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       out.set(entry.name, this.describe(entry.name, entry))
     }
     // Loaded models stay listed even if their file was since removed from the listing.
-    for (const [name, slot] of this.models) {
-      if (!out.has(name)) out.set(name, this.describe(name, slot.state === 'loaded' ? slot.loaded.entry : slot.entry))
+    for (const name of this.residency.keys()) {
+      if (!out.has(name)) out.set(name, this.describe(name, this.residency.get(name)?.resource?.entry ?? { name, path: '' }))
     }
     return [...out.values()]
   }
 
   private describe (name: string, entry: ModelEntry): EngineModel {
-    const slot = this.models.get(name)
-    const state: EngineModelState = slot === undefined || slot.state === 'unloading' ? 'on_disk' : slot.state
+    const view = this.residency.get(name)
+    const state: EngineModelState = view === undefined || view.state === 'unloading' ? 'on_disk' : view.state
     const model: EngineModel = { id: name, state }
     if (entry.fingerprint !== undefined) model.fingerprint = entry.fingerprint
-    if (slot?.state === 'loaded') {
-      const lm = slot.loaded
+    if (view?.state === 'loaded' && view.resource !== undefined) {
+      const lm = view.resource
       model.sizeBytes = lm.sizeBytes
       model.contextLength = lm.context.contextSize
       model.activeRequests = lm.pool.busy
       model.queuedRequests = lm.pool.waiting
-      if (lm.pinned === true) model.pinned = true
+      if (view.pinned) model.pinned = true
     } else {
       if (entry.sizeBytes !== undefined) model.sizeBytes = entry.sizeBytes
       if (entry.contextLength != null) model.contextLength = entry.contextLength
@@ -323,46 +338,31 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     throw new ModelNotFoundError(name)
   }
 
+  /**
+   * Loads a model (or joins its load). A negative or infinite keep-alive pins it (a deployment's
+   * replica: no idle unload, never evicted, reported to peers); a non-negative one unpins it, so
+   * it unloads once idle that long (0: as soon as its running requests end), which is how a
+   * replica is retired without cutting requests. See `Residency.load`.
+   */
   async load (model: string, options: EngineLoadOptions = {}): Promise<EngineModel> {
-    const lease = await this.use(model, options.signal)
-    // A negative or infinite keep-alive pins the model (a deployment's replica): requests with
-    // their own keep_alive no longer shorten its life; only unload() ends it.
-    // A non-negative keep-alive unpins it: it then unloads once idle for that long (0: as soon
-    // as its running requests end), which is how a replica is retired without cutting requests.
-    const before = lease.lm.pinned === true
-    if (options.keepAliveMs !== undefined) lease.lm.pinned = options.keepAliveMs < 0 || options.keepAliveMs === Infinity
-    const pinned = lease.lm.pinned === true
-    // Peers see pinning in the snapshot: it is what makes a loaded copy count as a replica.
-    if (pinned !== before) this.emitChange(model, 'loaded')
-    lease.release(pinned ? Infinity : options.keepAliveMs)
-    return this.describe(model, lease.lm.entry)
+    const view = await this.residency.load(model, () => this.loadPlan(model), options)
+    return this.describe(model, (view.resource as LoadedModel).entry)
   }
 
   async unload (model: string): Promise<boolean> {
-    const slot = this.models.get(model)
-    if (slot === undefined) return false
-    if (slot.state === 'unloading') {
-      await slot.promise
-      return true
-    }
-    if (slot.state === 'loading') {
-      const loaded = await slot.promise.catch(() => undefined)
-      if (loaded === undefined) return false
-      return await this.unload(model)
-    }
-    await this.unloadLoaded(slot.loaded)
-    return true
+    return await this.residency.unload(model)
   }
 
   async health (): Promise<EngineHealth> {
     let loadedModels = 0
     let activeRequests = 0
     let queuedRequests = 0
-    for (const slot of this.models.values()) {
-      if (slot.state !== 'loaded') continue
+    for (const name of this.residency.keys()) {
+      const lm = this.residency.get(name)
+      if (lm?.state !== 'loaded' || lm.resource === undefined) continue
       loadedModels++
-      activeRequests += slot.loaded.pool.busy
-      queuedRequests += slot.loaded.pool.waiting
+      activeRequests += lm.resource.pool.busy
+      queuedRequests += lm.resource.pool.waiting
     }
     const health: EngineHealth = { status: 'ok', loadedModels, activeRequests, queuedRequests }
     if (this.closed) {
@@ -378,12 +378,13 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   /** See `Engine.setKeepAlive`. */
   setKeepAlive (ms: number): void {
     this.opts.keepAliveMs = ms
+    this.residency.setKeepAlive(ms)
   }
 
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
-    await Promise.allSettled([...this.models.keys()].map(async name => await this.unload(name)))
+    await this.residency.close()
     if (!this.ownsLlama) return
     const llama = await this.llamaPromise?.catch(() => undefined)
     await llama?.dispose()
@@ -392,54 +393,78 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   // ---- OpenAI calls -------------------------------------------------------------------
 
   async chat (body: ChatCompletionRequest, options: EngineCallOptions = {}): Promise<ChatCompletion> {
-    const req = parseChatRequest(body)
+    const req = parseChatRequest(body, { choices: true })
     const header = this.header('chatcmpl', req.model)
-    const result = await this.generate(req, options.signal, lm => this.prepareChat(lm, req))
-    const completion = chatCompletion(header, result)
+    // `n` choices are whole generations of the same prompt, one after another.
+    const parts: ChatCompletion[] = []
+    for (const run of chatRuns(req)) {
+      parts.push(chatCompletion(header, await this.generate(run, options.signal, lm => this.prepareChat(lm, run))))
+    }
+    const completion = parts.length === 1 ? parts[0] : mergeChoices(parts, parts[0].usage?.prompt_tokens ?? 0)
     return req.legacyFunctions === true ? legacyFunctionCompletion(completion) : completion
   }
 
   async * chatStream (body: ChatCompletionRequest, options: EngineCallOptions = {}): AsyncGenerator<ChatCompletionChunk> {
-    const req = parseChatRequest(body)
+    const req = parseChatRequest(body, { choices: true })
     const chunks = this.chatChunks(req, options.signal)
     if (req.legacyFunctions !== true) yield * chunks
     else for await (const chunk of chunks) yield legacyFunctionChunk(chunk)
   }
 
+  /** The chunks of every choice, one choice after another (each numbered), then the usage of all. */
   private async * chatChunks (req: ParsedChatRequest, signal: AbortSignal | undefined): AsyncGenerator<ChatCompletionChunk> {
     const header = this.header('chatcmpl', req.model)
     const usage = req.includeUsage
-    yield * this.stream<ChatCompletionChunkDelta, ChatCompletionChunk>(req, signal, {
-      first: () => chatChunk(header, { role: 'assistant', content: '' }, null, usage),
-      piece: delta => chatChunk(header, delta, null, usage),
-      last: result => [
-        chatChunk(header, {}, result.finishReason, usage),
-        ...(usage ? [chatUsageChunk(header, result.promptTokens, result.completionTokens)] : [])
-      ],
-      prepare: lm => this.prepareChat(lm, req)
-    })
+    let promptTokens = 0
+    let completionTokens = 0
+    for (const [index, run] of chatRuns(req).entries()) {
+      yield * this.stream<ChatCompletionChunkDelta, ChatCompletionChunk>(run, signal, {
+        first: () => chatChunk(header, { role: 'assistant', content: '' }, null, usage, index),
+        piece: delta => chatChunk(header, delta, null, usage, index),
+        last: result => {
+          promptTokens = result.promptTokens
+          completionTokens += result.completionTokens
+          return [chatChunk(header, {}, result.finishReason, usage, index)]
+        },
+        prepare: lm => this.prepareChat(lm, run)
+      })
+    }
+    if (usage) yield chatUsageChunk(header, promptTokens, completionTokens)
   }
 
   async completion (body: CompletionRequest, options: EngineCallOptions = {}): Promise<TextCompletion> {
-    const req = parseCompletionRequest(body)
+    const req = parseCompletionRequest(body, { choices: true })
     const header = this.header('cmpl', req.model)
-    const result = await this.generate(req, options.signal, lm => this.prepareText(lm, req))
-    return textCompletion(header, result)
+    const parts: TextCompletion[] = []
+    let promptTokens = 0
+    for (const { run, first } of textRuns(req)) {
+      const result = await this.generate(run, options.signal, lm => this.prepareText(lm, run))
+      // Each prompt counts once, whatever its `n`.
+      if (first) promptTokens += result.promptTokens
+      parts.push(textCompletion(header, result))
+    }
+    return parts.length === 1 ? parts[0] : mergeChoices(parts, promptTokens)
   }
 
   async * completionStream (body: CompletionRequest, options: EngineCallOptions = {}): AsyncGenerator<TextCompletionChunk> {
-    const req = parseCompletionRequest(body)
+    const req = parseCompletionRequest(body, { choices: true })
     const header = this.header('cmpl', req.model)
     const usage = req.includeUsage
-    yield * this.stream<string, TextCompletionChunk>(req, options.signal, {
-      first: () => undefined,
-      piece: text => textChunk(header, text, null, usage),
-      last: result => [
-        textChunk(header, '', result.finishReason, usage),
-        ...(usage ? [textUsageChunk(header, result.promptTokens, result.completionTokens)] : [])
-      ],
-      prepare: lm => this.prepareText(lm, req)
-    })
+    let promptTokens = 0
+    let completionTokens = 0
+    for (const [index, { run, first }] of textRuns(req).entries()) {
+      yield * this.stream<string, TextCompletionChunk>(run, options.signal, {
+        first: () => undefined,
+        piece: text => textChunk(header, text, null, usage, index),
+        last: result => {
+          if (first) promptTokens += result.promptTokens
+          completionTokens += result.completionTokens
+          return [textChunk(header, '', result.finishReason, usage, index)]
+        },
+        prepare: lm => this.prepareText(lm, run)
+      })
+    }
+    if (usage) yield textUsageChunk(header, promptTokens, completionTokens)
   }
 
   async embeddings (body: EmbeddingRequest, options: EngineCallOptions = {}): Promise<EmbeddingResponse> {
@@ -447,10 +472,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     const lease = await this.use(req.model, options.signal)
     try {
       const { context, contextSize } = await raceSignal(this.embeddingContext(lease.lm), lease.signal)
-      const dims = lease.lm.model.embeddingVectorSize
-      if (req.dimensions !== undefined && req.dimensions !== dims) {
-        throw new BadRequestError(`Model '${req.model}' makes ${dims}-dimensional embeddings; dimensions=${req.dimensions} is not supported`, 'dimensions', 'unsupported_parameter')
-      }
+      const size = embeddingSize(req.model, lease.lm.model.embeddingVectorSize, req.dimensions)
       const inputs = req.inputs.map(input => typeof input === 'string' ? input : input as Token[])
       const lengths = inputs.map(input => context.calculateInputLength(input))
       const tooLong = lengths.findIndex(n => n >= contextSize)
@@ -461,7 +483,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       for (const [index, input] of inputs.entries()) {
         lease.signal.throwIfAborted()
         const { vector } = await context.getEmbeddingFor(input)
-        data.push(embeddingObject(index, normalizeVector(vector), req.encoding))
+        data.push(embeddingObject(index, shapeEmbedding(vector, size), req.encoding))
       }
       const promptTokens = lengths.reduce((a, b) => a + b, 0)
       return { object: 'list', data, model: req.model, usage: { prompt_tokens: promptTokens, total_tokens: promptTokens } }
@@ -589,6 +611,10 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     }
     // Offered through the model's own template (node-llama-cpp's function calling) when not forced.
     const functions = tools !== undefined && forced === undefined ? chatModelFunctions(tools) : undefined
+    // node-llama-cpp takes functions or a grammar, never both: rather than drop the format silently, say so.
+    if (functions !== undefined && req.responseFormat !== undefined) {
+      throw new BadRequestError('response_format together with tools the model may call (tool_choice "auto") is not supported by the embedded engine; use tool_choice "none" for the structured answer, or "required" for a call', 'response_format', 'unsupported_parameter')
+    }
     // A trailing assistant message (or tool results) is a prefix the model continues; otherwise a new turn opens.
     const rendered: ChatHistoryItem[] = history.at(-1)?.type === 'model' ? history : [...history, { type: 'model', response: [] }]
     lm.chatWrapper ??= nlc().resolveChatWrapper(lm.model)
@@ -666,10 +692,9 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       if (bos !== null && tokens[0] === bos) tokens = tokens.slice(1)
     }
     const promptTokens = tokens.length + (bos !== null ? 1 : 0)
-    const sampling = {
-      ...this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'prompt')),
-      ...tokenBiasOption(nlc().TokenBias, lm.model, req.sampling.logitBias)
-    }
+    // Stops are matched on the streamed text here, not by node-llama-cpp (see stop-scanner.ts).
+    const { customStopTriggers: stops, ...baseSampling } = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'prompt'))
+    const sampling = { ...baseSampling, ...tokenBiasOption(nlc().TokenBias, lm.model, req.sampling.logitBias) }
     const echo = req.echo ? (typeof req.prompt === 'string' ? req.prompt : lm.model.detokenize(tokens)) : ''
     const grammar = req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'completion')
     return {
@@ -677,21 +702,43 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
         if (echo.length > 0) push?.(echo)
         const completion = new (nlc().LlamaCompletion)({ contextSequence: seq })
         const before = seq.tokenMeter.getState()
+        const scanner = stops === undefined ? undefined : new StopScanner(stops)
+        // Aborted when a stop sequence matched: node-llama-cpp then returns what it generated.
+        const stopped = new AbortController()
+        let kept = ''
+        const emit = (text: string): void => {
+          if (text.length === 0) return
+          kept += text
+          push?.(text)
+        }
         try {
           const res = await completion.generateCompletionWithMeta(tokens, {
             ...sampling,
             ...(grammar !== undefined ? { grammar } : {}),
-            signal,
+            signal: scanner === undefined ? signal : AbortSignal.any([signal, stopped.signal]),
+            stopOnAbortSignal: scanner !== undefined,
             // The budget already keeps generation inside the context; no shifting, and the
             // whole prompt is kept (the default would cut one longer than 90% of the context).
             disableContextShift: true,
             contextShiftSize: 1,
-            onTextChunk: text => { push?.(text) }
+            onTextChunk: text => {
+              if (scanner === undefined) {
+                push?.(text)
+                return
+              }
+              if (stopped.signal.aborted) return
+              const scan = scanner.push(text)
+              emit(scan.emit)
+              if (scan.stop !== undefined) stopped.abort()
+            }
           })
+          // With stopOnAbortSignal a caller's abort returns too; it must still fail the request.
+          signal.throwIfAborted()
+          if (scanner !== undefined && !stopped.signal.aborted) emit(scanner.flush())
           return {
-            text: echo + res.response,
+            text: echo + (scanner === undefined ? res.response : kept),
             reasoning: '',
-            finishReason: finishReasonOf(res.metadata.stopReason),
+            finishReason: stopped.signal.aborted ? 'stop' : finishReasonOf(res.metadata.stopReason),
             promptTokens,
             completionTokens: seq.tokenMeter.diff(before).usedOutputTokens
           }
@@ -708,79 +755,35 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     this.emit('change', { model, state })
   }
 
-  /**
-   * Takes a lease on a loaded model, loading it first if needed. Loops because a model can
-   * be unloading when asked for (wait, then load again).
-   */
+  /** Takes a lease on a loaded model, loading it first if needed (see `Residency.use`). */
   private async use (name: string, signal?: AbortSignal): Promise<Lease> {
-    while (true) {
-      if (this.closed) throw new ShepherdError('The engine is closed', { code: 'engine_closed', status: 503 })
-      signal?.throwIfAborted()
-      const slot = this.models.get(name)
-      if (slot?.state === 'loaded') return this.lease(slot.loaded, signal)
-      if (slot?.state === 'unloading') {
-        await raceSignal(slot.promise.catch(() => {}), signal)
-        continue
+    const lease = await this.residency.use(name, () => this.loadPlan(name), signal)
+    return { lm: lease.resource, signal: lease.signal, release: lease.release }
+  }
+
+  /** How `name` loads; asked only when it is not loaded, so an unknown name fails before anything starts. */
+  private loadPlan (name: string): LoadPlan<LoadedModel> {
+    const entry = this.findEntry(name)
+    return {
+      estimateBytes: modelFileBytes(entry),
+      start: async ctx => {
+        try {
+          return await this.loadModel(entry, ctx)
+        } catch (err) {
+          if (err instanceof ShepherdError) throw err
+          throw new ShepherdError(`Failed to load model '${name}': ${(err as Error).message}`, { code: 'model_load_failed', status: 500, cause: err })
+        }
       }
-      // Only a load under way or started here; its failure is every waiter's failure.
-      await raceSignal(slot?.state === 'loading' ? slot.promise : this.startLoad(name), signal)
     }
   }
 
-  private lease (lm: LoadedModel, signal: AbortSignal | undefined): Lease {
-    const hold = holdRequest(lm, signal, keepAliveMs => { this.scheduleIdleUnload(lm, keepAliveMs ?? this.opts.keepAliveMs) })
-    return { lm, ...hold }
-  }
-
-  private scheduleIdleUnload (lm: LoadedModel, keepAliveMs: number): void {
-    clearTimeout(lm.idleTimer)
-    lm.idleTimer = undefined
-    if (keepAliveMs === Infinity || lm.pinned === true) return
-    lm.idleTimer = setTimeout(() => {
-      const slot = this.models.get(lm.name)
-      if (lm.requests.size > 0 || slot?.state !== 'loaded' || slot.loaded !== lm) return
-      log.debug('idle model unloaded', { model: lm.name, keepAliveMs })
-      this.unloadLoaded(lm).catch(err => { log.warn('unloading an idle model failed', { model: lm.name, err }) })
-    }, Math.min(keepAliveMs, 2 ** 31 - 1))
-    lm.idleTimer.unref()
-  }
-
-  private startLoad (name: string): Promise<LoadedModel> {
-    const entry = this.findEntry(name)
-    const promise = (async () => {
-      let lm: LoadedModel
-      try {
-        lm = await this.loadModel(entry)
-      } catch (err) {
-        this.models.delete(name)
-        this.emitChange(name, 'on_disk')
-        if (err instanceof ShepherdError) throw err
-        throw new ShepherdError(`Failed to load model '${name}': ${(err as Error).message}`, { code: 'model_load_failed', status: 500, cause: err })
-      }
-      if (this.closed) {
-        this.models.delete(name)
-        await this.disposeLoaded(lm)
-        this.emitChange(name, 'on_disk')
-        throw new ShepherdError('The engine is closed', { code: 'engine_closed', status: 503 })
-      }
-      this.models.set(name, { state: 'loaded', loaded: lm })
-      this.emitChange(name, 'loaded')
-      return lm
-    })()
-    // Set before the load's first await resumes, so every later request joins this load.
-    this.models.set(name, { state: 'loading', entry, promise })
-    this.emitChange(name, 'loading')
-    return promise
-  }
-
-  private async loadModel (entry: ModelEntry): Promise<LoadedModel> {
-    await this.makeRoomFor(entry)
+  private async loadModel (entry: ModelEntry, ctx: StartContext): Promise<LoadedModel> {
     await loadLib()
     const llama = await this.llama()
     const started = performance.now()
-    const model = await this.retryLowOnMemory(entry.name, async () => await llama.loadModel({ modelPath: entry.path }))
+    const model = await this.retryLowOnMemory(entry.name, ctx, async () => await llama.loadModel({ modelPath: entry.path }))
     try {
-      const context = await this.retryLowOnMemory(entry.name, async () => await model.createContext({
+      const context = await this.retryLowOnMemory(entry.name, ctx, async () => await model.createContext({
         contextSize: Math.min(this.opts.contextSize, model.trainContextSize),
         sequences: this.opts.maxSequences,
         threads: this.opts.threads
@@ -793,9 +796,6 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
         model,
         context,
         pool: new SlotPool(sequences, this.opts.maxQueue),
-        requests: new Set(),
-        onDrained: [],
-        lastUsed: Date.now(),
         sizeBytes: model.size + context.stateSize
       }
     } catch (err) {
@@ -805,83 +805,21 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
   }
 
   /**
-   * Unloads least recently used idle models until `entry` fits the memory limits (see
-   * `victimsFor`). Its size is the file's: the context's state is not known before loading.
-   */
-  private async makeRoomFor (entry: ModelEntry): Promise<void> {
-    const usage: LoadedModelUsage[] = []
-    const loaded = new Map<string, LoadedModel>()
-    for (const [name, slot] of this.models) {
-      if (name === entry.name) continue
-      if (slot.state === 'loaded') {
-        const lm = slot.loaded
-        loaded.set(name, lm)
-        usage.push({ name, sizeBytes: lm.sizeBytes, lastUsed: lm.lastUsed, busy: !this.evictable(lm) })
-      } else if (slot.state === 'loading') {
-        // Another load under way will hold its memory soon; it can only count, not give room.
-        usage.push({ name, sizeBytes: modelFileBytes(slot.entry), lastUsed: Infinity, busy: true })
-      }
-    }
-    for (const name of victimsFor(usage, modelFileBytes(entry), defaultMemoryLimits(this.memory))) {
-      const lm = loaded.get(name) as LoadedModel
-      const slot = this.models.get(name)
-      // A request may have taken it while an earlier one was unloading: unloading it now would cut that request.
-      if (slot?.state !== 'loaded' || slot.loaded !== lm || !this.evictable(lm)) continue
-      log.info('unloading least recently used model to make room', { model: name, for: entry.name })
-      await this.unloadLoaded(lm)
-    }
-  }
-
-  /**
-   * Idle and not pinned. A pinned model is a deployment's replica: unloading it for room would
-   * only have the scheduler place it again, pushing out something else.
-   */
-  private evictable (lm: LoadedModel): boolean {
-    return lm.requests.size === 0 && lm.pinned !== true
-  }
-
-  /**
    * Runs a step of a load; when node-llama-cpp finds too little memory for it (its estimates see
    * what ours cannot, VRAM included), unloads the least recently used idle model and tries again,
    * until none is left to unload.
    */
-  private async retryLowOnMemory<T> (name: string, step: () => Promise<T>): Promise<T> {
+  private async retryLowOnMemory<T> (name: string, ctx: StartContext, step: () => Promise<T>): Promise<T> {
     while (true) {
       try {
         return await step()
       } catch (err) {
         if (!isInsufficientMemory(err)) throw err
-        const victim = [...this.models.values()]
-          .flatMap(s => s.state === 'loaded' && s.loaded.name !== name && this.evictable(s.loaded) ? [s.loaded] : [])
-          .sort((a, b) => a.lastUsed - b.lastUsed)[0]
-        if (victim === undefined) {
+        log.info('node-llama-cpp found too little memory; unloading an idle model', { for: name, reason: (err as Error).message })
+        if (!await ctx.evictOne()) {
           throw new InsufficientMemoryError(`Not enough memory to load the model '${name}', even with every idle model unloaded`).withCause(err)
         }
-        log.info('unloading least recently used model to make room', { model: victim.name, for: name, reason: (err as Error).message })
-        await this.unloadLoaded(victim)
       }
-    }
-  }
-
-  private async unloadLoaded (lm: LoadedModel): Promise<void> {
-    const current = this.models.get(lm.name)
-    if (current?.state === 'unloading') return await current.promise
-    if (current?.state !== 'loaded' || current.loaded !== lm) return
-    clearTimeout(lm.idleTimer)
-    const reason = new ShepherdError(`The model '${lm.name}' was unloaded`, { code: 'model_unloaded', status: 503 })
-    lm.pool.close(reason)
-    for (const controller of lm.requests) controller.abort(reason)
-    const promise = (async () => {
-      if (lm.requests.size > 0) await new Promise<void>(resolve => { lm.onDrained.push(resolve) })
-      await this.disposeLoaded(lm)
-    })()
-    this.models.set(lm.name, { state: 'unloading', entry: lm.entry, promise })
-    this.emitChange(lm.name, 'on_disk')
-    try {
-      await promise
-    } finally {
-      const slot = this.models.get(lm.name)
-      if (slot?.state === 'unloading' && slot.promise === promise) this.models.delete(lm.name)
     }
   }
 

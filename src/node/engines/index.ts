@@ -17,6 +17,7 @@ export type * from './openai-types.js'
 export { defaultThreads } from './constants.js'
 export { EmbeddedEngine, type EmbeddedEngineOptions, type EmbeddedGpu, type ModelEntry } from './embedded.js'
 export { EMBEDDED_DEFAULTS, REQUEST_LIMITS, SAMPLING_DEFAULTS } from './constants.js'
+export { StopScanner, type StopScan } from './stop-scanner.js'
 export { parseKeepAlive } from './keep-alive.js'
 export {
   parseChatRequest,

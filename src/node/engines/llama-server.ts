@@ -32,7 +32,7 @@ import { upstreamSchema, type ResponseFormat } from './response-format.js'
 import { ChatStreamMapper, finishReason, int, toChatCompletion, upstreamChatFields, usageOf } from './llama-tools.js'
 import { mergeLlamaServerArgs } from './llama-args.js'
 import { spawnTied, type TiedChild } from './tied-child.js'
-import { embeddingObject, legacyFunctionChunk, legacyFunctionCompletion, newResponseId, normalizeVector, unixNow, usage, type ResponseHeader } from './openai-response.js'
+import { embeddingObject, embeddingSize, legacyFunctionChunk, legacyFunctionCompletion, newResponseId, shapeEmbedding, unixNow, usage, type ResponseHeader } from './openai-response.js'
 import type {
   ChatCompletion,
   ChatCompletionChunk,
@@ -45,8 +45,8 @@ import type {
   TextCompletion,
   TextCompletionChunk
 } from './openai-types.js'
-import { holdRequest } from './request-hold.js'
-import { checkMemoryBudgetOptions, defaultMemoryLimits, modelFileBytes, victimsFor, type LoadedModelUsage, type MemoryBudgetOptions } from './memory-budget.js'
+import { modelFileBytes, type MemoryBudgetOptions } from './memory-budget.js'
+import { Residency, type LoadPlan, type StartContext } from './residency.js'
 import { freePort, isAddressInUse, portInUse } from './ports.js'
 import { SlotPool } from './slot-pool.js'
 import { scanModelsDirs } from './model-dirs.js'
@@ -63,8 +63,8 @@ export const LLAMA_SERVER_DEFAULTS = {
   host: '127.0.0.1',
   /** Tokens per request slot, capped by the model's trained length. */
   contextSize: 2048,
-  /** Request slots per child (`--parallel`). */
-  parallel: 4,
+  /** Request slots per child (`--parallel`), decoded together; 8 as the embedded engine's sequences. */
+  parallel: 8,
   /** Requests that may wait for a slot per model before new ones get `OverloadedError`. */
   maxQueue: 64,
   keepAliveMs: 5 * 60_000,
@@ -103,7 +103,7 @@ export interface LlamaServerEngineOptions extends MemoryBudgetOptions {
   threads?: number
   /** Tokens per request slot, capped by the model's trained length. Default 2048. */
   contextSize?: number
-  /** Request slots per child (`--parallel`). Default 4. */
+  /** Request slots per child (`--parallel`). Default 8. */
   parallel?: number
   /** Requests that may wait for a slot per model. Default 64. */
   maxQueue?: number
@@ -191,23 +191,17 @@ interface Instance {
   stopSignal: AbortController
   proc?: RunningProcess
   pool: SlotPool<number>
-  requests: Set<AbortController>
-  onDrained: Array<() => void>
-  /** When a request last took or gave it back: the least recently used idle child is stopped first for memory. */
-  lastUsed: number
-  idleTimer?: NodeJS.Timeout
   /** Per-slot context the child reported. */
   contextSize?: number
   /** When it crashed lately, for the restart budget. */
   crashes: number[]
-  stopped?: Promise<void>
 }
 
 interface Lease {
   inst: Instance
   client: OpenAIHttpClient
   signal: AbortSignal
-  release: (keepAliveMs: number | undefined) => void
+  release: (keepAliveMs?: number) => void
 }
 
 
@@ -350,11 +344,17 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   private readonly listModelFiles: () => ModelEntry[]
   private readonly resolveModel: ((name: string) => string | undefined) | undefined
   private readonly pickPort: (host: string) => Promise<number>
-  private readonly memory: MemoryBudgetOptions
-  private readonly instances = new Map<string, Instance>()
+  /**
+   * Start-once, keep-alive, pins, memory budget and stop of the children, keyed by role and
+   * model (see `key`). A child counts as its model file: llama.cpp maps the weights whole, and
+   * its context is not known before it starts.
+   */
+  private readonly residency: Residency<Instance>
   private readonly logRings = new Map<string, LineRing>()
   private readonly states = new Map<string, EngineModelState>()
   private closed = false
+  /** Per-model flags of a split replica's head (`--rpc`, `--tensor-split`, `--n-gpu-layers`): see {@link setModelArgs}. */
+  private readonly modelArgs = new Map<string, string[]>()
 
   constructor (options: LlamaServerEngineOptions) {
     super()
@@ -385,12 +385,25 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     this.listModelFiles = options.listModelFiles ?? (() => scanModelsDirs(dirs))
     this.resolveModel = options.resolveModel
     this.pickPort = options.pickPort ?? freePort
-    checkMemoryBudgetOptions(options)
-    this.memory = {
+    this.residency = new Residency<Instance>({
+      driver: {
+        stop: async inst => { await this.stopInstance(inst) },
+        sizeOf: inst => modelFileBytes(inst.entry),
+        abandon: (inst, reason) => {
+          inst.phase = 'stopping'
+          // Cancels a restart under way; requests queued for a slot fail at once.
+          inst.stopSignal.abort(reason)
+          inst.pool.close(reason)
+        }
+      },
+      keepAliveMs: this.opts.keepAliveMs,
       maxLoadedBytes: options.maxLoadedBytes,
       memoryReserveBytes: options.memoryReserveBytes,
-      availableMemoryBytes: options.availableMemoryBytes
-    }
+      availableMemoryBytes: options.availableMemoryBytes,
+      // Pins are not a state: a change of one is told to peers all the same.
+      onChange: key => { this.syncState(this.nameOf(key), true) },
+      log: (message, fields) => { log.info(message, fields) }
+    })
   }
 
   // ---- models -------------------------------------------------------------------------
@@ -399,8 +412,9 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     const out = new Map<string, EngineModel>()
     for (const entry of this.listModelFiles()) out.set(entry.name, this.describe(entry.name, entry))
     // Running models stay listed even if their file was since removed from the listing.
-    for (const inst of this.instances.values()) {
-      if (!out.has(inst.name)) out.set(inst.name, this.describe(inst.name, inst.entry))
+    for (const key of this.residency.keys()) {
+      const name = this.nameOf(key)
+      if (!out.has(name)) out.set(name, this.describe(name, this.instance(key)?.entry ?? { name, path: '' }))
     }
     return [...out.values()]
   }
@@ -410,13 +424,15 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     if (entry.fingerprint !== undefined) model.fingerprint = entry.fingerprint
     if (entry.sizeBytes !== undefined) model.sizeBytes = entry.sizeBytes
     if (entry.contextLength != null) model.contextLength = entry.contextLength
-    const inst = this.instances.get(this.key(name, 'generate')) ?? this.instances.get(this.key(name, 'embed'))
+    const inst = this.instance(this.key(name, 'generate')) ?? this.instance(this.key(name, 'embed'))
+    // A deployment's replica: counted by the reconciler, never idle-unloaded or evicted.
+    if (this.residency.get(this.key(name, 'generate'))?.pinned === true) model.pinned = true
     if (inst !== undefined && model.state === 'loaded') {
       if (inst.contextSize !== undefined) model.contextLength = inst.contextSize
       model.activeRequests = 0
       model.queuedRequests = 0
       for (const role of ['generate', 'embed'] as const) {
-        const i = this.instances.get(this.key(name, role))
+        const i = this.instance(this.key(name, role))
         if (i === undefined) continue
         model.activeRequests += i.pool.busy
         model.queuedRequests += i.pool.waiting
@@ -437,23 +453,22 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
 
   /** The pid of the model's running child, for the role asked; undefined when none runs. */
   pid (model: string, role: Role = 'generate'): number | undefined {
-    const inst = this.instances.get(this.key(model, role))
+    const inst = this.instance(this.key(model, role))
     return inst?.proc?.exit === undefined ? inst?.proc?.pid : undefined
   }
 
+  /**
+   * Starts the model's child (or joins its start). A negative or infinite keep-alive pins it for
+   * a deployment; a non-negative one unpins it (see `Residency.load`).
+   */
   async load (model: string, options: EngineLoadOptions = {}): Promise<EngineModel> {
-    const lease = await this.use(model, 'generate', options.signal)
-    lease.release(options.keepAliveMs)
-    return this.describe(model, lease.inst.entry)
+    const view = await this.residency.load(this.key(model, 'generate'), () => this.loadPlan(model, 'generate'), options)
+    return this.describe(model, (view.resource as Instance).entry)
   }
 
   async unload (model: string): Promise<boolean> {
-    const found = (['generate', 'embed'] as const)
-      .map(role => this.instances.get(this.key(model, role)))
-      .filter((i): i is Instance => i !== undefined)
-    if (found.length === 0) return false
-    await Promise.all(found.map(async inst => { await this.stop(inst) }))
-    return true
+    const found = await Promise.all((['generate', 'embed'] as const).map(async role => await this.residency.unload(this.key(model, role))))
+    return found.some(Boolean)
   }
 
   async health (): Promise<EngineHealth> {
@@ -461,14 +476,15 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     let activeRequests = 0
     let queuedRequests = 0
     const names = new Set<string>()
-    for (const inst of this.instances.values()) {
+    const running = this.residency.keys().flatMap(key => this.instance(key) ?? [])
+    for (const inst of running) {
       if (inst.phase === 'ready') names.add(inst.name)
       activeRequests += inst.pool.busy
       queuedRequests += inst.pool.waiting
     }
     loadedModels = names.size
     const health: EngineHealth = { status: 'ok', loadedModels, activeRequests, queuedRequests }
-    const restarting = [...this.instances.values()].filter(i => i.phase === 'restarting').map(i => i.name)
+    const restarting = running.filter(i => i.phase === 'restarting').map(i => i.name)
     if (this.closed) {
       health.status = 'down'
       health.detail = 'engine closed'
@@ -485,12 +501,24 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
-    await Promise.allSettled([...this.instances.values()].map(async inst => { await this.stop(inst) }))
+    await this.residency.close()
+  }
+
+  /**
+   * Flags the node adds for one model from its next start on: a split replica's head points
+   * `--rpc` at its loopback tunnels (src/node/split). They count as the node's own flags, so a
+   * command's extra flags cannot override them. `undefined` clears them.
+   */
+  setModelArgs (model: string, args: string[] | undefined): void {
+    if (args == null) this.modelArgs.delete(model)
+    else this.modelArgs.set(model, [...args])
   }
 
   /** See `Engine.setKeepAlive`. An engine made to run until stopped (keep-alive `Infinity`: run_llamacpp's) keeps running. */
   setKeepAlive (ms: number): void {
-    if (this.opts.keepAliveMs !== Infinity) this.opts.keepAliveMs = ms
+    if (this.opts.keepAliveMs === Infinity) return
+    this.opts.keepAliveMs = ms
+    this.residency.setKeepAlive(ms)
   }
 
   // ---- OpenAI calls -------------------------------------------------------------------
@@ -549,11 +577,8 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
         throw new ShepherdError(`llama-server answered ${req.inputs.length} inputs with ${items.length} embeddings`, { code: 'upstream_invalid_response', status: 502 })
       }
       items.sort((a, b) => int(a.index) - int(b.index))
-      const dims = (items[0].embedding as number[]).length
-      if (req.dimensions !== undefined && req.dimensions !== dims) {
-        throw new BadRequestError(`Model '${req.model}' makes ${dims}-dimensional embeddings; dimensions=${req.dimensions} is not supported`, 'dimensions', 'unsupported_parameter')
-      }
-      const data = items.map((item, index) => embeddingObject(index, normalizeVector(item.embedding as number[]), req.encoding))
+      const size = embeddingSize(req.model, (items[0].embedding as number[]).length, req.dimensions)
+      const data = items.map((item, index) => embeddingObject(index, shapeEmbedding(item.embedding as number[], size), req.encoding))
       const promptTokens = int((raw.usage as { prompt_tokens?: unknown } | undefined)?.prompt_tokens)
       return { object: 'list', data, model: req.model, usage: { prompt_tokens: promptTokens, total_tokens: promptTokens } }
     })
@@ -619,17 +644,18 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   private stateOf (name: string): EngineModelState {
     let state: EngineModelState = 'on_disk'
     for (const role of ['generate', 'embed'] as const) {
-      const phase = this.instances.get(this.key(name, role))?.phase
+      const view = this.residency.get(this.key(name, role))
+      const phase = view?.state === 'loaded' ? view.resource?.phase : view?.state === 'loading' ? 'starting' : undefined
       if (phase === 'ready') return 'loaded'
       if (phase === 'starting' || phase === 'restarting') state = 'loading'
     }
     return state
   }
 
-  /** Emits `change` when the model's state differs from the last one emitted. */
-  private syncState (name: string): void {
+  /** Emits `change` when the model's state differs from the last one emitted (or when `force`d). */
+  private syncState (name: string, force = false): void {
     const state = this.stateOf(name)
-    if ((this.states.get(name) ?? 'on_disk') === state) return
+    if ((this.states.get(name) ?? 'on_disk') === state && !force) return
     if (state === 'on_disk') this.states.delete(name)
     else this.states.set(name, state)
     this.emit('change', { model: name, state })
@@ -652,44 +678,43 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     return ring
   }
 
-  /** A hold on a running child; loops because a child can be stopping or restarting when asked for. */
+  /** The model's name in a residency key. */
+  private nameOf (key: string): string {
+    return key.slice(key.indexOf('\u0000') + 1)
+  }
+
+  /** The child of a key once started (restarting or stopping included). */
+  private instance (key: string): Instance | undefined {
+    return this.residency.get(key)?.resource
+  }
+
+  /** A hold on a running child; waits out a restart after a crash, holding the copy meanwhile. */
   private async use (name: string, role: Role, signal?: AbortSignal): Promise<Lease> {
     while (true) {
-      if (this.closed) throw new ShepherdError('The engine is closed', { code: 'engine_closed', status: 503 })
-      signal?.throwIfAborted()
-      const inst = this.instances.get(this.key(name, role))
-      if (inst?.phase === 'ready' && inst.proc !== undefined) return this.lease(inst, inst.proc, signal)
-      if (inst?.phase === 'stopping') {
-        await raceSignal(inst.stopped?.catch(() => {}) ?? Promise.resolve(), signal)
-        continue
+      const lease = await this.residency.use(this.key(name, role), () => this.loadPlan(name, role), signal)
+      const inst = lease.resource
+      if (inst.phase === 'ready' && inst.proc !== undefined) return { inst, client: inst.proc.client, signal: lease.signal, release: lease.release }
+      try {
+        await raceSignal(inst.ready, lease.signal)
+      } catch (err) {
+        lease.release()
+        throw err
       }
-      await raceSignal(inst !== undefined ? inst.ready : this.start(name, role), signal)
+      if (inst.phase === 'ready' && inst.proc !== undefined) return { inst, client: inst.proc.client, signal: lease.signal, release: lease.release }
+      lease.release()
     }
   }
 
-  private lease (inst: Instance, proc: RunningProcess, signal: AbortSignal | undefined): Lease {
-    const hold = holdRequest(inst, signal, keepAliveMs => { this.scheduleIdleStop(inst, keepAliveMs ?? this.opts.keepAliveMs) })
-    return { inst, client: proc.client, ...hold }
-  }
-
-  private scheduleIdleStop (inst: Instance, keepAliveMs: number): void {
-    clearTimeout(inst.idleTimer)
-    inst.idleTimer = undefined
-    // Negative, as in the embedded engine and Ollama: keep it until told otherwise.
-    if (keepAliveMs === Infinity || keepAliveMs < 0) return
-    inst.idleTimer = setTimeout(() => {
-      if (inst.requests.size > 0 || inst.phase !== 'ready' || this.instances.get(inst.key) !== inst) return
-      log.debug('idle model stopped', { model: inst.name, role: inst.role, keepAliveMs })
-      this.stop(inst).catch(err => { log.warn('stopping an idle model failed', { model: inst.name, err }) })
-    }, Math.min(keepAliveMs, 2 ** 31 - 1))
-    inst.idleTimer.unref()
-  }
-
-  private start (name: string, role: Role): Promise<void> {
+  /** How a model's child starts; asked only when none runs, so an unknown name fails before anything starts. */
+  private loadPlan (name: string, role: Role): LoadPlan<Instance> {
     const entry = this.findEntry(name)
     if (this.build === undefined) {
-      return Promise.reject(new ShepherdError('No llama.cpp build (llama-server) was found on this node', { code: 'engine_unavailable', status: 503 }))
+      throw new ShepherdError('No llama.cpp build (llama-server) was found on this node', { code: 'engine_unavailable', status: 503 })
     }
+    return { estimateBytes: modelFileBytes(entry), start: async ctx => await this.start(name, role, entry, ctx) }
+  }
+
+  private async start (name: string, role: Role, entry: ModelEntry, ctx: StartContext): Promise<Instance> {
     const inst: Instance = {
       key: this.key(name, role),
       name,
@@ -699,32 +724,24 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
       ready: Promise.resolve(),
       stopSignal: new AbortController(),
       pool: new SlotPool(Array.from({ length: this.opts.parallel }, (_, i) => i), this.opts.maxQueue),
-      requests: new Set(),
-      onDrained: [],
-      lastUsed: Date.now(),
       crashes: []
     }
-    inst.ready = (async () => {
-      const started = performance.now()
-      try {
-        inst.proc = await this.launch(inst)
-      } catch (err) {
-        if (this.instances.get(inst.key) === inst && inst.phase !== 'stopping') {
-          this.instances.delete(inst.key)
-          inst.pool.close(err)
-          this.syncState(name)
-        }
-        if (err instanceof ShepherdError) throw err
-        throw new ShepherdError(`Failed to start llama-server for '${name}': ${(err as Error).message}`, { code: 'model_load_failed', status: 500, cause: err })
-      }
-      inst.phase = 'ready'
-      this.syncState(name)
-      log.info('model loaded', { model: name, role, pid: inst.proc.pid, port: inst.proc.port, ms: Math.round(performance.now() - started), contextSize: inst.contextSize })
-    })()
-    // Set before the launch's first await resumes, so every later request joins this start.
-    this.instances.set(inst.key, inst)
-    this.syncState(name)
-    return inst.ready
+    // Unloading the model while its child starts cancels the start (the child is killed).
+    const cancel = (): void => { inst.stopSignal.abort(ctx.signal.reason) }
+    if (ctx.signal.aborted) cancel()
+    else ctx.signal.addEventListener('abort', cancel, { once: true })
+    const started = performance.now()
+    try {
+      inst.proc = await this.launch(inst)
+    } catch (err) {
+      if (err instanceof ShepherdError || inst.stopSignal.signal.aborted) throw err
+      throw new ShepherdError(`Failed to start llama-server for '${name}': ${(err as Error).message}`, { code: 'model_load_failed', status: 500, cause: err })
+    } finally {
+      ctx.signal.removeEventListener('abort', cancel)
+    }
+    inst.phase = 'ready'
+    log.info('model loaded', { model: name, role, pid: inst.proc.pid, port: inst.proc.port, ms: Math.round(performance.now() - started), contextSize: inst.contextSize })
+    return inst
   }
 
   /** The command line of a child. */
@@ -752,8 +769,11 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
       // The model's own chat template (Jinja): tool calling and its call parser need it.
       '--jinja'
     ]
+    const split = inst.role === 'generate' ? this.modelArgs.get(inst.name) : undefined
     const gpuLayers = this.opts.gpuLayers ?? (this.build?.backend === 'cpu' ? undefined : 'all')
-    if (gpuLayers !== undefined) args.push('--n-gpu-layers', String(gpuLayers === 'all' ? 999 : gpuLayers))
+    // A split replica's flags say how many layers leave this node; they replace the default.
+    if (split != null) args.push(...split)
+    else if (gpuLayers !== undefined) args.push('--n-gpu-layers', String(gpuLayers === 'all' ? 999 : gpuLayers))
     if (inst.role === 'embed') {
       args.push('--embeddings')
       // A generative model declares no pooling; its last token embeds the input, as the embedded engine does it.
@@ -762,32 +782,8 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     return mergeLlamaServerArgs(args, this.opts.extraArgs)
   }
 
-  /**
-   * Stops least recently used idle children until `inst`'s fits the memory limits (see
-   * `victimsFor`). A child counts as its model file: llama.cpp maps the weights whole, and its
-   * context is not known before it starts.
-   */
-  private async makeRoomFor (inst: Instance): Promise<void> {
-    const usage: LoadedModelUsage[] = []
-    for (const other of this.instances.values()) {
-      // A stopping child is already giving its memory back.
-      if (other === inst || other.phase === 'stopping') continue
-      // One starting or restarting will hold its memory soon; it can only count, not give room.
-      const busy = other.phase !== 'ready' || other.requests.size > 0
-      usage.push({ name: other.key, sizeBytes: modelFileBytes(other.entry), lastUsed: other.lastUsed, busy })
-    }
-    for (const key of victimsFor(usage, modelFileBytes(inst.entry), defaultMemoryLimits(this.memory))) {
-      const victim = this.instances.get(key)
-      // A request may have taken it while an earlier one was stopping: stopping it now would cut that request.
-      if (victim === undefined || victim.phase !== 'ready' || victim.requests.size > 0) continue
-      log.info('unloading least recently used model to make room', { model: victim.name, role: victim.role, for: inst.name })
-      await this.stop(victim)
-    }
-  }
-
   /** Starts a child and waits until it serves; a port taken meanwhile means another try. */
   private async launch (inst: Instance): Promise<RunningProcess> {
-    await this.makeRoomFor(inst)
     inst.stopSignal.signal.throwIfAborted()
     const attempts = LLAMA_SERVER_DEFAULTS.portAttempts
     for (let attempt = 1; ; attempt++) {
@@ -887,7 +883,7 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
 
   /** A child ended: expected when stopping; a crash when it was serving. */
   private onExit (inst: Instance, proc: RunningProcess, info: ExitInfo): void {
-    if (inst.proc !== proc || inst.phase !== 'ready' || this.instances.get(inst.key) !== inst) return
+    if (inst.proc !== proc || inst.phase !== 'ready' || this.instance(inst.key) !== inst) return
     const now = Date.now()
     inst.crashes = inst.crashes.filter(t => now - t < LLAMA_SERVER_DEFAULTS.restartWindowMs)
     inst.crashes.push(now)
@@ -914,45 +910,23 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
       }
       inst.phase = 'ready'
       this.syncState(inst.name)
-      if (inst.requests.size === 0) this.scheduleIdleStop(inst, this.opts.keepAliveMs)
+      this.residency.touch(inst.key)
     })()
     inst.ready.catch(() => {})
   }
 
+  /** Drops a child that keeps crashing: requests on it fail with `reason`. */
   private giveUp (inst: Instance, reason: ShepherdError): void {
-    if (this.instances.get(inst.key) !== inst) return
-    this.instances.delete(inst.key)
-    clearTimeout(inst.idleTimer)
-    inst.pool.close(reason)
-    for (const controller of inst.requests) controller.abort(reason)
-    this.syncState(inst.name)
+    if (this.instance(inst.key) !== inst) return
+    this.residency.unload(inst.key, reason).catch(err => { log.warn('dropping a crashed llama-server failed', { model: inst.name, err }) })
   }
 
-  /** Stops a model's child: requests on it are aborted, a start under way is cancelled. */
-  private async stop (inst: Instance): Promise<void> {
-    if (inst.phase === 'stopping') {
-      await inst.stopped
-      return
-    }
+  /** The driver's stop: every request on the child has ended (the residency saw to that). */
+  private async stopInstance (inst: Instance): Promise<void> {
     inst.phase = 'stopping'
-    clearTimeout(inst.idleTimer)
-    const reason = new ShepherdError(`The model '${inst.name}' was unloaded`, { code: 'model_unloaded', status: 503 })
-    inst.stopSignal.abort(reason)
-    inst.pool.close(reason)
-    for (const controller of inst.requests) controller.abort(reason)
-    this.syncState(inst.name)
-    inst.stopped = (async () => {
-      // A start under way kills its own child once cancelled.
-      await inst.ready.catch(() => {})
-      if (inst.requests.size > 0) await new Promise<void>(resolve => { inst.onDrained.push(resolve) })
-      if (inst.proc !== undefined) await this.kill(inst.proc)
-    })()
-    try {
-      await inst.stopped
-    } finally {
-      if (this.instances.get(inst.key) === inst) this.instances.delete(inst.key)
-      this.syncState(inst.name)
-    }
+    // A start or restart under way kills its own child once cancelled.
+    await inst.ready.catch(() => {})
+    if (inst.proc !== undefined) await this.kill(inst.proc)
   }
 
   /** SIGTERM, then SIGKILL after the grace period; resolves once the child is gone. */

@@ -26,6 +26,8 @@ export interface SamplingParams {
   repeatPenalty: number
   /** `logit_bias` as [token id, bias from -100 to 100]; absent when none. */
   logitBias?: Array<[token: number, bias: number]>
+  /** Choices to generate (`n`); 1 unless the engine said it can give more. */
+  n: number
 }
 
 export interface RequestCommon {
@@ -69,7 +71,10 @@ export interface ParsedChatRequest extends RequestCommon {
 }
 
 export interface ParsedCompletionRequest extends RequestCommon {
+  /** The first prompt (engines that take one). */
   prompt: string | number[]
+  /** Every prompt, in order: one choice (or `n`) per prompt. */
+  prompts: Array<string | number[]>
   echo: boolean
   sampling: SamplingParams
   includeUsage: boolean
@@ -159,9 +164,16 @@ function optional<K extends string, V> (key: K, value: V | undefined): { [P in K
   return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V }
 }
 
-function parseSampling (body: Body, maxTokensKeys: string[]): SamplingParams {
-  const n = integer(body, 'n', 1)
-  if (n !== undefined && n !== 1) throw new BadRequestError('Only n = 1 is supported', 'n', 'unsupported_parameter')
+/** `n` choices; an engine that cannot give several (`maxN` 1) refuses more by name. */
+function parseChoices (body: Body, maxN: number): number {
+  const n = integer(body, 'n', 1) ?? 1
+  if (n > 1 && maxN === 1) throw new BadRequestError('Only n = 1 is supported by this engine', 'n', 'unsupported_parameter')
+  if (n > maxN) throw new BadRequestError(`n must be at most ${maxN}`, 'n', 'integer_above_max_value')
+  return n
+}
+
+function parseSampling (body: Body, maxTokensKeys: string[], maxN = 1): SamplingParams {
+  const n = parseChoices(body, maxN)
   // The first key present wins (max_completion_tokens supersedes max_tokens); all are validated.
   const maxTokens = maxTokensKeys.map(key => integer(body, key, 1)).find(v => v !== undefined)
   const seed = integer(body, 'seed', Number.MIN_SAFE_INTEGER)
@@ -177,6 +189,7 @@ function parseSampling (body: Body, maxTokensKeys: string[]): SamplingParams {
     frequencyPenalty: number(body, 'frequency_penalty', -2, 2) ?? 0,
     presencePenalty: number(body, 'presence_penalty', -2, 2) ?? 0,
     repeatPenalty: number(body, 'repeat_penalty', 0, 10) ?? 1,
+    n,
     ...optional('logitBias', parseLogitBias(body))
   }
 }
@@ -207,6 +220,8 @@ function refuseUnsupported (body: Body, allowLogprobs = false): void {
 export interface ChatCapabilities {
   /** Chat `logprobs` / `top_logprobs` (llama-server); refused with a 400 when false. */
   logprobs?: boolean
+  /** `n` > 1 (up to `REQUEST_LIMITS.maxChoices`) and, on completions, several prompts; refused by name when false. */
+  choices?: boolean
 }
 
 /** Chat `logprobs: true` and `top_logprobs` (0-20, OpenAI's bounds; only with logprobs). */
@@ -288,7 +303,7 @@ export function parseChatRequest (raw: unknown, capabilities: ChatCapabilities =
     model,
     keepAliveMs: parseKeepAliveField(body),
     messages: normalized,
-    sampling: parseSampling(body, ['max_completion_tokens', 'max_tokens']),
+    sampling: parseSampling(body, ['max_completion_tokens', 'max_tokens'], capabilities.choices === true ? REQUEST_LIMITS.maxChoices : 1),
     includeUsage: parseIncludeUsage(body),
     ...withResponseFormat(body),
     ...toolFields,
@@ -305,7 +320,7 @@ function isTokenArray (v: unknown): v is number[] {
 }
 
 /** Validates a `/v1/completions` body. */
-export function parseCompletionRequest (raw: unknown): ParsedCompletionRequest {
+export function parseCompletionRequest (raw: unknown, capabilities: ChatCapabilities = {}): ParsedCompletionRequest {
   const body = asBody(raw)
   const model = parseModel(body)
   refuseUnsupported(body)
@@ -319,20 +334,23 @@ export function parseCompletionRequest (raw: unknown): ParsedCompletionRequest {
   }
   const best = integer(body, 'best_of', 1)
   if (best !== undefined && best !== 1) throw new BadRequestError('Only best_of = 1 is supported', 'best_of', 'unsupported_parameter')
-  let prompt: string | number[]
+  let prompts: Array<string | number[]>
   const p = body.prompt
-  if (typeof p === 'string') prompt = p
-  else if (isTokenArray(p)) prompt = p
-  else if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || isTokenArray(p[0]))) prompt = p[0]
-  else if (Array.isArray(p) && p.length > 1) throw new BadRequestError('Only one prompt per request is supported', 'prompt', 'unsupported_parameter')
-  else throw new BadRequestError('prompt must be a string or an array of token ids', 'prompt')
+  if (typeof p === 'string') prompts = [p]
+  else if (isTokenArray(p)) prompts = [p]
+  else if (Array.isArray(p) && p.length > 0 && p.every(x => typeof x === 'string' || isTokenArray(x))) prompts = p as Array<string | number[]>
+  else throw new BadRequestError('prompt must be a string, an array of token ids, or an array of those', 'prompt')
+  if (prompts.length > 1 && capabilities.choices !== true) throw new BadRequestError('Only one prompt per request is supported by this engine', 'prompt', 'unsupported_parameter')
+  if (prompts.length > REQUEST_LIMITS.maxPrompts) throw new BadRequestError(`prompt takes at most ${REQUEST_LIMITS.maxPrompts} prompts`, 'prompt', 'array_above_max_length')
+  const prompt = prompts[0]
   return {
     model,
     keepAliveMs: parseKeepAliveField(body),
     prompt,
+    prompts,
     echo: boolean(body, 'echo') ?? false,
     // The legacy completions API defaults max_tokens to 16; clients rely on it being short.
-    sampling: { ...parseSampling(body, ['max_tokens']), maxTokens: integer(body, 'max_tokens', 1) ?? 16 },
+    sampling: { ...parseSampling(body, ['max_tokens'], capabilities.choices === true ? REQUEST_LIMITS.maxChoices : 1), maxTokens: integer(body, 'max_tokens', 1) ?? 16 },
     includeUsage: parseIncludeUsage(body),
     ...withResponseFormat(body)
   }

@@ -3,6 +3,7 @@
  * results through these so every backend answers in exactly the same shape.
  */
 import { randomUUID } from 'node:crypto'
+import { BadRequestError } from '../../errors.js'
 import type {
   ChatCompletion,
   ChatCompletionChunk,
@@ -108,13 +109,13 @@ export function legacyFunctionChunk (chunk: ChatCompletionChunk): ChatCompletion
  * One chat chunk with a single choice. With `includeUsage`, every chunk carries `usage: null`
  * as OpenAI sends it; the totals come in `chatUsageChunk`.
  */
-export function chatChunk (header: ResponseHeader, delta: ChatCompletionChunkDelta, finishReason: FinishReason | null, includeUsage: boolean): ChatCompletionChunk {
+export function chatChunk (header: ResponseHeader, delta: ChatCompletionChunkDelta, finishReason: FinishReason | null, includeUsage: boolean, index = 0): ChatCompletionChunk {
   return {
     id: header.id,
     object: 'chat.completion.chunk',
     created: header.created,
     model: header.model,
-    choices: [{ index: 0, delta, logprobs: null, finish_reason: finishReason }],
+    choices: [{ index, delta, logprobs: null, finish_reason: finishReason }],
     ...(includeUsage ? { usage: null } : {})
   }
 }
@@ -142,15 +143,34 @@ export function textCompletion (header: ResponseHeader, result: GenerationResult
   }
 }
 
-export function textChunk (header: ResponseHeader, text: string, finishReason: FinishReason | null, includeUsage: boolean): TextCompletionChunk {
+export function textChunk (header: ResponseHeader, text: string, finishReason: FinishReason | null, includeUsage: boolean, index = 0): TextCompletionChunk {
   return {
     id: header.id,
     object: 'text_completion',
     created: header.created,
     model: header.model,
-    choices: [{ text, index: 0, logprobs: null, finish_reason: finishReason }],
+    choices: [{ text, index, logprobs: null, finish_reason: finishReason }],
     ...(includeUsage ? { usage: null } : {})
   }
+}
+
+/**
+ * Several generations as one answer (`n`, several prompts): their choices in order, each numbered
+ * by its place; prompt tokens as the caller counts them (once per prompt), completion tokens summed.
+ */
+export function mergeChoices<T extends ChatCompletion | TextCompletion> (parts: T[], promptTokens: number): T {
+  const first = parts[0]
+  const choices = parts.flatMap((part, index) => part.choices.map(choice => ({ ...choice, index })))
+  const completionTokens = parts.reduce((sum, part) => sum + (part.usage?.completion_tokens ?? 0), 0)
+  return { ...first, choices, usage: usage(promptTokens, completionTokens) } as T
+}
+
+/**
+ * The seed of choice `index`: a given seed moves by one per choice, so `n` choices differ yet
+ * the whole answer repeats; without one each choice draws its own.
+ */
+export function choiceSeed (seed: number | undefined, index: number): { seed?: number } {
+  return seed === undefined ? {} : { seed: (seed + index) % 2 ** 32 }
 }
 
 export function textUsageChunk (header: ResponseHeader, promptTokens: number, completionTokens: number): TextCompletionChunk {
@@ -174,6 +194,22 @@ export function normalizeVector (vector: readonly number[]): number[] {
   for (const v of vector) sum += v * v
   const norm = Math.sqrt(sum)
   return vector.map(v => Math.fround(norm > 0 ? v / norm : v))
+}
+
+/**
+ * The length `dimensions` asks for: OpenAI shortens an embedding by keeping its first values and
+ * renormalizing (which is only meaningful for Matryoshka-trained models, as OpenAI's are; the
+ * client asks for it knowingly). Larger than the model makes is a 400.
+ */
+export function embeddingSize (model: string, modelDims: number, requested: number | undefined): number {
+  if (requested === undefined || requested === modelDims) return modelDims
+  if (requested > modelDims) throw new BadRequestError(`Model '${model}' makes ${modelDims}-dimensional embeddings; dimensions must be at most ${modelDims}`, 'dimensions', 'invalid_value')
+  return requested
+}
+
+/** An embedding cut to `size` values (see `embeddingSize`), then scaled to unit length. */
+export function shapeEmbedding (vector: readonly number[], size: number): number[] {
+  return normalizeVector(size < vector.length ? vector.slice(0, size) : vector)
 }
 
 /** `encoding_format: 'base64'`: the float32 little-endian bytes, base64-encoded. */

@@ -24,6 +24,21 @@ export interface TinyModelOptions {
    * since a chat template that documents functions takes several hundred tokens.
    */
   contextLength?: number
+  /**
+   * Shape overrides for benches (realistic compute and memory with random weights, e.g. the
+   * Qwen2.5-0.5B shape: nEmbd 896, nLayer 24, nHead 14, nHeadKv 2, nFf 4864, vocabSize 151936,
+   * tiedEmbeddings). Unset, the tiny shape is written, byte for byte as before.
+   */
+  nLayer?: number
+  nHead?: number
+  /** Key/value heads (grouped-query attention); defaults to `nHead`. */
+  nHeadKv?: number
+  /** Feed-forward width; defaults to 2 × nEmbd. */
+  nFf?: number
+  /** Pads the vocabulary to this many tokens with plain pieces (`<padN>`), never below the tiny one's. */
+  vocabSize?: number
+  /** No `output.weight`: the output projection reuses `token_embd` (as Qwen2.5-0.5B does). */
+  tiedEmbeddings?: boolean
 }
 
 /** Shape of the model `createTinyModel` writes, for tests that check dimensions. */
@@ -83,7 +98,7 @@ interface Vocab {
   ids: { unk: number, bos: number, eos: number, imStart: number, imEnd: number }
 }
 
-function buildVocab (): Vocab {
+function buildVocab (size = 0): Vocab {
   const tokens: string[] = []
   const scores: number[] = []
   const types: number[] = []
@@ -113,6 +128,8 @@ function buildVocab (): Vocab {
   // models do.
   let i = 0
   for (const piece of pieces) add(piece, TOKEN_TYPE.normal, -1000 + [...piece].length * 10 - (i++) / 1000)
+  // Padding for a realistic vocabulary size: plain ASCII pieces, so sampled ones stay valid text.
+  for (let n = 0; tokens.length < size; n++) add(`<pad${n}>`, TOKEN_TYPE.normal, -10_000)
 
   return { tokens, scores, types, ids: { unk, bos, eos: imEnd, imStart, imEnd } }
 }
@@ -136,14 +153,18 @@ function prng (seed: number): () => number {
 export async function createTinyModel (path: string, opts: TinyModelOptions = {}): Promise<string> {
   const seed = opts.seed ?? 1
   const nEmbd = opts.nEmbd ?? TINY_MODEL.defaultNEmbd
-  const { nLayer, nHead } = TINY_MODEL
+  const nLayer = opts.nLayer ?? TINY_MODEL.nLayer
+  const nHead = opts.nHead ?? TINY_MODEL.nHead
+  const nHeadKv = opts.nHeadKv ?? nHead
   const contextLength = opts.contextLength ?? TINY_MODEL.contextLength
   if (!Number.isInteger(nEmbd) || nEmbd < nHead || nEmbd % nHead !== 0) {
     throw new RangeError(`nEmbd must be a positive multiple of ${nHead}, got ${nEmbd}`)
   }
-  const nFf = nEmbd * TINY_MODEL.nFfMultiplier
+  if (!Number.isInteger(nHeadKv) || nHeadKv < 1 || nHead % nHeadKv !== 0) throw new RangeError(`nHeadKv must divide nHead (${nHead}), got ${nHeadKv}`)
+  const nFf = opts.nFf ?? nEmbd * TINY_MODEL.nFfMultiplier
   const headDim = nEmbd / nHead
-  const vocab = buildVocab()
+  const kvDim = headDim * nHeadKv
+  const vocab = buildVocab(opts.vocabSize)
   const nVocab = vocab.tokens.length
   const rand = prng(seed)
 
@@ -160,15 +181,15 @@ export async function createTinyModel (path: string, opts: TinyModelOptions = {}
   const tensors: GgufTensorSpec[] = [
     { name: 'token_embd.weight', dims: [nEmbd, nVocab], type: 'F16', data: random(nEmbd * nVocab, 1) },
     { name: 'output_norm.weight', dims: [nEmbd], type: 'F32', data: ones(nEmbd) },
-    { name: 'output.weight', dims: [nEmbd, nVocab], type: 'F16', data: random(nEmbd * nVocab, nEmbd / 4) }
+    ...(opts.tiedEmbeddings === true ? [] : [{ name: 'output.weight', dims: [nEmbd, nVocab], type: 'F16' as const, data: random(nEmbd * nVocab, nEmbd / 4) }])
   ]
   for (let l = 0; l < nLayer; l++) {
     const p = `blk.${l}`
     tensors.push(
       { name: `${p}.attn_norm.weight`, dims: [nEmbd], type: 'F32', data: ones(nEmbd) },
       { name: `${p}.attn_q.weight`, dims: [nEmbd, nEmbd], type: 'F16', data: random(nEmbd * nEmbd, nEmbd) },
-      { name: `${p}.attn_k.weight`, dims: [nEmbd, nEmbd], type: 'F16', data: random(nEmbd * nEmbd, nEmbd) },
-      { name: `${p}.attn_v.weight`, dims: [nEmbd, nEmbd], type: 'F16', data: random(nEmbd * nEmbd, nEmbd) },
+      { name: `${p}.attn_k.weight`, dims: [nEmbd, kvDim], type: 'F16', data: random(nEmbd * kvDim, nEmbd) },
+      { name: `${p}.attn_v.weight`, dims: [nEmbd, kvDim], type: 'F16', data: random(nEmbd * kvDim, nEmbd) },
       { name: `${p}.attn_output.weight`, dims: [nEmbd, nEmbd], type: 'F16', data: random(nEmbd * nEmbd, nEmbd) },
       { name: `${p}.ffn_norm.weight`, dims: [nEmbd], type: 'F32', data: ones(nEmbd) },
       { name: `${p}.ffn_gate.weight`, dims: [nEmbd, nFf], type: 'F16', data: random(nEmbd * nFf, nEmbd) },
@@ -188,7 +209,7 @@ export async function createTinyModel (path: string, opts: TinyModelOptions = {}
       ['llama.block_count', { type: 'uint32', value: nLayer }],
       ['llama.feed_forward_length', { type: 'uint32', value: nFf }],
       ['llama.attention.head_count', { type: 'uint32', value: nHead }],
-      ['llama.attention.head_count_kv', { type: 'uint32', value: nHead }],
+      ['llama.attention.head_count_kv', { type: 'uint32', value: nHeadKv }],
       ['llama.rope.dimension_count', { type: 'uint32', value: headDim }],
       ['llama.rope.freq_base', { type: 'float32', value: 10000 }],
       ['llama.attention.layer_norm_rms_epsilon', { type: 'float32', value: 1e-5 }],

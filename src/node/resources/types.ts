@@ -21,6 +21,11 @@ export interface MemoryInfo {
   totalBytes: number
   usedBytes: number
   availableBytes: number
+  /**
+   * Memory this node lets loaded models hold (`--max-loaded-mb`), when set: placement counts no
+   * more than this, less what is loaded, as free (issue 16: a model past every node's budget is split).
+   */
+  modelBudgetBytes?: number
 }
 
 export interface DiskInfo {

@@ -259,7 +259,7 @@ describe('LlamaServerEngine', () => {
     assert.ok(res.usage.prompt_tokens > 0)
     const b64 = await engine.embeddings({ model: 'tiny', input: 'hello world', encoding_format: 'base64' })
     assertClose(decodeEmbedding(b64.data[0].embedding as string), vectors[0])
-    await assert.rejects(engine.embeddings({ model: 'tiny', input: 'x', dimensions: 8 }), BadRequestError)
+    await assert.rejects(engine.embeddings({ model: 'tiny', input: 'x', dimensions: 1000 }), BadRequestError)
 
     const generate = engine.pid('tiny')
     const embed = engine.pid('tiny', 'embed')
@@ -323,6 +323,26 @@ describe('LlamaServerEngine', () => {
     await waitForChange(e, 'tiny', 'on_disk', 5_000)
     await waitUntil('the child to exit', () => !alive(pid), 5_000)
     assert.equal(e.pid('tiny'), undefined)
+  })
+
+  it('a deployment\'s copy (keep-alive -1) is pinned: reported, kept past a short keep-alive, never evicted; 0 retires it', async () => {
+    const reserve = 256 * 1024 ** 2
+    const need = statSync(join(dir, 'tiny.gguf')).size
+    // Room for one child only: starting tiny-b would evict an unpinned tiny.
+    const e = makeEngine({ keepAliveMs: 200, memoryReserveBytes: reserve, availableMemoryBytes: () => reserve + need + 1000 })
+    const events: EngineChangeEvent[] = []
+    e.on('change', ev => { events.push(ev) })
+    await e.load('tiny', { keepAliveMs: -1 })
+    assert.equal(e.listModels().find(m => m.id === 'tiny')?.pinned, true)
+    assert.ok(events.length >= 2, 'peers hear of the pin')
+    const pid = e.pid('tiny') as number
+    await e.chat(chatBody({ model: 'tiny-b', max_tokens: 2 }))
+    await new Promise(resolve => setTimeout(resolve, 600))
+    assert.equal(e.pid('tiny'), pid, 'still the same child: neither idle-stopped nor evicted')
+    assert.equal(stateOf(e, 'tiny'), 'loaded')
+    await e.load('tiny', { keepAliveMs: 0 })
+    assert.notEqual(e.listModels().find(m => m.id === 'tiny')?.pinned, true)
+    await waitUntil('the retired child to exit', () => !alive(pid), 10_000)
   })
 
   it('with little memory available, stops the least recently used idle child before starting another', async () => {

@@ -1,8 +1,13 @@
 /**
- * Finds stop sequences in streamed text. The Anthropic API reports *which* stop sequence ended a
- * message (`stop_reason: "stop_sequence"`, `stop_sequence`), which OpenAI-shaped engine output
- * cannot tell (`finish_reason: "stop"` covers both the end of turn and a stop), so the Messages
- * API matches stops itself, on text, across chunk boundaries, whichever engine generates.
+ * Finds stop sequences in streamed text, across chunk boundaries.
+ *
+ * - The Anthropic API reports *which* stop sequence ended a message (`stop_reason:
+ *   "stop_sequence"`, `stop_sequence`), which OpenAI-shaped engine output cannot tell, so the
+ *   Messages API matches stops itself, whichever engine generates.
+ * - The embedded engine's `/v1/completions` matches stops with it too: node-llama-cpp's
+ *   `LlamaCompletion` matches its `customStopTriggers` on tokens detokenized one at a time, which
+ *   drops the leading space of SentencePiece tokens, so a stop holding a space never matched and
+ *   a stop inside a token cut the text before it without its spaces ("l^ his", stop "is" → "l^h").
  */
 export interface StopScan {
   /** Text that is safe to send: it holds no stop sequence nor the start of one. */

@@ -1,0 +1,97 @@
+/**
+ * `npm run bench -- scale`: real node processes on loopback (`--engine none --no-mdns`, one swarm
+ * key, each bootstrapping to the first) at 4, 16, 32 and 48 nodes (issue 14). Per size: time until
+ * every node lists every other alive (from the last node's ready line), then over an idle window
+ * each node's CPU (% of one core, from /proc), RSS and membership gossip bytes/s received.
+ *
+ * Target: per-node idle CPU and RSS at 48 nodes ≤ 1.5× those at 4; all-see-all at 48 ≤ 30 s.
+ * Baseline (issue 14, before this work; 2 cores, loopback): 4 nodes 4.3 % CPU, 130 MB, 7.6 s;
+ * 8 nodes 8.1 %, 133 MB, 14.3 s; 16 nodes never converged within 180 s.
+ *
+ *   SCALE_SIZES=4,8 npm run bench -- scale     (sizes; default 4,16,32,48)
+ *   SCALE_IDLE_MS=20000                          (idle window; default 20 s)
+ */
+import { readFileSync } from 'node:fs'
+import { startNode, stopNode, getJson, type NodeProcess } from '../test/support/cluster.js'
+import { cpuMs } from './process-cpu.js'
+import type { BenchTable, Cell } from './table.js'
+
+const BASELINE: Record<number, { cpu: number, rssMb: number, convergeS: number | null }> = {
+  4: { cpu: 4.3, rssMb: 130, convergeS: 7.6 },
+  8: { cpu: 8.1, rssMb: 133, convergeS: 14.3 },
+  16: { cpu: NaN, rssMb: NaN, convergeS: null }
+}
+
+function rssMb (pid: number | undefined): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m != null ? Number(m[1]) / 1024 : NaN
+  } catch {
+    return NaN
+  }
+}
+
+async function gossipBytesReceived (n: NodeProcess): Promise<number> {
+  const res = await fetch(`${n.api}/metrics`, { signal: AbortSignal.timeout(10_000) })
+  const m = /^shepherd_gossip_bytes_received_total\s+(\S+)$/m.exec(await res.text())
+  return m != null ? Number(m[1]) : NaN
+}
+
+const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
+const avg = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length)
+const round1 = (x: number): Cell => Number.isFinite(x) ? Math.round(x * 10) / 10 : null
+
+async function allSeeAll (nodes: NodeProcess[]): Promise<boolean> {
+  for (const n of nodes) {
+    const peers = (await getJson<{ peers: Array<{ id: string, status: string }> }>(`${n.api}/api/peers`).catch(() => null))?.peers
+    if (peers == null) return false
+    const alive = new Set(peers.filter(p => p.status === 'alive').map(p => p.id))
+    if (nodes.some(o => o !== n && !alive.has(o.id))) return false
+  }
+  return true
+}
+
+export async function run (): Promise<BenchTable> {
+  const sizes = (process.env.SCALE_SIZES ?? '4,16,32,48').split(',').map(Number).filter(n => Number.isInteger(n) && n > 1)
+  const idleMs = Number(process.env.SCALE_IDLE_MS ?? 20_000)
+  const rows: Cell[][] = []
+  for (const size of sizes) {
+    const nodes: NodeProcess[] = []
+    try {
+      const first = await startNode({ name: 'scale-0', args: ['--engine', 'none'], timeoutMs: 120_000 })
+      nodes.push(first)
+      const boot = `/ip4/127.0.0.1/tcp/${first.p2pPort}/p2p/${first.id}`
+      for (let i = 1; i < size; i++) nodes.push(await startNode({ name: `scale-${i}`, args: ['--engine', 'none', '--bootstrap', boot], timeoutMs: 120_000 }))
+      const t0 = performance.now()
+      let convergeS: number | null = null
+      while (performance.now() - t0 < 180_000) {
+        if (await allSeeAll(nodes)) { convergeS = (performance.now() - t0) / 1000; break }
+        await sleep(500)
+      }
+      // Idle: nothing but membership runs.
+      const cpu0 = nodes.map(n => cpuMs(n.child.pid))
+      const bytes0 = await Promise.all(nodes.map(gossipBytesReceived))
+      const w0 = performance.now()
+      await sleep(idleMs)
+      const window = performance.now() - w0
+      const cpu = nodes.map((n, i) => (cpuMs(n.child.pid) - cpu0[i]) / window * 100)
+      const bytes = (await Promise.all(nodes.map(gossipBytesReceived))).map((b, i) => (b - bytes0[i]) / (window / 1000))
+      const rss = nodes.map(n => rssMb(n.child.pid))
+      const base = BASELINE[size]
+      rows.push([size, round1(avg(cpu)), round1(base?.cpu ?? NaN), round1(avg(rss)), round1(base?.rssMb ?? NaN), Math.round(avg(bytes)), round1(convergeS ?? NaN), base?.convergeS ?? null])
+    } finally {
+      await Promise.all(nodes.map(async n => await stopNode(n, 'SIGKILL')))
+    }
+  }
+  return {
+    title: 'membership at scale: real nodes on loopback, --engine none',
+    columns: ['nodes', 'idle CPU %/node', 'baseline', 'RSS MB/node', 'baseline', 'gossip B/s in/node', 'all-see-all s', 'baseline'],
+    rows,
+    notes: [
+      'CPU: % of one core per node over the idle window (after convergence); RSS from /proc; bytes: membership gossip received.',
+      'all-see-all: from the last node\'s ready line until every node lists every other alive (polling /api/peers every 0.5 s); — = not within 180 s.',
+      'Baseline: issue 14\'s measurements before this work (one 2-core machine, loopback).',
+      'Target: 48-node CPU and RSS per node ≤ 1.5× the 4-node ones; all-see-all at 48 ≤ 30 s.'
+    ]
+  }
+}

@@ -9,6 +9,7 @@ import { toolUseBlock } from '../../src/api/anthropic-tools.js'
 import { generationEvents } from '../../src/api/inference-call.js'
 import { anthropicError, errorTypeOf, messageId, messageObject, parseMessagesRequest, stopReasonOf, streamEnd, streamStart, textDelta, usageOf } from '../../src/api/anthropic-mapping.js'
 import { StopScanner } from '../../src/node/engines/stop-scanner.js'
+import { JsonPayload } from '../../src/node/inference-call.js'
 
 const base = { model: 'm', max_tokens: 32, messages: [{ role: 'user', content: 'hi' }] }
 
@@ -191,7 +192,7 @@ describe('Anthropic output shapes', () => {
   })
 
   it('reads chat tool calls, streamed and whole, as tool events', async () => {
-    async function * chunks (): AsyncGenerator<Record<string, unknown>> {
+    async function * objects (): AsyncGenerator<Record<string, unknown>> {
       yield { choices: [{ index: 0, delta: { role: 'assistant', content: 'Hm' } }] }
       yield { choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: 'call_a', type: 'function', function: { name: 'f', arguments: '' } }] } }] }
       yield { choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: '{"x":' } }] } }] }
@@ -199,6 +200,10 @@ describe('Anthropic output shapes', () => {
       yield { choices: [{ index: 0, delta: { tool_calls: [{ index: 1, id: 'call_b', type: 'function', function: { name: 'g', arguments: '{}' } }] } }] }
       yield { choices: [{ index: 0, delta: {}, finish_reason: 'tool_calls' }] }
       yield { choices: [], usage: { prompt_tokens: 7, completion_tokens: 5 } }
+    }
+    // Chunks and results travel as JsonPayloads: values from a local engine, bytes from a relay.
+    async function * chunks (): AsyncGenerator<JsonPayload> {
+      for await (const c of objects()) yield JsonPayload.of(c)
     }
     const read = async (reply: any): Promise<unknown[]> => { const out: unknown[] = []; for await (const ev of generationEvents(reply, new AbortController().signal)) out.push(ev); return out }
     assert.deepEqual(await read({ kind: 'stream', chunks: chunks() }), [
@@ -211,7 +216,7 @@ describe('Anthropic output shapes', () => {
       { kind: 'end', finishReason: 'tool_calls', promptTokens: 7, completionTokens: 5 }
     ])
     const whole = { choices: [{ message: { role: 'assistant', content: null, tool_calls: [{ id: 'call_a', type: 'function', function: { name: 'f', arguments: '{"x":1}' } }] }, finish_reason: 'tool_calls' }], usage: { prompt_tokens: 3, completion_tokens: 2 } }
-    assert.deepEqual(await read({ kind: 'result', data: whole }), [
+    assert.deepEqual(await read({ kind: 'result', data: JsonPayload.fromBytes(Buffer.from(JSON.stringify(whole))) }), [
       { kind: 'tool_start', call: 0, id: 'call_a', name: 'f' },
       { kind: 'tool_args', call: 0, json: '{"x":1}' },
       { kind: 'end', finishReason: 'tool_calls', promptTokens: 3, completionTokens: 2 }

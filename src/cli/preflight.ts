@@ -6,6 +6,7 @@
 import fs from 'node:fs/promises'
 import type { NodeOptions } from '../config/index.js'
 import { detectGpus, findLlamacppBuilds } from '../node/resources/index.js'
+import { cachedLlamaServerDirs } from '../node/engine-setup.js'
 
 /** What the checks look at; gathered once by `gatherFacts` (tests build it by hand). */
 export interface PreflightFacts {
@@ -40,7 +41,7 @@ export function preflight (opts: NodeOptions, facts: PreflightFacts): PreflightR
   }
   if (opts.engine === 'llama-server' && facts.llamacppBuilds === 0) {
     // The engine picks its build once, when it is made: without one every request would be a 503.
-    errors.push(`--engine llama-server: no llama-server build found on PATH${opts.llamacppPaths.length > 0 ? ` or in ${opts.llamacppPaths.join(', ')}` : ''} (build one with scripts/build-llama-server.sh and pass --llamacpp DIR, or use --engine embedded)`)
+    errors.push(`--engine llama-server: no llama-server build found on PATH or in the build cache${opts.llamacppPaths.length > 0 ? ` or in ${opts.llamacppPaths.join(', ')}` : ''} (build one with scripts/build-llama-server.sh and pass --llamacpp DIR, or use --engine embedded)`)
   }
   // `auto` may pick either local engine; `--gpu` names what the operator expects from both.
   if (opts.engine !== 'none' && facts.gpus != null) {
@@ -71,7 +72,8 @@ export async function gatherFacts (opts: NodeOptions, flags: Record<string, unkn
   const needGpus = opts.engine !== 'none' && (opts.gpu === 'cuda' || opts.gpu === 'vulkan')
   const [modelsDirs, builds, gpus] = await Promise.all([
     Promise.all(opts.modelsDirs.map(async dir => ({ dir, state: await dirState(dir) }))),
-    opts.engine === 'llama-server' ? findLlamacppBuilds(opts.llamacppPaths).then(b => b.length, () => 0) : Promise.resolve(null),
+    // The same places the node searches: --llamacpp, PATH, and the cache scripts/build-llama-server.sh fills.
+    opts.engine === 'llama-server' ? findLlamacppBuilds([...opts.llamacppPaths, ...cachedLlamaServerDirs()]).then(b => b.length, () => 0) : Promise.resolve(null),
     needGpus ? detectGpus().then(d => d.gpus.map(g => ({ name: g.name, vendor: g.vendor })), () => []) : Promise.resolve(null)
   ])
   const keysOnArgv = [flags['api-key'] != null ? '--api-key' : null, flags.join != null ? '--join' : null].filter((f): f is string => f != null)

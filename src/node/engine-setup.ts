@@ -34,7 +34,7 @@ export function chooseLocalEngine (engine: NodeOptions['engine'], builds: readon
 
 /**
  * Folders holding llama-server builds made by scripts/build-llama-server.sh, in its cache
- * (`$SHEPHERD_CACHE`, default ~/.cache/shepherd-mesh): where `--engine auto` looks besides
+ * (`$SHEPHERD_CACHE`, default ~/.cache/shepherd-mesh): where `--engine auto` and `--engine llama-server` look besides
  * `--llamacpp` and PATH. The same variable the script reads, so both agree on the place.
  */
 export function cachedLlamaServerDirs (env: NodeJS.ProcessEnv = process.env): string[] {

@@ -202,7 +202,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         modelsDirs: [...new Set([...options.modelsDirs, pullDir])],
         modelHashFile: path.join(options.dataDir, 'model-hashes.json'),
         // `--engine auto` also looks in scripts/build-llama-server.sh's cache.
-        llamacppPaths: options.engine === 'auto' ? [...options.llamacppPaths, ...cachedLlamaServerDirs()] : options.llamacppPaths,
+        llamacppPaths: options.engine === 'auto' || options.engine === 'llama-server' ? [...options.llamacppPaths, ...cachedLlamaServerDirs()] : options.llamacppPaths,
         sampleIntervalMs: options.sampleIntervalMs,
         gpuIntervalMs: options.gpuIntervalMs
       })

@@ -31,8 +31,8 @@ describe('start fails at start, not later', () => {
   })
 
   it('--engine llama-server with no build found', async () => {
-    // PATH holds node only: no llama-server there, and none at --llamacpp.
-    const r = await runCli([...await base(), '--engine', 'llama-server', '--llamacpp', await tempDir()], { PATH: path.dirname(process.execPath) })
+    // PATH holds node only: no llama-server there, none at --llamacpp, none in an empty build cache.
+    const r = await runCli([...await base(), '--engine', 'llama-server', '--llamacpp', await tempDir()], { PATH: path.dirname(process.execPath), SHEPHERD_CACHE: await tempDir() })
     assert.equal(r.code, 2, r.err)
     assert.match(problems(r.err)[0], /^shepherd-mesh: --engine llama-server: no llama-server build found on PATH or in /)
   })

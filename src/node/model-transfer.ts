@@ -10,7 +10,7 @@
 import { createHash, type Hash } from 'node:crypto'
 import { constants as fsConstants } from 'node:fs'
 import { link, mkdir, open, rename, stat, statfs, unlink, type FileHandle } from 'node:fs/promises'
-import { basename, join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { MODEL_FINGERPRINT_MISMATCH, MODEL_INVALID_FILE } from '../errors.js'
 import { createLogger } from '../logger.js'
 import { isFingerprint, isSafeModelName } from '../p2p/index.js'
@@ -46,13 +46,19 @@ export interface TransferPaths {
   final: string
   /** `<destDir>/.partial` */
   partialDir: string
-  /** `<destDir>/.partial/<name>.<fingerprint>.gguf.part` */
+  /** `<destDir>/.partial/<name, '/' as %2F>.<fingerprint>.gguf.part` */
   part: string
 }
 
+/**
+ * Where a pulled model is staged and installed. A name with folders (`Qwen/x`) lands in them
+ * (`<destDir>/Qwen/x.gguf`); its staging file stays flat in `.partial/`, the name's slashes
+ * escaped, so two names never share one.
+ */
 export function transferPaths (destDir: string, name: string, fingerprint: string): TransferPaths {
   const partialDir = join(destDir, '.partial')
-  return { final: join(destDir, `${name}.gguf`), partialDir, part: join(partialDir, `${name}.${fingerprint}.gguf.part`) }
+  const flat = name.replaceAll('%', '%25').replaceAll('/', '%2F')
+  return { final: join(destDir, `${name}.gguf`), partialDir, part: join(partialDir, `${flat}.${fingerprint}.gguf.part`) }
 }
 
 export interface TransferProgress {
@@ -373,6 +379,10 @@ class Transfer {
    */
   private async install (size: number, sha256: string): Promise<boolean> {
     const { part, final } = this.paths
+    // A name with folders (`Qwen/x`) installs into them; the name check keeps them below destDir.
+    if (dirname(final) !== this.opts.destDir) {
+      try { await mkdir(dirname(final), { recursive: true }) } catch (err) { throw diskError(err, 'creating the model\'s folder') }
+    }
     for (let tries = 0; ; tries++) {
       try {
         await link(part, final)

@@ -34,10 +34,13 @@ const MAX_VARINT_BYTES = 5
 export const DATA_FRAME_HEADROOM = MAX_VARINT_BYTES + 1
 
 /**
- * Model names become file names on the receiving node, so they may not contain a path
- * separator or a control character, and may not start with a dot (`.`, `..`, hidden files).
+ * Model names become paths below the models dir on the receiving node (`Qwen/x` →
+ * `<dir>/Qwen/x.gguf`, up to 4 folder levels), so no segment may be empty or start with a dot
+ * (`.`, `..`, hidden files), and none may hold a backslash or a control character:
+ * `<dir>/<name>.gguf` never leaves `dir`.
  */
-const MODEL_NAME_PATTERN = '^(?!\\.)[^/\\\\\\u0000-\\u001f\\u007f]{1,200}$'
+const SEGMENT = '(?!\\.)[^/\\\\\\u0000-\\u001f\\u007f]{1,200}'
+const MODEL_NAME_PATTERN = `^(?=.{1,200}$)${SEGMENT}(?:/${SEGMENT}){0,3}$`
 /** A model fingerprint (src/node/resources/content-hash.ts): sha256 of the file, lowercase hex. */
 const FINGERPRINT_PATTERN = '^[0-9a-f]{64}$'
 const SHA256_PATTERN = '^[0-9a-f]{64}$'

@@ -132,8 +132,28 @@ export class Router {
     return ordered
   }
 
+  /**
+   * The mesh's name for `model`: itself when known, else the one known name equal to it ignoring
+   * case (`qwen/X` for `Qwen/x`); an ambiguous or unknown name is returned as given (and then
+   * refused as unknown), so a lookup never picks one of two files by chance.
+   */
+  canonicalName (model: string): string {
+    const models = this.models()
+    if (models.has(model)) return model
+    const lower = model.toLowerCase()
+    let found: string | undefined
+    for (const name of models.keys()) {
+      if (name.toLowerCase() !== lower) continue
+      if (found !== undefined) return model
+      found = name
+    }
+    return found ?? model
+  }
+
   /** Runs `call` on the best host; `opts.fingerprint` pins the file (see `candidates`). */
   async route (call: InferenceCall, signal: AbortSignal, opts: { fingerprint?: string } = {}): Promise<RouteResult> {
+    const canonical = this.canonicalName(call.model)
+    if (canonical !== call.model) call = withModel(call, canonical)
     const keys = this.opts.prefixRouting?.() === true ? prefixKeys(call) : []
     const hosts = this.hostsFor(call, keys, opts.fingerprint)
     if (hosts.length === 0) throw new NoHealthyHostError(call.model)
@@ -207,5 +227,15 @@ export class Router {
       done(false)
       throw err
     }
+  }
+}
+
+/** `call` addressed to `model`: the name the host's engine knows (see `Router.canonicalName`). */
+function withModel (call: InferenceCall, model: string): InferenceCall {
+  switch (call.op) {
+    case 'chat': return { ...call, model, body: { ...call.body, model } }
+    case 'completion': return { ...call, model, body: { ...call.body, model } }
+    case 'embeddings': return { ...call, model, body: { ...call.body, model } }
+    case 'passthrough': return { ...call, model }
   }
 }

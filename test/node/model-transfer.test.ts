@@ -323,9 +323,24 @@ describe('model transfer between nodes', () => {
     assert.equal(await exists(join(destDir, 'unknown.gguf')), false)
   })
 
+  it('pulls a model whose id keeps its folders (Org/sub/m) into those folders', async () => {
+    models.a.push(modelFile('Org/sub/m', join(root, 'a', 'm.gguf'), content.byteLength))
+    try {
+      const destDir = await freshDest()
+      const res = await fetchModel(client, id(a), { name: 'Org/sub/m', fingerprint: FP, destDir })
+      assert.equal(res.path, join(destDir, 'Org', 'sub', 'm.gguf'))
+      assert.deepEqual(await readFile(join(destDir, 'Org', 'sub', 'm.gguf')), content)
+      // Staged flat, the slashes escaped; nothing is left there.
+      assert.deepEqual(await readdir(join(destDir, '.partial')).catch(() => []), [])
+      assert.deepEqual((await readdir(destDir)).filter(n => n !== '.partial'), ['Org'])
+    } finally {
+      models.a.pop()
+    }
+  })
+
   it('rejects names that would leave the destination, before any network traffic', async () => {
     const destDir = await freshDest()
-    for (const name of ['../m', '..', '.', 'a/../../m', '/etc/passwd', '.hidden', 'a\\b', '']) {
+    for (const name of ['../m', '..', '.', 'a/../../m', '/etc/passwd', '.hidden', 'a\\b', '', 'a//b', 'a/', 'a/.b', 'a/..', 'a/b/c/d/e', 'x'.repeat(201)]) {
       await assert.rejects(fetchModel(client, id(a), { name, fingerprint: FP, destDir }), { code: 'invalid_model_name' }, JSON.stringify(name))
     }
     await assert.rejects(fetchModel(client, id(a), { name: 'm', fingerprint: '../../x', destDir }), { code: 'invalid_fingerprint' })

@@ -64,6 +64,21 @@ const conversation = (turn: number, tag = 'c'): Array<{ role: string, content: s
 }
 
 describe('router through narrow ports', () => {
+  it('finds a model id ignoring case when one name matches, and hands the host its own name', async () => {
+    const { router, f } = setup({ peers: [peer('A', { models: ['Qwen/Qwen2.5-0.5B'] }), peer('B', { models: ['Org/x', 'org/X'] })] })
+    const call: InferenceCall = { op: 'chat', requestId: 'req-case', model: 'qwen/qwen2.5-0.5b', stream: false, body: { model: 'qwen/qwen2.5-0.5b', messages: [{ role: 'user', content: 'hi' }] } }
+    const r = await router.route(call, signal)
+    assert.equal(r.host.peerId, 'A')
+    const sent = f.calls[0].call
+    assert.equal(sent.model, 'Qwen/Qwen2.5-0.5B')
+    assert.equal(sent.op === 'chat' ? sent.body.model : null, 'Qwen/Qwen2.5-0.5B')
+    assert.equal(sent.requestId, 'req-case')
+    // Two names equal but for case: never one of them by chance.
+    await assert.rejects(router.route({ ...call, model: 'ORG/X', body: { ...call.body, model: 'ORG/X' } }, signal), { code: 'model_not_found' })
+    // The exact name still wins.
+    assert.equal((await router.route({ ...call, model: 'org/X', body: { ...call.body, model: 'org/X' } }, signal)).host.peerId, 'B')
+  })
+
   it('runs a call here while this node serves the model and has room, else on a peer', async () => {
     const { router, f } = setup({ self: peer('self'), peers: [peer('A')] })
     assert.equal((await router.route(chat(conversation(1)), signal)).host.peerId, 'self')

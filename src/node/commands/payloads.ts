@@ -7,8 +7,10 @@ import type { CommandType } from '../../p2p/index.js'
  * handler only ever sees a payload that passed.
  */
 
-/** A model name as the API shows it: a file name without `.gguf`, never a path. */
-const MODEL_NAME_PATTERN = '^(?!\\.)[^/\\\\\\u0000-\\u001f]{1,256}$'
+/** A model name as the API shows it: the path below the models dir without `.gguf` (`Qwen/x`). */
+// As the blob protocol's: up to 4 folder levels, no segment starting with a dot.
+const SEGMENT = '(?!\\.)[^/\\\\\\u0000-\\u001f]{1,256}'
+const MODEL_NAME_PATTERN = `^(?=.{1,256}$)${SEGMENT}(?:/${SEGMENT}){0,3}$`
 const MAX_KEEP_ALIVE_MS = 7 * 24 * 3600_000
 
 /**

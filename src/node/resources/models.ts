@@ -6,7 +6,7 @@
  * (a model is never announced under a fingerprint that is not its content's).
  */
 import { readdir, realpath, stat } from 'node:fs/promises'
-import { basename, join, resolve } from 'node:path'
+import { basename, join, relative, resolve, sep } from 'node:path'
 import { createLogger, type Logger } from '../../logger.js'
 import { ContentHashCache, type HashedFile } from './content-hash.js'
 import { GgufFormatError, readGgufHeader, type GgufHeader } from './gguf.js'
@@ -76,9 +76,11 @@ const defaultLog = createLogger('resources:models')
 
 interface Found extends HashedFile {
   real: string
+  /** The models dir the walk started from: the model's id is its path below it. */
+  root: string
 }
 
-async function walk (dir: string, depth: number, out: Found[], visited: Set<string>, log: Logger): Promise<void> {
+async function walk (root: string, dir: string, depth: number, out: Found[], visited: Set<string>, log: Logger): Promise<void> {
   let real: string
   let names: string[]
   try {
@@ -106,11 +108,11 @@ async function walk (dir: string, depth: number, out: Found[], visited: Set<stri
       continue // dangling link or raced deletion
     }
     if (st.isDirectory()) {
-      if (depth > 0) await walk(path, depth - 1, out, visited, log)
+      if (depth > 0) await walk(root, path, depth - 1, out, visited, log)
     } else if (st.isFile() && name.toLowerCase().endsWith('.gguf')) {
       let fileReal = path
       try { fileReal = await realpath(path) } catch {}
-      out.push({ path, real: fileReal, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino })
+      out.push({ path, real: fileReal, root, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino })
     }
   }
 }
@@ -145,7 +147,7 @@ export async function scanModels (dirs: string[], opts: ScanModelsOptions = {}):
 
   const found: Found[] = []
   const visited = new Set<string>()
-  for (const dir of dirs) await walk(resolve(dir), depth, found, visited, log)
+  for (const dir of dirs) await walk(resolve(dir), resolve(dir), depth, found, visited, log)
 
   const byReal = new Map<string, Found>()
   for (const f of found) if (!byReal.has(f.real)) byReal.set(f.real, f)
@@ -156,7 +158,11 @@ export async function scanModels (dirs: string[], opts: ScanModelsOptions = {}):
   for (const f of files) {
     const file = basename(f.path)
     const split = SPLIT_RE.exec(file)
-    let name = file.slice(0, -'.gguf'.length)
+    // The id keeps the folders below the models dir (`Qwen/x` for `<dir>/Qwen/x.gguf`), so two
+    // files of one name in different folders stay two models, and HF-style ids address files.
+    const folder = relative(f.root, join(f.path, '..')).split(sep).filter(p => p !== '').join('/')
+    const within = (base: string): string => folder === '' ? base : `${folder}/${base}`
+    let name = within(file.slice(0, -'.gguf'.length))
     let sizeBytes = f.size
     let parts: Found[] = [f]
     if (split !== null) {
@@ -173,7 +179,7 @@ export async function scanModels (dirs: string[], opts: ScanModelsOptions = {}):
         log.warn('skipping split model with missing parts', { path: f.path, found: parts.length, expected: total })
         continue
       }
-      name = base
+      name = within(base)
       sizeBytes = parts.reduce((s, p) => s + p.size, 0)
     }
 

@@ -72,7 +72,7 @@ export interface LlamacppBuild {
 }
 
 export interface ModelFile {
-  /** Name used in the OpenAI API: file name without `.gguf`. */
+  /** Name used in the OpenAI API: the path below the models dir without `.gguf` (`Qwen/x`). */
   name: string
   path: string
   sizeBytes: number

@@ -6,6 +6,7 @@ import { COMMAND_TYPES, type CommandType } from '../../../src/p2p/command-messag
 
 const valid: Array<[CommandType, unknown]> = [
   ['load_model', { model: 'tiny-chat' }],
+  ['load_model', { model: 'Qwen/Qwen2.5-0.5B-Instruct-GGUF/q4_k_m' }],
   ['load_model', { model: 'Qwen2.5 7B Instruct Q4_K_M', keepAliveMs: 0 }],
   ['unload_model', { model: 'tiny-chat' }],
   ['run_llamacpp', { model: 'tiny-chat' }],
@@ -25,7 +26,11 @@ const invalid: Array<[CommandType, unknown, RegExp]> = [
   ['load_model', {}, /model/],
   ['load_model', { model: '' }, /pattern/],
   ['load_model', { model: '../secrets' }, /pattern/],
-  ['load_model', { model: 'a/b' }, /pattern/],
+  ['load_model', { model: 'a/../b' }, /pattern/],
+  ['load_model', { model: '/etc/passwd' }, /pattern/],
+  ['load_model', { model: 'a//b' }, /pattern/],
+  ['load_model', { model: 'a/.b' }, /pattern/],
+  ['load_model', { model: 'a/b/c/d/e' }, /pattern/],
   ['load_model', { model: 'x'.repeat(257) }, /pattern/],
   ['load_model', { model: 'm', keepAliveMs: -2 }, /keepAliveMs/],
   ['load_model', { model: 'm', extra: 1 }, /additional/],

@@ -24,7 +24,7 @@ function model (arch: string, ftype: number, ctx: number, extra: GgufSpec['metad
 }
 
 describe('scanModels', () => {
-  it('lists valid GGUF files in dirs and one level of subdirs, skipping the rest', async () => {
+  it('lists valid GGUF files in dirs and one level of subdirs (ids keep the folder), skipping the rest', async () => {
     const dir = join(root, 'a')
     await mkdir(join(dir, 'sub', 'deeper'), { recursive: true })
     await writeGguf(join(dir, 'llama-3-8b.Q4_K_M.gguf'), model('llama', 15, 8192, [['general.parameter_count', { type: 'uint64', value: 8_030_261_248n }]]))
@@ -36,7 +36,7 @@ describe('scanModels', () => {
     await writeGguf(join(dir, 'model.bin'), model('llama', 1, 1))
 
     const models = await scanModels([dir], { cache: new ModelScanCache() })
-    assert.deepEqual(models.map(m => m.name), ['llama-3-8b.Q4_K_M', 'qwen'])
+    assert.deepEqual(models.map(m => m.name), ['llama-3-8b.Q4_K_M', 'sub/qwen'])
     const [llama, qwen] = models
     assert.equal(llama.path, join(dir, 'llama-3-8b.Q4_K_M.gguf'))
     assert.equal(llama.architecture, 'llama')
@@ -50,7 +50,7 @@ describe('scanModels', () => {
     assert.equal(qwen.parameterCount, 16)
 
     const deeper = await scanModels([dir], { cache: new ModelScanCache(), depth: 2 })
-    assert.ok(deeper.some(m => m.name === 'hidden'))
+    assert.ok(deeper.some(m => m.name === 'sub/deeper/hidden'))
   })
 
   it('dedupes the same file reached twice and skips missing or unreadable dirs with a warning', async () => {

@@ -355,14 +355,18 @@ describe('fuzz: pure wire decoders', () => {
       )
       check('isSafeModelName', name, 5000, n => {
         if (!isSafeModelName(n)) return
+        // Folders are allowed (`Org/x`, up to 4 levels); the file stays below the dir, and no
+        // segment is empty, hidden or a dot.
         const file = path.resolve(dir, `${n}.gguf`)
-        assert.equal(path.dirname(file), dir, `${JSON.stringify(n)} escapes to ${file}`)
-        assert.ok(!n.startsWith('.') && !/[/\\\u0000-\u001f\u007f]/.test(n))
+        assert.ok(file.startsWith(dir + path.sep), `${JSON.stringify(n)} escapes to ${file}`)
+        assert.equal(path.relative(dir, file), `${n}.gguf`, `${JSON.stringify(n)} is not kept as it is: ${file}`)
+        const segments = n.split('/')
+        assert.ok(segments.length <= 4 && segments.every(p => p !== '' && !p.startsWith('.')) && !/[\\\u0000-\u001f\u007f]/.test(n))
       })
     })
 
     it('rejects every blob request whose name would leave the directory', () => {
-      check('isBlobRequest path names', fc.tuple(blobRequest, fc.constantFrom('../m', '..', '.', 'a/b', '/abs', 'a\\b', '.hidden')), 500, ([req, bad]) => {
+      check('isBlobRequest path names', fc.tuple(blobRequest, fc.constantFrom('../m', '..', '.', 'a/../b', 'a//b', 'a/.b', '/abs', 'a\\b', '.hidden', 'a/b/c/d/e')), 500, ([req, bad]) => {
         assert.equal(isBlobRequest({ ...req, name: bad }), false)
       })
     })

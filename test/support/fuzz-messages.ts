@@ -274,7 +274,7 @@ export const validPayloads: Record<CommandType, fc.Arbitrary<Record<string, unkn
   serve_rpc: fc.record({ model: modelName, head: peerIdText, stop: fc.boolean() }, { requiredKeys: ['model', 'head'] })
 }
 
-const badModel = ['', '.hidden', '..', '../etc/passwd', 'a/b', 'a\\b', 'a\u0000b', 'a\nb', ascii(257), 5, null, ['m']]
+const badModel = ['', '.hidden', '..', '../etc/passwd', 'a/../b', 'a//b', '/abs', 'a/.b', 'a/b/c/d/e', 'a\\b', 'a\u0000b', 'a\nb', ascii(257), 5, null, ['m']]
 
 /** Payloads each type's checks must refuse. `stop_process` and `update_config` refuse whole shapes, not fields. */
 export const payloadBreaks: Record<CommandType, { spec: BreakSpec, also: readonly unknown[] }> = {
@@ -316,7 +316,7 @@ export const blobRequestBreaks: BreakSpec = {
   closed: ['v', 'name', 'fingerprint', 'offset', 'sha256'],
   invalid: {
     v: [2, '1', null],
-    name: ['', '.', '..', '../m', 'a/b', 'a\\b', '/etc/passwd', '.hidden', 'a\u0000b', 'a\u007fb', ascii(201), 5],
+    name: ['', '.', '..', '../m', 'a/../b', 'a//b', 'a/', 'a/b/c/d/e', 'a\\b', '/etc/passwd', '.hidden', 'a\u0000b', 'a\u007fb', ascii(201), 5],
     fingerprint: ['', 'AB'.repeat(32), 'ab'.repeat(31), 'ab'.repeat(33), 'zz'.repeat(32), 5],
     offset: [-1, 1.5, MAX_SAFE + 2, '0', null],
     sha256: ['', 'CD'.repeat(32), 'c'.repeat(63), 5]

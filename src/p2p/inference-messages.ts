@@ -72,6 +72,9 @@ const NAME_OF = new Map<number, FrameName>(Object.entries(FRAME_TYPE).map(([k, v
 /** Request ids are printed in logs on both nodes: short and plain. */
 export const REQUEST_ID_PATTERN = '^[A-Za-z0-9._:-]{1,128}$'
 
+/** HTTP headers of a passthrough call or answer: bounded in count and size. */
+const headersSchema = { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 8192 } }
+
 const callSchema = {
   type: 'object',
   required: ['v', 'id', 'op', 'model', 'stream', 'size'],
@@ -90,7 +93,7 @@ const callSchema = {
       properties: {
         method: { enum: ['GET', 'POST'] },
         path: { enum: [...PASSTHROUGH_PATHS] },
-        headers: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 8192 } }
+        headers: headersSchema
       }
     }
   }
@@ -116,7 +119,7 @@ const headSchema = {
   additionalProperties: false,
   properties: {
     status: { type: 'integer', minimum: 100, maximum: 599 },
-    headers: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 8192 } }
+    headers: headersSchema
   }
 }
 

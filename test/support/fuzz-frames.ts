@@ -38,13 +38,19 @@ function json (payload: Uint8Array): { ok: true, value: unknown } | { ok: false 
   }
 }
 
-/** What `FramedStream.read`, called until it ends, must yield for `bytes` followed by a clean close. */
-export function modelFramed (bytes: Uint8Array, maxFrameBytes: number): FramedOutcome {
+export interface RawOutcome {
+  bodies: Uint8Array[]
+  end: null | 'frame_too_large' | 'truncated_frame'
+  orEnd?: 'truncated_frame'
+}
+
+/** What `FramedStream.readBytes`, called until it ends, must yield for `bytes` followed by a close. */
+export function modelRawFramed (bytes: Uint8Array, maxFrameBytes: number): RawOutcome {
   const maxPrefix = varintLength(maxFrameBytes)
-  const frames: unknown[] = []
+  const bodies: Uint8Array[] = []
   let at = 0
   for (;;) {
-    if (at === bytes.byteLength) return { frames, end: null }
+    if (at === bytes.byteLength) return { bodies, end: null }
     let len = 0
     let scale = 1
     let n = 0
@@ -55,19 +61,27 @@ export function modelFramed (bytes: Uint8Array, maxFrameBytes: number): FramedOu
       scale *= 0x80
       if (b < 0x80) { terminated = true; break }
     }
-    if (!terminated && n === maxPrefix) {
-      return at + n === bytes.byteLength ? { frames, end: 'frame_too_large', orEnd: 'truncated_frame' } : { frames, end: 'frame_too_large' }
-    }
-    if (!terminated) return { frames, end: 'truncated_frame' }
-    if (len > maxFrameBytes) return { frames, end: 'frame_too_large' }
-    if (at + n + len > bytes.byteLength) return { frames, end: 'truncated_frame' }
-    const parsed = json(bytes.subarray(at + n, at + n + len))
+    if (!terminated && n === maxPrefix) return at + n === bytes.byteLength ? { bodies, end: 'frame_too_large', orEnd: 'truncated_frame' } : { bodies, end: 'frame_too_large' }
+    if (!terminated) return { bodies, end: 'truncated_frame' }
+    if (len > maxFrameBytes) return { bodies, end: 'frame_too_large' }
+    if (at + n + len > bytes.byteLength) return { bodies, end: 'truncated_frame' }
+    bodies.push(bytes.subarray(at + n, at + n + len))
+    at += n + len
+  }
+}
+
+/** What `FramedStream.read`, called until it ends, must yield for `bytes` followed by a clean close. */
+export function modelFramed (bytes: Uint8Array, maxFrameBytes: number): FramedOutcome {
+  const raw = modelRawFramed(bytes, maxFrameBytes)
+  const frames: unknown[] = []
+  for (const body of raw.bodies) {
+    const parsed = json(body)
     if (!parsed.ok) return { frames, end: 'invalid_frame' }
     // The JSON frame `null` reads as `null`, like the end: a caller cannot tell them apart (no protocol sends one).
     if (parsed.value === null) return { frames, end: null }
     frames.push(parsed.value)
-    at += n + len
   }
+  return raw.orEnd !== undefined ? { frames, end: raw.end, orEnd: raw.orEnd } : { frames, end: raw.end }
 }
 
 /** One JSON frame as `FramedStream.write` sends it (a value with no JSON form becomes an empty frame). */

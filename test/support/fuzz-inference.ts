@@ -7,7 +7,6 @@ import fc from 'fast-check'
 import { FRAME_TYPE, PASSTHROUGH_PATHS, type CallHead } from '../../src/p2p/inference-messages.js'
 import { ascii, objectOf, type BreakSpec } from './fuzz-arbitraries.js'
 import { concat, varint } from './fuzz-harness.js'
-import { varintLength } from './fuzz-frames.js'
 
 const enc = new TextEncoder()
 const text = (minLength: number, maxLength: number): fc.Arbitrary<string> => fc.string({ unit: 'binary', minLength, maxLength })
@@ -84,34 +83,4 @@ export const badResponseFrame: fc.Arbitrary<Uint8Array> = fc.oneof(
   fc.constant(jsonFrame(FRAME_TYPE.call, { v: 2 }))
 )
 
-export interface RawOutcome {
-  bodies: Uint8Array[]
-  end: null | 'frame_too_large' | 'truncated_frame'
-  orEnd?: 'truncated_frame'
-}
-
-/** What `FramedStream.readBytes`, called until it ends, must yield for `bytes` followed by a close. */
-export function modelRawFramed (bytes: Uint8Array, maxFrameBytes: number): RawOutcome {
-  const maxPrefix = varintLength(maxFrameBytes)
-  const bodies: Uint8Array[] = []
-  let at = 0
-  for (;;) {
-    if (at === bytes.byteLength) return { bodies, end: null }
-    let len = 0
-    let scale = 1
-    let n = 0
-    let terminated = false
-    while (at + n < bytes.byteLength && n < maxPrefix) {
-      const b = bytes[at + n++]
-      len += (b & 0x7f) * scale
-      scale *= 0x80
-      if (b < 0x80) { terminated = true; break }
-    }
-    if (!terminated && n === maxPrefix) return at + n === bytes.byteLength ? { bodies, end: 'frame_too_large', orEnd: 'truncated_frame' } : { bodies, end: 'frame_too_large' }
-    if (!terminated) return { bodies, end: 'truncated_frame' }
-    if (len > maxFrameBytes) return { bodies, end: 'frame_too_large' }
-    if (at + n + len > bytes.byteLength) return { bodies, end: 'truncated_frame' }
-    bodies.push(bytes.subarray(at + n, at + n + len))
-    at += n + len
-  }
-}
+export { modelRawFramed, type RawOutcome } from './fuzz-frames.js'

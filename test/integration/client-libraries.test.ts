@@ -149,19 +149,18 @@ describe('client libraries through a 2-node mesh (embedded engine)', () => {
     execute: async (args: z.infer<typeof Weather>) => { seen.push(args); return { sky: 'sunny' } }
   })
 
-  it('AI SDK via openai-compatible: generateObject, and streamText running a tool then answering', async () => {
-    const provider = createOpenAICompatible({ name: 'shepherd', baseURL, apiKey: 'unused', supportsStructuredOutputs: true })
-    const { object } = await generateObject({ model: provider(MODEL), schema: Weather, prompt: QUESTION, temperature: 0, maxOutputTokens: 200, maxRetries: 0 })
-    assert.ok(Weather.safeParse(object).success, JSON.stringify(object))
-
+  /**
+   * An AI SDK tool loop: the first step must call the tool (`toolChoice`), the next one answers
+   * in text. Returns the steps after checking what both providers' loops share.
+   */
+  const toolLoop = async (model: Parameters<typeof streamText>[0]['model'], toolChoice: 'required' | { type: 'tool', toolName: 'get_weather' }): Promise<Array<{ finishReason: string }>> => {
     const seen: unknown[] = []
     const errors: unknown[] = []
     const result = streamText({
-      model: provider(MODEL),
+      model,
       prompt: QUESTION,
       tools: { get_weather: weatherTool(seen) },
-      toolChoice: 'required',
-      // The first step must call the tool; the next one answers in text.
+      toolChoice,
       prepareStep: ({ stepNumber }) => stepNumber > 0 ? { toolChoice: 'none' } : undefined,
       stopWhen: stepCountIs(3),
       temperature: 0,
@@ -176,6 +175,15 @@ describe('client libraries through a 2-node mesh (embedded engine)', () => {
     assert.ok(validArgs(seen[0]), JSON.stringify(seen[0]))
     assert.equal(steps[0].finishReason, 'tool-calls')
     assert.equal(steps.length, 2, steps.map(s => s.finishReason).join(','))
+    return steps
+  }
+
+  it('AI SDK via openai-compatible: generateObject, and streamText running a tool then answering', async () => {
+    const provider = createOpenAICompatible({ name: 'shepherd', baseURL, apiKey: 'unused', supportsStructuredOutputs: true })
+    const { object } = await generateObject({ model: provider(MODEL), schema: Weather, prompt: QUESTION, temperature: 0, maxOutputTokens: 200, maxRetries: 0 })
+    assert.ok(Weather.safeParse(object).success, JSON.stringify(object))
+
+    const steps = await toolLoop(provider(MODEL), 'required')
     assert.ok(['stop', 'length'].includes(steps[1].finishReason), steps[1].finishReason)
   })
 
@@ -184,27 +192,7 @@ describe('client libraries through a 2-node mesh (embedded engine)', () => {
     const { object } = await generateObject({ model: openai(MODEL), schema: Weather, prompt: QUESTION, temperature: 0, maxOutputTokens: 200, maxRetries: 0 })
     assert.ok(Weather.safeParse(object).success, JSON.stringify(object))
 
-    const seen: unknown[] = []
-    const errors: unknown[] = []
-    const result = streamText({
-      model: openai(MODEL),
-      prompt: QUESTION,
-      tools: { get_weather: weatherTool(seen) },
-      toolChoice: { type: 'tool', toolName: 'get_weather' },
-      prepareStep: ({ stepNumber }) => stepNumber > 0 ? { toolChoice: 'none' } : undefined,
-      stopWhen: stepCountIs(3),
-      temperature: 0,
-      maxOutputTokens: 200,
-      maxRetries: 0,
-      onError: ({ error }) => { errors.push(error) }
-    })
-    await result.consumeStream()
-    assert.deepEqual(errors, [])
-    const steps = await result.steps
-    assert.equal(seen.length, 1, 'the tool ran once')
-    assert.ok(validArgs(seen[0]), JSON.stringify(seen[0]))
-    assert.equal(steps[0].finishReason, 'tool-calls')
-    assert.equal(steps.length, 2, steps.map(s => s.finishReason).join(','))
+    await toolLoop(openai(MODEL), { type: 'tool', toolName: 'get_weather' })
     // generateText agrees with the streamed steps on the same forced first step.
     const once = await generateText({ model: openai(MODEL), prompt: QUESTION, tools: { get_weather: weatherTool([]) }, toolChoice: 'required', temperature: 0, maxOutputTokens: 200, maxRetries: 0 })
     assert.equal(once.toolCalls.length, 1)

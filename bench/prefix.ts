@@ -19,6 +19,7 @@ import { getJson, startNode, stopNode, tempDir, waitFor, type NodeProcess } from
 import { createTinyModel, type TinyModelOptions } from '../test/support/tiny-model.js'
 import { summarize, round } from './latency-stats.js'
 import type { BenchTable, Cell } from './table.js'
+import { parseSse } from '../src/node/engines/openai-http.js'
 
 const MODEL = 'bench-prefix'
 const TURNS = 4
@@ -65,22 +66,14 @@ async function ask (api: string, messages: Message[]): Promise<{ ttft: number, h
   const host = res.headers.get('x-shepherd-host') ?? ''
   let ttft = NaN
   let text = ''
-  let buf = ''
-  const decoder = new TextDecoder()
-  for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(part, { stream: true })
-    let i
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const line = buf.slice(0, i)
-      buf = buf.slice(i + 2)
-      if (!line.startsWith('data: ') || line === 'data: [DONE]') continue
-      const chunk = JSON.parse(line.slice(6)) as { choices?: Array<{ delta?: { content?: string } }>, error?: { message: string } }
-      if (chunk.error != null) throw new Error(`stream error: ${chunk.error.message}`)
-      const piece = chunk.choices?.[0]?.delta?.content
-      if (typeof piece === 'string' && piece !== '') {
-        if (Number.isNaN(ttft)) ttft = performance.now() - t0
-        text += piece
-      }
+  for await (const event of parseSse(res.body as unknown as AsyncIterable<Uint8Array>)) {
+    if (event.data === '[DONE]') continue
+    const chunk = JSON.parse(event.data) as { choices?: Array<{ delta?: { content?: string } }>, error?: { message: string } }
+    if (chunk.error != null) throw new Error(`stream error: ${chunk.error.message}`)
+    const piece = chunk.choices?.[0]?.delta?.content
+    if (typeof piece === 'string' && piece !== '') {
+      if (Number.isNaN(ttft)) ttft = performance.now() - t0
+      text += piece
     }
   }
   return { ttft, host, text }

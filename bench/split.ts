@@ -29,6 +29,7 @@ import { RpcTunnelService, type TunnelListener } from '../src/p2p/rpc-tunnel.js'
 import { setLogSink } from '../src/logger.js'
 import { tempDir } from '../test/support/cluster.js'
 import type { BenchTable, Cell } from './table.js'
+import { parseSse } from '../src/node/engines/openai-http.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const MODEL = 'bench-split'
@@ -99,24 +100,16 @@ async function answer (port: number, tokens: number): Promise<{ ttftMs: number, 
   let last = 0
   let n = 0
   let serverTps: number | undefined
-  const decoder = new TextDecoder()
-  let buf = ''
-  for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(piece, { stream: true })
-    let i
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const line = buf.slice(0, i)
-      buf = buf.slice(i + 2)
-      if (!line.startsWith('data: ') || line === 'data: [DONE]') continue
-      const json = JSON.parse(line.slice(6))
-      // llama-server's own decode rate, when it reports one: chunks of a fast model arrive in bursts.
-      if (typeof json.timings?.predicted_per_second === 'number') serverTps = json.timings.predicted_per_second
-      if (json.choices?.[0]?.delta?.content == null) continue
-      const at = performance.now() - t0
-      if (n === 0) first = at
-      last = at
-      n++
-    }
+  for await (const event of parseSse(res.body as unknown as AsyncIterable<Uint8Array>)) {
+    if (event.data === '[DONE]') continue
+    const json = JSON.parse(event.data)
+    // llama-server's own decode rate, when it reports one: chunks of a fast model arrive in bursts.
+    if (typeof json.timings?.predicted_per_second === 'number') serverTps = json.timings.predicted_per_second
+    if (json.choices?.[0]?.delta?.content == null) continue
+    const at = performance.now() - t0
+    if (n === 0) first = at
+    last = at
+    n++
   }
   return { ttftMs: first, tokPerS: serverTps ?? (n > 1 ? (n - 1) / ((last - first) / 1000) : 0) }
 }

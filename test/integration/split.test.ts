@@ -21,6 +21,7 @@ import { createIdentity } from '../../src/p2p/identity.js'
 import { readSwarmKey } from '../../src/p2p/swarm-key.js'
 import { RPC_TUNNEL_PROTOCOL, encodeTunnelHeader } from '../../src/p2p/rpc-tunnel.js'
 import { multiaddr } from '@multiformats/multiaddr'
+import { parseSse } from '../../src/node/engines/openai-http.js'
 
 const run = promisify(execFile)
 const MODEL = 'split-tiny'
@@ -48,24 +49,12 @@ async function splitReplica (api: string): Promise<{ nodeId: string, shards: Sha
 /** Reads an SSE chat stream: content chunks, whether [DONE] came, the error events. */
 async function readStream (res: Response, onChunk?: (n: number) => void): Promise<{ chunks: number, done: boolean, errors: unknown[], threw: unknown }> {
   const out = { chunks: 0, done: false, errors: [] as unknown[], threw: undefined as unknown }
-  const decoder = new TextDecoder()
-  let buf = ''
   try {
-    for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buf += decoder.decode(part, { stream: true })
-      let i
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const event = buf.slice(0, i)
-        buf = buf.slice(i + 2)
-        for (const line of event.split('\n')) {
-          if (!line.startsWith('data: ')) continue
-          const data = line.slice(6)
-          if (data === '[DONE]') { out.done = true; continue }
-          const json = JSON.parse(data)
-          if (json.error != null) out.errors.push(json.error)
-          else if (json.choices?.[0]?.delta?.content != null) { out.chunks++; onChunk?.(out.chunks) }
-        }
-      }
+    for await (const event of parseSse(res.body as unknown as AsyncIterable<Uint8Array>)) {
+      if (event.data === '[DONE]') { out.done = true; continue }
+      const json = JSON.parse(event.data)
+      if (json.error != null) out.errors.push(json.error)
+      else if (json.choices?.[0]?.delta?.content != null) { out.chunks++; onChunk?.(out.chunks) }
     }
   } catch (err) {
     out.threw = err

@@ -414,6 +414,9 @@ function onEvent (block) {
   const peer = state.peers.find(p => p.id === ev.id)
   if (peer && typeof ev.status === 'string' && type.startsWith('peer:') && ['alive', 'suspect', 'dead', 'left', 'pending'].includes(ev.status)) {
     peer.status = ev.status
+    // Only members enter the peer table, so a member status means the peer was admitted; the
+    // refresh confirms its trust, and an Admit button must not linger on it until then.
+    if (ev.status !== 'pending' && peer.trust === 'pending') peer.trust = undefined
     renderNodes()
   }
   scheduleRefresh()

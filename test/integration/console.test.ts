@@ -368,7 +368,8 @@ describe('console page: admitting a pending node', () => {
     await page.waitForSelector(`${card}[data-status="pending"] button[data-action="admit"]`, { timeout: 30_000 })
     await press(page, `${card} button[data-action="admit"]`)
     await page.waitForSelector(`${card}[data-status="alive"]`, { timeout: 30_000 })
-    assert.equal(await page.$(`${card} button[data-action="admit"]`), null, 'no Admit button on a member')
+    // The page's next refresh (within 2 s) has the member's trust too: by then no Admit button.
+    await waitFor('no Admit button on the member', async () => await page.$(`${card} button[data-action="admit"]`) == null, 5_000, 100)
     const { members } = await getJson(`${founder.api}/api/members`)
     assert.equal(members.find((m: any) => m.id === newcomer.id)?.status, 'member')
     await page.close()

@@ -122,11 +122,16 @@ describe('a model split over nodes (llama.cpp RPC through the mesh)', () => {
     let next = 0
     for (const [from, to] of ranges) { assert.equal(from, next); next = to + 1 }
     assert.equal(next, 8)
-    const { deployments } = await getJson(`${third.api}/api/deployments`)
-    assert.equal(deployments[0].status.actual.length, 1, 'one replica, not one per node')
-    const { models } = await getJson(`${third.api}/api/models`)
-    const host = models.find((m: any) => m.name === MODEL).hosts.find((h: any) => h.peerId === head.id)
-    assert.deepEqual(host.shards, r.shards)
+    // The third node learns both by gossip: wait until its view has caught up, then compare.
+    const { value: seen } = await waitFor('the third node sees the split', async () => {
+      const { deployments } = await getJson(`${third.api}/api/deployments`)
+      const { models } = await getJson(`${third.api}/api/models`)
+      const host = models.find((m: any) => m.name === MODEL)?.hosts.find((h: any) => h.peerId === head.id)
+      const actual = deployments.find((x: any) => x.model === MODEL)?.status.actual ?? []
+      return host?.shards != null && actual.some((a: any) => a.shards != null) ? { actual, shards: host.shards } : undefined
+    }, 30_000, 250)
+    assert.equal(seen.actual.length, 1, `one replica, not one per node: ${JSON.stringify(seen.actual)}`)
+    assert.deepEqual(seen.shards, r.shards)
   })
 
   it('streams a chat through the third node', async () => {

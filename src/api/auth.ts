@@ -4,12 +4,23 @@ import { UnauthorizedError } from '../errors.js'
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /**
+     * Which API key this request presented: a digest of it (never the key), or null on a node
+     * without keys. Node-local state a client creates (stored responses) belongs to it.
+     */
+    apiKeyOwner: string | null
+  }
+}
+
 /**
  * Requires `Authorization: Bearer KEY` (or `x-api-key`) on every route but `/healthz` (and what
  * `isPublic` names) when keys are configured. Keys are compared as SHA-256 digests with a
  * constant-time compare, so neither length nor content leaks through timing; they are never logged.
  */
 export function installApiKeys (app: FastifyInstance, keys: string[], opts: { isPublic?: (request: FastifyRequest) => boolean } = {}): void {
+  app.decorateRequest('apiKeyOwner', null)
   if (keys.length === 0) return
   const digests = keys.map(digest)
   app.addHook('onRequest', async (request) => {
@@ -25,5 +36,6 @@ export function installApiKeys (app: FastifyInstance, keys: string[], opts: { is
     let ok = false
     for (const k of digests) ok = timingSafeEqual(d, k) || ok
     if (!ok) throw new UnauthorizedError('Incorrect API key provided')
+    request.apiKeyOwner = d.toString('hex', 0, 16)
   })
 }

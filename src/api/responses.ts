@@ -7,11 +7,11 @@
 import { openStream } from './stream-response.js'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { BadRequestError, ShepherdError } from '../errors.js'
-import { parseResponsesRequest, type ParsedResponsesRequest } from './responses-mapping.js'
+import { parseResponsesRequest, type ParsedResponsesRequest, type ResponsesLookup } from './responses-mapping.js'
 import { functionCallId, functionCallItem, outputMessage, outputMessageId, responseId, responseObject, ResponseEventStream, statusOf, usageOf, type OutputItem } from './responses-output.js'
 import { generationEvents, routeCall, streamError, type ForeignApiOptions, type GenerationEvent, type RoutedCall } from './inference-call.js'
 import { responsesToolParam, responsesToolText } from './responses-tools.js'
-import { ResponseStore, type ResponseStoreLimits } from './responses-store.js'
+import { ResponseStore, type ResponseOwner, type ResponseStoreLimits } from './responses-store.js'
 
 export interface ResponsesRoutesOptions extends ForeignApiOptions {
   /** Bounds of this node's stored responses (options `responsesStoreMax`, `responsesStoreMb`). */
@@ -39,15 +39,16 @@ const offersTools = (parsed: ParsedResponsesRequest): boolean => Array.isArray(p
 export function responsesRoutes (opts: ResponsesRoutesOptions): FastifyPluginAsync {
   const { router } = opts
   const store = new ResponseStore(opts.store)
-  const lookup = {
-    conversation: (id: string) => store.get(id)?.conversation,
-    item: (id: string) => store.item(id)
-  }
+  /** What a request may continue from: only responses stored with its own API key. */
+  const lookupFor = (owner: ResponseOwner): ResponsesLookup => ({
+    conversation: (id: string) => store.get(id, owner)?.conversation,
+    item: (id: string) => store.item(id, owner)
+  })
   /** Keeps a finished response (unless `store: false`) with the conversation a follow-up continues. */
-  const keep = (parsed: ParsedResponsesRequest, response: Record<string, unknown> | undefined): void => {
+  const keep = (parsed: ParsedResponsesRequest, response: Record<string, unknown> | undefined, owner: ResponseOwner): void => {
     if (!parsed.echo.store || response === undefined) return
     const output = Array.isArray(response.output) ? response.output as Array<Record<string, unknown>> : []
-    store.put(String(response.id), { response, conversation: [...parsed.items, ...output] })
+    store.put(String(response.id), { response, conversation: [...parsed.items, ...output] }, owner)
   }
   const contextOf = (model: unknown): number | null => typeof model === 'string' ? router.models().get(model)?.contextLength ?? null : null
 
@@ -55,7 +56,8 @@ export function responsesRoutes (opts: ResponsesRoutesOptions): FastifyPluginAsy
     const anyObject = { type: 'object' }
 
     app.post('/v1/responses', { schema: { body: anyObject } }, async (req, reply) => {
-      const parsed = parseResponsesRequest(req.body, { maxOutputTokens: contextOf((req.body as any)?.model), lookup })
+      const owner = req.apiKeyOwner
+      const parsed = parseResponsesRequest(req.body, { maxOutputTokens: contextOf((req.body as any)?.model), lookup: lookupFor(owner) })
       let call: RoutedCall
       try {
         call = await routeCall(opts, req, reply, 'chat', parsed.body)
@@ -72,15 +74,15 @@ export function responsesRoutes (opts: ResponsesRoutesOptions): FastifyPluginAsy
         } catch (err) {
           throw asResponsesError(err)
         }
-        if (parsed.stream) await streamed(parsed, first, events, reply)
-        else await whole(parsed, first, events, reply)
+        if (parsed.stream) await streamed(parsed, first, events, reply, owner)
+        else await whole(parsed, first, events, reply, owner)
       } finally {
         await events.return(undefined)
         call.done()
       }
     })
 
-    async function whole (parsed: ParsedResponsesRequest, first: IteratorResult<GenerationEvent>, events: AsyncGenerator<GenerationEvent>, reply: FastifyReply): Promise<void> {
+    async function whole (parsed: ParsedResponsesRequest, first: IteratorResult<GenerationEvent>, events: AsyncGenerator<GenerationEvent>, reply: FastifyReply, owner: ResponseOwner): Promise<void> {
       const id = responseId()
       const createdAt = Math.floor(Date.now() / 1000)
       let text = ''
@@ -100,14 +102,14 @@ export function responsesRoutes (opts: ResponsesRoutesOptions): FastifyPluginAsy
         const output: OutputItem[] = text !== '' || calls.size === 0 ? [outputMessage(outputMessageId(), status, text)] : []
         for (const c of calls.values()) output.push(functionCallItem(functionCallId(), status, c.callId, c.name, c.args))
         const body = responseObject({ id, createdAt, model: parsed.model, status, output, usage, completedAt: Math.floor(Date.now() / 1000) }, parsed.echo)
-        keep(parsed, body)
+        keep(parsed, body, owner)
         await reply.type('application/json').send(JSON.stringify(body))
         return
       }
       throw new ShepherdError('The generation ended without a result', { code: 'stream_failed', status: 502 })
     }
 
-    async function streamed (parsed: ParsedResponsesRequest, first: IteratorResult<GenerationEvent>, events: AsyncGenerator<GenerationEvent>, reply: FastifyReply): Promise<void> {
+    async function streamed (parsed: ParsedResponsesRequest, first: IteratorResult<GenerationEvent>, events: AsyncGenerator<GenerationEvent>, reply: FastifyReply, owner: ResponseOwner): Promise<void> {
       const stream = new ResponseEventStream({ id: responseId(), createdAt: Math.floor(Date.now() / 1000), model: parsed.model }, parsed.echo, outputMessageId(), offersTools(parsed))
       const { res, write } = openStream(reply)
       try {
@@ -121,7 +123,7 @@ export function responsesRoutes (opts: ResponsesRoutesOptions): FastifyPluginAsy
           if (ev.kind === 'tool_start') { await write(stream.callStart(ev.call, ev.id, ev.name)); continue }
           if (ev.kind === 'tool_args') { await write(stream.callArguments(ev.call, ev.json)); continue }
           const done = stream.finish(ev.finishReason, usageOf(ev.promptTokens ?? 0, ev.completionTokens ?? 0), Math.floor(Date.now() / 1000))
-          keep(parsed, stream.final)
+          keep(parsed, stream.final, owner)
           await write(done)
           return
         }
@@ -136,17 +138,18 @@ export function responsesRoutes (opts: ResponsesRoutesOptions): FastifyPluginAsy
       }
     }
 
-    // Stored on this node only (see the README): another node's id, an evicted one or one sent with store: false is a 404.
+    // Stored on this node only (see the README), for the key that stored it: another node's id, another
+    // key's, an evicted one or one sent with store: false is a 404.
     const idOf = (req: FastifyRequest): string => String((req.params as { id: string }).id)
     const notFound = (id: string): ShepherdError => new ShepherdError(`No response found with id '${id.slice(0, 128)}'.`, { code: 'not_found', status: 404, param: 'response_id' })
     app.get('/v1/responses/:id', async (req, reply) => {
-      const stored = store.get(idOf(req))
+      const stored = store.get(idOf(req), req.apiKeyOwner)
       if (stored === undefined) throw notFound(idOf(req))
       // Sent as a string: model output must reach the client verbatim (sanitize.ts cleans objects).
       return await reply.type('application/json').send(JSON.stringify(stored.response))
     })
     app.get('/v1/responses/:id/input_items', async (req, reply) => {
-      const stored = store.get(idOf(req))
+      const stored = store.get(idOf(req), req.apiKeyOwner)
       if (stored === undefined) throw notFound(idOf(req))
       const output = Array.isArray(stored.response.output) ? stored.response.output.length : 0
       const data = stored.conversation.slice(0, stored.conversation.length - output).reverse()
@@ -154,7 +157,7 @@ export function responsesRoutes (opts: ResponsesRoutesOptions): FastifyPluginAsy
       return await reply.type('application/json').send(JSON.stringify({ object: 'list', data, first_id: ids[0] ?? null, last_id: ids.at(-1) ?? null, has_more: false }))
     })
     app.delete('/v1/responses/:id', async (req) => {
-      if (!store.delete(idOf(req))) throw notFound(idOf(req))
+      if (!store.delete(idOf(req), req.apiKeyOwner)) throw notFound(idOf(req))
       return { id: idOf(req), object: 'response', deleted: true }
     })
   }

@@ -17,6 +17,23 @@ const stored = (id: string, text = 'hi'): { response: Record<string, unknown>, c
   ({ response: response(id, text), conversation: [{ type: 'message', role: 'user', content: 'q' }, ...(response(id, text).output as Array<Record<string, unknown>>)] })
 
 describe('ResponseStore', () => {
+  it("keeps each response for its owner: another owner's id, item or delete finds nothing", () => {
+    const store = new ResponseStore({ maxResponses: 10, maxBytes: 1 << 20 })
+    store.put('a', stored('a'), 'alice')
+    store.put('m', stored('m'), 'mallory')
+    store.put('n', stored('n'))
+    assert.equal(store.get('a', 'mallory'), undefined)
+    assert.equal(store.get('a'), undefined, 'a node without keys is another owner too')
+    assert.equal(store.item('msg_a', 'mallory'), undefined)
+    assert.equal(store.delete('a', 'mallory'), false)
+    assert.ok(store.get('a', 'alice') !== undefined && store.item('msg_a', 'alice') !== undefined, 'still there for alice')
+    assert.equal(store.get('m', 'alice'), undefined)
+    assert.ok(store.get('n') !== undefined && store.get('n', 'alice') === undefined)
+    assert.equal(store.delete('a', 'alice'), true)
+    assert.equal(store.item('msg_a', 'alice'), undefined)
+    assert.equal(store.size, 2)
+  })
+
   it('keeps at most maxResponses, the least recently used out first', () => {
     const store = new ResponseStore({ maxResponses: 2, maxBytes: 1 << 20 })
     store.put('a', stored('a'))

@@ -114,3 +114,37 @@ describe('stored responses across the mesh', () => {
     await notFound(onHost.responses.retrieve(ids[3]), 'response_id', /No response found/)
   })
 })
+
+describe('stored responses belong to the API key that stored them', () => {
+  let node: NodeProcess | undefined
+  const ask = { model: MODEL, temperature: 0, max_output_tokens: 8 }
+
+  before(async () => {
+    const dir = await tempDir('shepherd-models-store-keys-')
+    await createTinyModel(path.join(dir, `${MODEL}.gguf`))
+    node = await startNode({ name: 'store-keys', timeoutMs: 60_000, args: ['--engine', 'embedded', '--threads', '1', '--models-dir', dir], env: { SHEPHERD_API_KEYS: 'key-alice,key-mallory' } })
+  })
+
+  after(async () => { if (node != null) await stopNode(node, 'SIGKILL') })
+
+  it("another key's id is a 404 everywhere: retrieve, input_items, previous_response_id, item_reference, DELETE", async () => {
+    const alice = new OpenAI({ baseURL: `${node!.api}/v1`, apiKey: 'key-alice', maxRetries: 0 })
+    const mallory = new OpenAI({ baseURL: `${node!.api}/v1`, apiKey: 'key-mallory', maxRetries: 0 })
+    const secret = await alice.responses.create({ ...ask, input: 'my private prompt' })
+    const item = secret.output[0].id as string
+    await notFound(mallory.responses.retrieve(secret.id), 'response_id', /No response found/)
+    await notFound(mallory.responses.inputItems.list(secret.id), 'response_id', /No response found/)
+    await notFound(mallory.responses.create({ ...ask, input: 'x', previous_response_id: secret.id }), 'previous_response_id', /not found/)
+    await notFound(mallory.responses.create({ ...ask, input: [{ type: 'item_reference', id: item }] }), 'input[0].id', /not found/)
+    const del = await fetch(`${node!.api}/v1/responses/${secret.id}`, { method: 'DELETE', headers: { authorization: 'Bearer key-mallory' } })
+    assert.equal(del.status, 404)
+    // Alice still has it, whole, and can continue it.
+    assert.equal((await alice.responses.retrieve(secret.id)).id, secret.id)
+    const next = await alice.responses.create({ ...ask, input: 'go on', previous_response_id: secret.id })
+    assert.equal(next.previous_response_id, secret.id)
+    // What Mallory stores is hers alone, the other way round too.
+    const hers = await mallory.responses.create({ ...ask, input: 'mine' })
+    await notFound(alice.responses.retrieve(hers.id), 'response_id', /No response found/)
+    assert.equal((await mallory.responses.retrieve(hers.id)).id, hers.id)
+  })
+})

@@ -4,15 +4,16 @@
  * - `27M`: llama, embd 512, 8 layers, ff 1536, the tiny 600-token vocabulary;
  * - `qwen0.5b`: the Qwen2.5-0.5B shape (embd 896, 24 layers, 14 heads, 2 KV heads, ff 4864,
  *   151,936-token vocabulary, tied embeddings), ~1 GB of f16.
- * For each model, streaming chat answers of exactly TOKENS tokens (end-of-turn and the byte
- * tokens banned), closed loop at 1 and then 8 clients, through:
+ * For each model, streaming chat answers of exactly its TOKENS tokens (64; 32 for the Qwen shape;
+ * end-of-turn and the byte tokens banned), closed loop at 1 and then 8 clients, through:
  * - llama-server direct (`--parallel 8`), the baseline every other row is compared with;
  * - a node with `--engine embedded`, one with `--engine llama-server`, one with the default
  *   engine (`auto`: the row says which it picked);
  * - a mesh hop: an entry node without the model relaying to a host node with the default engine
  *   (compare with the default-engine row).
  * Knobs: BENCH_ENGINES_SHAPES (default `27M,qwen0.5b`; `tiny` for a quick check),
- * BENCH_ENGINES_ROUND_MS (default 10000), BENCH_ENGINES_TOKENS (default 64), BENCH_THREADS
+ * BENCH_ENGINES_ROUND_MS (default per model: 10000, 8000 for the Qwen shape), BENCH_ENGINES_TOKENS
+ * (default per model: 64, 32 for the Qwen shape), BENCH_THREADS
  * (default 1: on 2 cores, 1 thread per busy process is often faster), BENCH_ENGINES_PATHS
  * (default all: direct,embedded,llama-server,default,hop).
  */
@@ -31,10 +32,15 @@ import type { BenchTable, Cell } from './table.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const MODEL = 'bench-engines'
-const SHAPES: Record<string, { label: string, opts: TinyModelOptions }> = {
-  tiny: { label: 'tiny (64 embd, 2 layers)', opts: { contextLength: 2048 } },
-  '27M': { label: '27M (512 embd, 8 layers)', opts: { nEmbd: 512, nLayer: 8, nHead: 8, nFf: 1536, contextLength: 2048 } },
-  'qwen0.5b': { label: 'Qwen2.5-0.5B shape', opts: { nEmbd: 896, nLayer: 24, nHead: 14, nHeadKv: 2, nFf: 4864, vocabSize: 151_936, tiedEmbeddings: true, contextLength: 2048 } }
+/**
+ * The models, each with its own answer length and round time (BENCH_ENGINES_TOKENS and
+ * BENCH_ENGINES_ROUND_MS override them for all): the Qwen shape decodes ~10× slower than the 27M
+ * one on a CPU, so shorter answers and rounds keep the whole bench near 10 minutes on 2 cores.
+ */
+const SHAPES: Record<string, { label: string, opts: TinyModelOptions, tokens: number, roundMs: number }> = {
+  tiny: { label: 'tiny (64 embd, 2 layers)', opts: { contextLength: 2048 }, tokens: 64, roundMs: 10_000 },
+  '27M': { label: '27M (512 embd, 8 layers)', opts: { nEmbd: 512, nLayer: 8, nHead: 8, nFf: 1536, contextLength: 2048 }, tokens: 64, roundMs: 10_000 },
+  'qwen0.5b': { label: 'Qwen2.5-0.5B shape', opts: { nEmbd: 896, nLayer: 24, nHead: 14, nHeadKv: 2, nFf: 4864, vocabSize: 151_936, tiedEmbeddings: true, contextLength: 2048 }, tokens: 32, roundMs: 8_000 }
 }
 const PATHS = ['direct', 'embedded', 'llama-server', 'default', 'hop'] as const
 type PathName = typeof PATHS[number]
@@ -161,6 +167,14 @@ async function startDirect (binary: string, modelPath: string, threads: number):
   }
 }
 
+/** Waits until `n` lists the model: a node fingerprints (sha256) a file before it offers it, ~1 GB for the Qwen shape. */
+async function seesModel (n: NodeProcess): Promise<void> {
+  await waitFor(`${n.name} to list the model`, async () => {
+    const { models } = await getJson<{ models: Array<{ name: string }> }>(`${n.api}/api/models`)
+    return models.some(m => m.name === MODEL)
+  }, 180_000, 200)
+}
+
 /** The engine a node says it runs on its ready line (`engine llama-server (auto: …)`). */
 function engineOf (n: NodeProcess): string {
   const m = /engine (\S+)/.exec(n.stderr.join(''))
@@ -181,14 +195,12 @@ async function startPath (name: PathName, binary: string, dir: string, modelPath
       nodes.push(entry)
       const host = await startNode({ name: 'eng-host', timeoutMs: 120_000, args: [...hostArgs('auto'), '--bootstrap', `/ip4/127.0.0.1/tcp/${entry.p2pPort}`] })
       nodes.push(host)
-      await waitFor('the entry node to see the model', async () => {
-        const { models } = await getJson<{ models: Array<{ name: string }> }>(`${entry.api}/api/models`)
-        return models.some(m => m.name === MODEL)
-      }, 30_000)
+      await seesModel(entry)
       return { url: `${entry.api}/v1/chat/completions`, label: `mesh hop to ${engineOf(host)} host`, stop }
     }
     const n = await startNode({ name: `eng-${name}`, timeoutMs: 120_000, args: hostArgs(name === 'default' ? 'auto' : name) })
     nodes.push(n)
+    await seesModel(n)
     const label = name === 'default' ? `node, default engine (${engineOf(n)})` : `node, --engine ${name}`
     return { url: `${n.api}/v1/chat/completions`, label, stop }
   } catch (err) {
@@ -201,21 +213,26 @@ export async function run (): Promise<BenchTable> {
   const shapes = env('BENCH_ENGINES_SHAPES', '27M,qwen0.5b').split(',').map(s => s.trim())
   for (const s of shapes) if (SHAPES[s] === undefined) throw new Error(`unknown shape ${s} (have ${Object.keys(SHAPES).join(', ')})`)
   const paths = env('BENCH_ENGINES_PATHS', PATHS.join(',')).split(',').map(s => s.trim()) as PathName[]
-  const roundMs = Number(env('BENCH_ENGINES_ROUND_MS', '10000'))
-  const tokens = Number(env('BENCH_ENGINES_TOKENS', '64'))
+  const roundOverride = env('BENCH_ENGINES_ROUND_MS', '')
+  const tokensOverride = env('BENCH_ENGINES_TOKENS', '')
   const threads = Number(env('BENCH_THREADS', '1'))
   const load0 = loadavg()[0]
   const built = await promisify(execFile)('bash', [path.join(ROOT, 'scripts', 'build-llama-server.sh')], { cwd: ROOT, maxBuffer: 256 * 1024 * 1024 })
   const binary = built.stdout.trim().split('\n').at(-1) ?? ''
   const rows: Cell[][] = []
   const notes: string[] = []
+  const sizes: string[] = []
   for (const shape of shapes) {
+    const roundMs = roundOverride !== '' ? Number(roundOverride) : SHAPES[shape].roundMs
+    const tokens = tokensOverride !== '' ? Number(tokensOverride) : SHAPES[shape].tokens
+    sizes.push(`${shape}: ${tokens} tokens per answer, ${roundMs} ms per client count`)
     const dir = await tempDir('shepherd-bench-engines-')
     const modelPath = path.join(dir, `${MODEL}.gguf`)
     const t0 = performance.now()
     await createTinyModel(modelPath, SHAPES[shape].opts)
     notes.push(`${shape}: model written in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
     let direct: Record<number, Round> | undefined
+    const measured: Partial<Record<PathName, Record<number, Round>>> = {}
     for (const p of paths) {
       const started = await startPath(p, binary, dir, modelPath, threads)
       try {
@@ -225,6 +242,7 @@ export async function run (): Promise<BenchTable> {
         const byClients: Record<number, Round> = {}
         for (const c of CLIENTS) byClients[c] = await measure(started.url, c, roundMs, tokens)
         if (p === 'direct') direct = byClients
+        measured[p] = byClients
         const ratio = (c: number): Cell => direct === undefined || p === 'direct' ? null : round(100 * byClients[c].tokensPerS / direct[c].tokensPerS, 0)
         const at8 = summarize(byClients[8].ttft)
         const direct8 = direct === undefined ? NaN : summarize(direct[8].ttft).p50
@@ -242,13 +260,19 @@ export async function run (): Promise<BenchTable> {
         await started.stop()
       }
     }
+    const host = measured.default
+    const hop = measured.hop
+    if (host !== undefined && hop !== undefined) {
+      // The hop's target is the host's own speed, not llama-server's.
+      notes.push(`${shape}: mesh hop / default-engine row: ${CLIENTS.map(c => `${Math.round(100 * hop[c].tokensPerS / host[c].tokensPerS)} % @${c}`).join(', ')} (target >= 90 %)`)
+    }
   }
   return {
-    title: `engines: streaming chat, ${tokens} tokens per answer, threads ${threads}`,
+    title: `engines: streaming chat, threads ${threads}`,
     columns: ['model', 'path', 'tok/s @1', '% direct', 'tok/s @8', '% direct', 'TTFT p50 @1 ms', 'TTFT p50 @8 ms', 'TTFT p99 @8 ms', 'p50 @8 × direct', 'errors'],
     rows,
     notes: [
-      `closed loop, ${roundMs} ms per client count after a warm-up request; baseline: llama-server direct with --parallel ${SLOTS}`,
+      `closed loop per client count after a warm-up request (${sizes.join('; ')}); baseline: llama-server direct with --parallel ${SLOTS}`,
       'targets (issue 12): default engine >= 90 % of direct at 1 and 8 clients, TTFT p50 @8 <= 1.5x direct; mesh hop >= 90 % of the default-engine row',
       `machine: ${cpus().length} cores, load average ${load0.toFixed(2)} at start; unpinned, so the hop row shares cores with the entry node`,
       ...notes

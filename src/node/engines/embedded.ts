@@ -13,43 +13,19 @@
  * - Chat messages go through the model's own chat template (the GGUF's Jinja template,
  *   resolved by node-llama-cpp to its matching chat wrapper).
  */
-import { randomInt } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type {
-  ChatHistoryItem,
-  ChatWrapper,
   Llama,
-  LlamaChat,
-  LlamaChatResponseChunk,
   LlamaContext,
   LlamaContextSequence,
   LlamaEmbeddingContext,
-  LlamaModel,
   Token
 } from 'node-llama-cpp'
-
-type NodeLlamaCpp = typeof import('node-llama-cpp')
-/**
- * node-llama-cpp is imported when a model is first loaded, not at start: it costs ~35 MB of RSS
- * and ~0.5 s, and a node that never serves a local model never needs it.
- */
-let lib: NodeLlamaCpp | undefined
-async function loadLib (): Promise<NodeLlamaCpp> {
-  lib ??= await import('node-llama-cpp')
-  return lib
-}
-/** The loaded library (every caller runs after a model load, which loaded it). */
-function nlc (): NodeLlamaCpp {
-  if (lib === undefined) throw new Error('node-llama-cpp is not loaded yet')
-  return lib
-}
+import { loadLib, loadedLib } from './node-llama-lib.js'
+import { prepareChat, prepareText, type GenerationJob, type LoadedModel } from './embedded-jobs.js'
 import { BadRequestError, InsufficientMemoryError, ModelNotFoundError, ShepherdError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
 import { AsyncQueue } from './async-queue.js'
-import { grammarFor } from './json-grammar.js'
-import { chatHistory, chatModelFunctions, forcedCallInstructions, forcedCallSchema, forcedIsArray, ToolCallCollector, type ParamsChunk } from './tool-calls.js'
-import { tokenBiasOption } from './logit-bias.js'
-import { StopScanner } from './stop-scanner.js'
 import { scanModelsDirs } from './model-dirs.js'
 import { raceSignal } from './race-signal.js'
 import { defaultThreads } from './constants.js'
@@ -62,8 +38,7 @@ import {
   parseCompletionRequest,
   parseEmbeddingRequest,
   type ParsedChatRequest,
-  type ParsedCompletionRequest,
-  type SamplingParams
+  type ParsedCompletionRequest
 } from './openai-request.js'
 import {
   chatChunk,
@@ -88,12 +63,10 @@ import type {
   ChatCompletion,
   ChatCompletionChunk,
   ChatCompletionChunkDelta,
-  ChatCompletionChunkToolCall,
   ChatCompletionRequest,
   CompletionRequest,
   EmbeddingRequest,
   EmbeddingResponse,
-  FinishReason,
   TextCompletion,
   TextCompletionChunk
 } from './openai-types.js'
@@ -157,28 +130,6 @@ export interface EmbeddedEngineOptions extends MemoryBudgetOptions {
 }
 
 /** A sensible evaluation thread count: leave a core free for the node, cap at 4. */
-
-interface LoadedModel {
-  name: string
-  entry: ModelEntry
-  model: LlamaModel
-  context: LlamaContext
-  /** Resolved on the first chat request: matching a Jinja template to a wrapper takes 0.3 s or more. */
-  chatWrapper?: ChatWrapper
-  pool: SlotPool<LlamaContextSequence>
-  embedding?: Promise<{ context: LlamaEmbeddingContext, contextSize: number }>
-  /** Weights plus context state. */
-  sizeBytes: number
-}
-
-/**
- * A request checked against its model (prompt tokenized, token budget known) and ready to run
- * on a sequence; `push` receives the pieces of a streamed answer.
- */
-interface GenerationJob<Piece> {
-  run: (seq: LlamaContextSequence, signal: AbortSignal, push?: (piece: Piece) => void) => Promise<GenerationResult>
-}
-
 /** A request's hold on a loaded model: keeps it from being unloaded for being idle. */
 interface Lease {
   lm: LoadedModel
@@ -204,24 +155,11 @@ function textRuns (req: ParsedCompletionRequest): Array<{ run: ParsedCompletionR
 /** node-llama-cpp's error for a load its memory estimates say cannot fit. */
 function isInsufficientMemory (err: unknown): boolean {
   // Its class leaves `name` as 'Error', so the class (or the constructor's name) is the test.
+  const lib = loadedLib()
   if (lib !== undefined && err instanceof lib.InsufficientMemoryError) return true
   // Ours shares the name; it means the retrying is already over.
   if (err instanceof ShepherdError || !(err instanceof Error)) return false
   return err.name === 'InsufficientMemoryError' || err.constructor.name === 'InsufficientMemoryError'
-}
-
-/** Rejects with the signal's reason if it aborts before `promise` settles. */
-
-function finishReasonOf (stopReason: string): FinishReason {
-  return stopReason === 'maxTokens' ? 'length' : 'stop'
-}
-
-/** The token node-llama-cpp puts before an input, mirroring its tokenizer rules. */
-function beginningToken (model: LlamaModel): Token | null {
-  const type = model.vocabularyType
-  if (type === nlc().LlamaVocabularyType.rwkv || type === nlc().LlamaVocabularyType.ugm) return null
-  if (type === nlc().LlamaVocabularyType.wpm) return model.tokens.bos
-  return model.tokens.shouldPrependBosToken ? model.tokens.bos : null
 }
 
 
@@ -398,7 +336,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     // `n` choices are whole generations of the same prompt, one after another.
     const parts: ChatCompletion[] = []
     for (const run of chatRuns(req)) {
-      parts.push(chatCompletion(header, await this.generate(run, options.signal, lm => this.prepareChat(lm, run))))
+      parts.push(chatCompletion(header, await this.generate(run, options.signal, lm => prepareChat(lm, run))))
     }
     const completion = parts.length === 1 ? parts[0] : mergeChoices(parts, parts[0].usage?.prompt_tokens ?? 0)
     return req.legacyFunctions === true ? legacyFunctionCompletion(completion) : completion
@@ -426,7 +364,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
           completionTokens += result.completionTokens
           return [chatChunk(header, {}, result.finishReason, usage, index)]
         },
-        prepare: lm => this.prepareChat(lm, run)
+        prepare: lm => prepareChat(lm, run)
       })
     }
     if (usage) yield chatUsageChunk(header, promptTokens, completionTokens)
@@ -438,7 +376,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
     const parts: TextCompletion[] = []
     let promptTokens = 0
     for (const { run, first } of textRuns(req)) {
-      const result = await this.generate(run, options.signal, lm => this.prepareText(lm, run))
+      const result = await this.generate(run, options.signal, lm => prepareText(lm, run))
       // Each prompt counts once, whatever its `n`.
       if (first) promptTokens += result.promptTokens
       parts.push(textCompletion(header, result))
@@ -461,7 +399,7 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
           completionTokens += result.completionTokens
           return [textChunk(header, '', result.finishReason, usage, index)]
         },
-        prepare: lm => this.prepareText(lm, run)
+        prepare: lm => prepareText(lm, run)
       })
     }
     if (usage) yield textUsageChunk(header, promptTokens, completionTokens)
@@ -557,195 +495,6 @@ export class EmbeddedEngine extends EventEmitter<EngineEvents> implements Engine
       await generation?.catch(() => {})
       if (seq !== undefined) lease.lm.pool.release(seq)
       lease.release(req.keepAliveMs)
-    }
-  }
-
-  /** Tokens the request may generate: what it asked for, capped by the context left. */
-  private tokenBudget (lm: LoadedModel, promptTokens: number, requested: number | undefined, param: string): number {
-    const contextSize = lm.context.contextSize
-    const room = contextSize - promptTokens - 1
-    if (room < 1) {
-      throw new BadRequestError(`The prompt has ${promptTokens} tokens; this model's context holds ${contextSize}`, param, 'context_length_exceeded')
-    }
-    return Math.min(requested ?? room, room)
-  }
-
-  private samplingOptions (s: SamplingParams, maxTokens: number): {
-    temperature: number
-    topP: number
-    topK: number
-    minP: number
-    seed: number
-    maxTokens: number
-    customStopTriggers?: string[]
-    repeatPenalty: false | { penalty: number, frequencyPenalty: number, presencePenalty: number }
-  } {
-    const penalize = s.frequencyPenalty !== 0 || s.presencePenalty !== 0 || s.repeatPenalty !== 1
-    return {
-      temperature: s.temperature,
-      topP: s.topP,
-      topK: s.topK,
-      minP: s.minP,
-      // Without a seed node-llama-cpp samples with a fixed one; the OpenAI API varies per request.
-      seed: s.seed ?? randomInt(2 ** 32),
-      maxTokens,
-      ...(s.stop.length > 0 ? { customStopTriggers: s.stop } : {}),
-      // node-llama-cpp penalizes repeats by default; the OpenAI API does not unless asked.
-      repeatPenalty: penalize ? { penalty: s.repeatPenalty, frequencyPenalty: s.frequencyPenalty, presencePenalty: s.presencePenalty } : false
-    }
-  }
-
-  private async prepareChat (lm: LoadedModel, req: ParsedChatRequest): Promise<GenerationJob<ChatCompletionChunkDelta>> {
-    // `tool_choice: "none"` offers no tools; "required" or a named function forces a call by grammar.
-    const tools = req.toolChoice?.type === 'none' ? undefined : req.tools
-    const choice = req.toolChoice
-    const forced = tools !== undefined && choice !== undefined && (choice.type === 'required' || choice.type === 'function') ? choice : undefined
-    const parallel = req.parallelToolCalls ?? true
-    let history = chatHistory(req.messages)
-    if (forced !== undefined && tools !== undefined) {
-      const instructions = forcedCallInstructions(tools, forced, parallel)
-      const first = history[0]
-      history = first?.type === 'system'
-        ? [{ type: 'system', text: `${first.text}\n\n${instructions}` }, ...history.slice(1)]
-        : [{ type: 'system', text: instructions }, ...history]
-    }
-    // Offered through the model's own template (node-llama-cpp's function calling) when not forced.
-    const functions = tools !== undefined && forced === undefined ? chatModelFunctions(tools) : undefined
-    // node-llama-cpp takes functions or a grammar, never both: rather than drop the format silently, say so.
-    if (functions !== undefined && req.responseFormat !== undefined) {
-      throw new BadRequestError('response_format together with tools the model may call (tool_choice "auto") is not supported by the embedded engine; use tool_choice "none" for the structured answer, or "required" for a call', 'response_format', 'unsupported_parameter')
-    }
-    // A trailing assistant message (or tool results) is a prefix the model continues; otherwise a new turn opens.
-    const rendered: ChatHistoryItem[] = history.at(-1)?.type === 'model' ? history : [...history, { type: 'model', response: [] }]
-    lm.chatWrapper ??= nlc().resolveChatWrapper(lm.model)
-    const chatWrapper = lm.chatWrapper
-    const promptTokens = chatWrapper.generateContextState({ chatHistory: rendered, availableFunctions: functions, documentFunctionParams: true })
-      .contextText.tokenize(lm.model.tokenizer).length
-    const { customStopTriggers, ...baseSampling } = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'messages'))
-    const sampling = {
-      ...baseSampling,
-      // A stop sequence would cut a forced call's JSON short.
-      ...(customStopTriggers !== undefined && forced === undefined ? { customStopTriggers } : {}),
-      ...tokenBiasOption(nlc().TokenBias, lm.model, req.sampling.logitBias)
-    }
-    // Structured output or a forced call: the grammar only lets through text that parses (and fits the schema).
-    const grammar = forced !== undefined && tools !== undefined
-      ? await grammarFor(lm.model.llama, { type: 'json_schema', name: 'tool_calls', schema: {}, strict: true, grammarSchema: forcedCallSchema(tools, forced, parallel) }, 'chat')
-        .catch((err: unknown) => { throw err instanceof BadRequestError ? new BadRequestError(err.message.replace(/^response_format/, 'tools'), 'tools', err.code) : err })
-      : req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'chat')
-    return {
-      run: async (seq, signal, push) => {
-        const chat = new (nlc().LlamaChat)({ contextSequence: seq, chatWrapper, autoDisposeSequence: false })
-        const before = seq.tokenMeter.getState()
-        const collector = new ToolCallCollector(forced === undefined ? undefined : { array: forcedIsArray(forced, parallel) })
-        const pushCalls = (deltas: ChatCompletionChunkToolCall[]): void => { if (deltas.length > 0) push?.({ tool_calls: deltas }) }
-        // node-llama-cpp takes either a grammar or functions, never both.
-        const constraint = functions !== undefined
-          ? {
-              functions,
-              documentFunctionParams: true,
-              ...(parallel ? {} : { maxParallelFunctionCalls: 1 }),
-              onFunctionCallParamsChunk: (chunk: ParamsChunk) => { pushCalls(collector.params(chunk)) }
-            }
-          : grammar !== undefined ? { grammar } : {}
-        try {
-          const res = await chat.generateResponse(history, {
-            ...sampling,
-            ...constraint,
-            signal,
-            onResponseChunk: (chunk: LlamaChatResponseChunk) => {
-              if (chunk.type === undefined) {
-                if (collector.forced) pushCalls(collector.text(chunk.text))
-                else push?.({ content: chunk.text })
-              } else if (chunk.segmentType === 'thought') push?.({ reasoning_content: chunk.text })
-            }
-          } as Parameters<LlamaChat['generateResponse']>[1])
-          const reasoning = res.fullResponse
-            .map(item => typeof item !== 'string' && item.segmentType === 'thought' ? item.text : '')
-            .join('')
-          const { calls, deltas } = collector.finish(res.functionCalls as Array<{ functionName: string, params: unknown }> | undefined)
-          pushCalls(deltas)
-          const finishReason = finishReasonOf(res.metadata.stopReason)
-          return {
-            text: collector.forced ? '' : res.response,
-            reasoning,
-            finishReason: calls.length > 0 && finishReason !== 'length' ? 'tool_calls' : finishReason,
-            promptTokens,
-            completionTokens: seq.tokenMeter.diff(before).usedOutputTokens,
-            ...(calls.length > 0 ? { toolCalls: calls } : {})
-          }
-        } finally {
-          chat.dispose()
-        }
-      }
-    }
-  }
-
-  private async prepareText (lm: LoadedModel, req: ParsedCompletionRequest): Promise<GenerationJob<string>> {
-    const bos = beginningToken(lm.model)
-    let tokens: Token[]
-    if (typeof req.prompt === 'string') {
-      tokens = lm.model.tokenize(req.prompt, false, bos !== null ? 'trimLeadingSpace' : undefined)
-    } else {
-      tokens = req.prompt as Token[]
-      // node-llama-cpp adds the BOS itself; a client that already did would get two.
-      if (bos !== null && tokens[0] === bos) tokens = tokens.slice(1)
-    }
-    const promptTokens = tokens.length + (bos !== null ? 1 : 0)
-    // Stops are matched on the streamed text here, not by node-llama-cpp (see stop-scanner.ts).
-    const { customStopTriggers: stops, ...baseSampling } = this.samplingOptions(req.sampling, this.tokenBudget(lm, promptTokens, req.sampling.maxTokens, 'prompt'))
-    const sampling = { ...baseSampling, ...tokenBiasOption(nlc().TokenBias, lm.model, req.sampling.logitBias) }
-    const echo = req.echo ? (typeof req.prompt === 'string' ? req.prompt : lm.model.detokenize(tokens)) : ''
-    const grammar = req.responseFormat === undefined ? undefined : await grammarFor(lm.model.llama, req.responseFormat, 'completion')
-    return {
-      run: async (seq, signal, push) => {
-        if (echo.length > 0) push?.(echo)
-        const completion = new (nlc().LlamaCompletion)({ contextSequence: seq })
-        const before = seq.tokenMeter.getState()
-        const scanner = stops === undefined ? undefined : new StopScanner(stops)
-        // Aborted when a stop sequence matched: node-llama-cpp then returns what it generated.
-        const stopped = new AbortController()
-        let kept = ''
-        const emit = (text: string): void => {
-          if (text.length === 0) return
-          kept += text
-          push?.(text)
-        }
-        try {
-          const res = await completion.generateCompletionWithMeta(tokens, {
-            ...sampling,
-            ...(grammar !== undefined ? { grammar } : {}),
-            signal: scanner === undefined ? signal : AbortSignal.any([signal, stopped.signal]),
-            stopOnAbortSignal: scanner !== undefined,
-            // The budget already keeps generation inside the context; no shifting, and the
-            // whole prompt is kept (the default would cut one longer than 90% of the context).
-            disableContextShift: true,
-            contextShiftSize: 1,
-            onTextChunk: text => {
-              if (scanner === undefined) {
-                push?.(text)
-                return
-              }
-              if (stopped.signal.aborted) return
-              const scan = scanner.push(text)
-              emit(scan.emit)
-              if (scan.stop !== undefined) stopped.abort()
-            }
-          })
-          // With stopOnAbortSignal a caller's abort returns too; it must still fail the request.
-          signal.throwIfAborted()
-          if (scanner !== undefined && !stopped.signal.aborted) emit(scanner.flush())
-          return {
-            text: echo + (scanner === undefined ? res.response : kept),
-            reasoning: '',
-            finishReason: stopped.signal.aborted ? 'stop' : finishReasonOf(res.metadata.stopReason),
-            promptTokens,
-            completionTokens: seq.tokenMeter.diff(before).usedOutputTokens
-          }
-        } finally {
-          completion.dispose()
-        }
-      }
     }
   }
 

@@ -17,31 +17,26 @@
  * - Answers are rebuilt into exactly the OpenAI shapes the embedded engine returns (our model
  *   id, no llama.cpp extras), so a client cannot tell which engine served it.
  */
-import type { ChildProcess } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import { createInterface } from 'node:readline'
-import { BadRequestError, ModelNotFoundError, ShepherdError, TimeoutError } from '../../errors.js'
+import { ModelNotFoundError, ShepherdError } from '../../errors.js'
 import { createLogger } from '../../logger.js'
 import { readGgufHeader } from '../resources/gguf.js'
 import type { LlamacppBackend, LlamacppBuild } from '../resources/types.js'
 import type { ModelEntry } from './embedded.js'
-import { OpenAIHttpClient } from './openai-http.js'
+import type { OpenAIHttpClient } from './openai-http.js'
+import { asRecord, completionFormat, forwardable, toTextChunks, toTextCompletion } from './llama-server-mapping.js'
+import { LineRing, sleep, spawnLlamaServer, stopChild, waitUntilServing, type ExitInfo, type RunningProcess } from './llama-server-child.js'
 import { parseChatRequest, parseCompletionRequest, parseEmbeddingRequest } from './openai-request.js'
-import { upstreamSchema, type ResponseFormat } from './response-format.js'
-import { ChatStreamMapper, finishReason, int, toChatCompletion, upstreamChatFields, usageOf } from './llama-tools.js'
+import { ChatStreamMapper, int, toChatCompletion, upstreamChatFields } from './llama-tools.js'
 import { mergeLlamaServerArgs } from './llama-args.js'
-import { spawnTied, type TiedChild } from './tied-child.js'
-import { embeddingObject, embeddingSize, legacyFunctionChunk, legacyFunctionCompletion, newResponseId, shapeEmbedding, unixNow, usage, type ResponseHeader } from './openai-response.js'
+import { embeddingObject, embeddingSize, legacyFunctionChunk, legacyFunctionCompletion, shapeEmbedding } from './openai-response.js'
 import type {
   ChatCompletion,
   ChatCompletionChunk,
   ChatCompletionRequest,
   CompletionRequest,
-  CompletionUsage,
   EmbeddingRequest,
   EmbeddingResponse,
-  FinishReason,
   TextCompletion,
   TextCompletionChunk
 } from './openai-types.js'
@@ -139,46 +134,6 @@ export interface LlamaServerEngineOptions extends MemoryBudgetOptions {
 /** Chat and completions run in one child, embeddings in another (`--embeddings`). */
 type Role = 'generate' | 'embed'
 
-/** The last `capacity` lines of a model's children's output. */
-class LineRing {
-  private readonly items: string[] = []
-  /** Lines ever pushed; marks where one child's output starts. */
-  total = 0
-
-  constructor (private readonly capacity: number) {}
-
-  push (line: string): void {
-    this.items.push(line)
-    this.total++
-    if (this.items.length > this.capacity) this.items.shift()
-  }
-
-  lines (): string[] {
-    return [...this.items]
-  }
-
-  /** The lines pushed since `mark` (a past `total`) that are still kept. */
-  since (mark: number): string[] {
-    return this.items.slice(Math.max(0, this.items.length - (this.total - mark)))
-  }
-}
-
-interface ExitInfo {
-  code: number | null
-  signal: NodeJS.Signals | null
-}
-
-interface RunningProcess {
-  child: ChildProcess
-  /** Tied to this node (dies with it, kill -9 included); `kill` signals its process group. */
-  tied: TiedChild
-  pid: number
-  port: number
-  client: OpenAIHttpClient
-  exited: Promise<ExitInfo>
-  exit?: ExitInfo
-}
-
 interface Instance {
   key: string
   name: string
@@ -204,21 +159,6 @@ interface Lease {
   release: (keepAliveMs?: number) => void
 }
 
-
-
-const sleep = async (ms: number, signal?: AbortSignal): Promise<void> => {
-  await new Promise<void>((resolve, reject) => {
-    if (signal?.aborted === true) { reject(signal.reason); return }
-    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve() }, ms)
-    const onAbort = (): void => { clearTimeout(timer); reject(signal?.reason) }
-    signal?.addEventListener('abort', onAbort, { once: true })
-  })
-}
-
-/** Rejects with the signal's reason if it aborts before `promise` settles. */
-
-
-
 /**
  * The build to run: the first backend in `order` that has one, the newest build of it. A GPU
  * build that found no device ranks after `cpu` (Metal builds list none, so they keep their rank).
@@ -235,76 +175,8 @@ export function selectLlamacppBuild (builds: readonly LlamacppBuild[], order: re
     .sort((a, b) => rank(a) - rank(b) || (b.build ?? -1) - (a.build ?? -1))[0]
 }
 
-/** The identity of a response, its model replaced by ours. */
-function headerOf (raw: Record<string, unknown>, prefix: 'chatcmpl' | 'cmpl', model: string): ResponseHeader {
-  let id = typeof raw.id === 'string' && raw.id !== '' ? raw.id : newResponseId(prefix)
-  // llama-server names text completions `chatcmpl-` too; OpenAI's are `cmpl-`.
-  if (prefix === 'cmpl' && id.startsWith('chatcmpl-')) id = id.slice('chat'.length)
-  return {
-    id,
-    created: typeof raw.created === 'number' ? raw.created : unixNow(),
-    model
-  }
-}
-
-function asRecord (value: unknown): Record<string, unknown> {
-  if (value === null || typeof value !== 'object') {
-    throw new ShepherdError('llama-server sent something that is not a JSON object', { code: 'upstream_invalid_response', status: 502 })
-  }
-  return value as Record<string, unknown>
-}
-
-function firstChoice (raw: Record<string, unknown>): Record<string, unknown> | undefined {
-  const choices = raw.choices
-  return Array.isArray(choices) && choices.length > 0 ? asRecord(choices[0]) : undefined
-}
-
 export { toChatCompletion, toChatChunks } from './llama-tools.js'
-
-/** A llama-server text completion as an exact OpenAI one; `echo` is the prompt to put first. */
-export function toTextCompletion (value: unknown, model: string, echo = ''): TextCompletion {
-  const raw = asRecord(value)
-  const header = headerOf(raw, 'cmpl', model)
-  const choice = firstChoice(raw) ?? {}
-  return {
-    id: header.id,
-    object: 'text_completion',
-    created: header.created,
-    model,
-    choices: [{ text: echo + (typeof choice.text === 'string' ? choice.text : ''), index: 0, logprobs: null, finish_reason: finishReason(choice.finish_reason) }],
-    usage: usageOf(raw.usage)
-  }
-}
-
-/** A llama-server completion chunk as OpenAI ones (see `toChatChunks`). */
-export function toTextChunks (value: unknown, model: string, includeUsage: boolean): TextCompletionChunk[] {
-  const raw = asRecord(value)
-  const header = headerOf(raw, 'cmpl', model)
-  const out: TextCompletionChunk[] = []
-  const base = { id: header.id, object: 'text_completion' as const, created: header.created, model }
-  const choice = firstChoice(raw)
-  if (choice !== undefined) {
-    const finish = choice.finish_reason == null ? null : finishReason(choice.finish_reason)
-    const text = typeof choice.text === 'string' ? choice.text : ''
-    out.push({ ...base, choices: [{ text, index: 0, logprobs: null, finish_reason: finish }], ...(includeUsage ? { usage: null } : {}) })
-  }
-  if (includeUsage && raw.usage != null) out.push({ ...base, choices: [], usage: usageOf(raw.usage) })
-  return out
-}
-
-/** Fields this engine handles itself, never sent to the child. */
-/**
- * Structured output on llama-server's `/v1/completions`: it reads no `response_format` there,
- * only its own `json_schema` field.
- */
-function completionFormat (format: ResponseFormat | undefined): Record<string, unknown> {
-  return { response_format: undefined, json_schema: format === undefined ? undefined : upstreamSchema(format) }
-}
-
-function forwardable (body: object, model: string, extra: Record<string, unknown>): Record<string, unknown> {
-  const { keep_alive: _keepAlive, echo: _echo, suffix: _suffix, best_of: _bestOf, ...rest } = body as Record<string, unknown>
-  return { ...rest, ...extra, model }
-}
+export { toTextCompletion, toTextChunks } from './llama-server-mapping.js'
 
 /**
  * An `Engine` running each model in a managed `llama-server` child.
@@ -795,7 +667,7 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
         await this.waitReady(inst, proc)
         return proc
       } catch (err) {
-        await this.kill(proc)
+        await stopChild(proc, this.opts.stopGraceMs)
         const lostPort = proc.exit !== undefined && (isAddressInUse(ring.since(mark).join('\n')) || await portInUse(port, this.opts.host))
         if (attempt < attempts && lostPort && !inst.stopSignal.signal.aborted) {
           log.debug('port taken before llama-server bound it; retrying', { model: inst.name, port })
@@ -809,76 +681,25 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
   }
 
   private spawnChild (inst: Instance, port: number, args: string[]): RunningProcess {
-    const build = this.build as LlamacppBuild
-    const ring = this.ring(inst.name)
-    const prefix = inst.role === 'embed' ? '[embeddings] ' : ''
-    ring.push(`${prefix}[shepherd] starting ${build.path} ${args.join(' ')}`)
-    // A key per child keeps other local processes (and web pages, llama-server allowing any
-    // CORS origin) from using it; in the environment, not on the command line, which anyone sees.
-    const apiKey = randomBytes(24).toString('hex')
-    // Tied to this node: a node killed with -9 takes its children with it.
-    const tied = spawnTied(build.path, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.opts.env, LLAMA_API_KEY: apiKey } })
-    const child = tied.child
-    for (const stream of [child.stdout, child.stderr]) {
-      if (stream === null) continue
-      createInterface({ input: stream, crlfDelay: Infinity }).on('line', line => { ring.push(prefix + line) })
-    }
-    const proc: RunningProcess = {
-      child,
-      tied,
-      pid: child.pid ?? -1,
+    const proc = spawnLlamaServer({
+      binary: (this.build as LlamacppBuild).path,
+      args,
+      env: this.opts.env,
+      host: this.opts.host,
       port,
-      client: new OpenAIHttpClient({
-        baseUrl: `http://${this.opts.host.includes(':') ? `[${this.opts.host}]` : this.opts.host}:${port}`,
-        apiKey,
-        timeoutMs: this.opts.requestTimeoutMs,
-        name: `llama-server for '${inst.name}'`
-      }),
-      exited: new Promise<ExitInfo>(resolve => {
-        const done = (info: ExitInfo): void => {
-          if (proc.exit !== undefined) return
-          proc.exit = info
-          ring.push(`${prefix}[shepherd] exited (${info.signal ?? `code ${String(info.code)}`})`)
-          resolve(info)
-        }
-        // `close`, not `exit`: by then its output is read to the end, last words included.
-        child.once('close', (code: number | null, signal: NodeJS.Signals | null) => { done({ code, signal }) })
-        // A binary that cannot be run at all emits `error` and never `exit`.
-        child.once('error', err => {
-          ring.push(`${prefix}[shepherd] ${err.message}`)
-          done({ code: null, signal: null })
-        })
-      })
-    }
+      ring: this.ring(inst.name),
+      prefix: inst.role === 'embed' ? '[embeddings] ' : '',
+      name: inst.name,
+      requestTimeoutMs: this.opts.requestTimeoutMs
+    })
     void proc.exited.then(info => { this.onExit(inst, proc, info) })
     return proc
   }
 
-  /** Polls `/health` until 200, the child exits, the load times out or the start is cancelled. */
+  /** Waits until the child serves (see `waitUntilServing`) and keeps the context it reports. */
   private async waitReady (inst: Instance, proc: RunningProcess): Promise<void> {
-    const deadline = Date.now() + this.opts.loadTimeoutMs
-    const stop = inst.stopSignal.signal
-    const exited = proc.exited.then(info => { throw new Error(`llama-server exited (${info.signal ?? `code ${String(info.code)}`}) before it was ready`) })
-    exited.catch(() => {})
-    while (true) {
-      stop.throwIfAborted()
-      if (proc.exit !== undefined) await exited
-      if (Date.now() > deadline) throw new TimeoutError(`llama-server for '${inst.name}' was not ready within ${this.opts.loadTimeoutMs} ms`)
-      const ok = await fetch(`${proc.client.baseUrl}/health`, { signal: AbortSignal.any([stop, AbortSignal.timeout(1000)]) })
-        .then(async res => { await res.body?.cancel(); return res.status === 200 })
-        .catch(() => false)
-      if (ok) break
-      await Promise.race([sleep(LLAMA_SERVER_DEFAULTS.healthPollMs, stop), exited])
-    }
-    try {
-      const props = asRecord(await proc.client.getJson('/props', { signal: stop, timeoutMs: 5000 }))
-      const n = (props.default_generation_settings as { n_ctx?: unknown } | undefined)?.n_ctx
-      if (typeof n === 'number' && n > 0) inst.contextSize = n
-    } catch (err) {
-      if (stop.aborted) throw err
-    }
-    // Dying after /health said yes is dying before ready: nothing would notice it otherwise.
-    if (proc.exit !== undefined) await exited
+    const contextSize = await waitUntilServing(proc, { name: inst.name, stop: inst.stopSignal.signal, loadTimeoutMs: this.opts.loadTimeoutMs, pollMs: LLAMA_SERVER_DEFAULTS.healthPollMs })
+    if (contextSize !== undefined) inst.contextSize = contextSize
   }
 
   /** A child ended: expected when stopping; a crash when it was serving. */
@@ -926,18 +747,8 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
     inst.phase = 'stopping'
     // A start or restart under way kills its own child once cancelled.
     await inst.ready.catch(() => {})
-    if (inst.proc !== undefined) await this.kill(inst.proc)
+    if (inst.proc !== undefined) await stopChild(inst.proc, this.opts.stopGraceMs)
   }
 
-  /** SIGTERM, then SIGKILL after the grace period; resolves once the child is gone. */
-  private async kill (proc: RunningProcess): Promise<void> {
-    if (proc.exit !== undefined) return
-    proc.tied.kill('SIGTERM')
-    const timer = setTimeout(() => { if (proc.exit === undefined) proc.tied.kill('SIGKILL') }, this.opts.stopGraceMs)
-    try {
-      await proc.exited
-    } finally {
-      clearTimeout(timer)
-    }
-  }
+
 }

@@ -8,7 +8,15 @@
  * - Every failure is a typed `ShepherdError`: an HTTP error keeps the server's status and
  *   message, a connection failure is `NoHealthyHostError` (503), silence past the timeout is
  *   `TimeoutError` (504). Aborting the caller's signal cancels the request.
+ * - Transport: `node:http(s)` with a keep-alive agent per client. A request whose kept-alive
+ *   connection turns out closed by the server before any answer goes once more on a new
+ *   connection: llama-server (cpp-httplib) closes a connection after a streamed answer although
+ *   it advertised keep-alive, so the next request on it raced that close and failed as
+ *   `no_healthy_host` under concurrency (issue 12). `node:http` also costs less per streamed
+ *   piece than `fetch`'s web streams.
  */
+import http, { type IncomingMessage } from 'node:http'
+import https from 'node:https'
 import {
   BadRequestError,
   ModelNotFoundError,
@@ -215,9 +223,8 @@ function streamError (event: SseEvent, parsed: unknown, model: string | undefine
 
 function connectionError (name: string, model: string | undefined, cause: unknown): ShepherdError {
   const err = new NoHealthyHostError(model ?? name)
-  // fetch says only "fetch failed"; the socket's reason is one level down.
-  const inner = (cause as { cause?: { code?: unknown, message?: unknown } } | undefined)?.cause
-  const why = typeof inner?.code === 'string' ? inner.code : typeof inner?.message === 'string' ? inner.message : (cause as Error | undefined)?.message
+  const c = cause as { code?: unknown, message?: unknown } | undefined
+  const why = typeof c?.code === 'string' ? c.code : typeof c?.message === 'string' ? c.message : undefined
   if (model === undefined) err.message = `${name} cannot be reached${why !== undefined ? ` (${why})` : ''}`
   err.cause = cause
   return err
@@ -225,7 +232,7 @@ function connectionError (name: string, model: string | undefined, cause: unknow
 
 /**
  * One request's cancellation: the caller's signal, the consumer ending early, and the idle
- * timer all abort the same fetch, and `translate` says which one did it.
+ * timer all abort the same request, and `translate` says which one did it.
  */
 class RequestGuard {
   readonly controller = new AbortController()
@@ -249,7 +256,7 @@ class RequestGuard {
     this.timer.unref()
   }
 
-  /** The request is over, one way or another; aborting a finished fetch is harmless. */
+  /** The request is over, one way or another; aborting a finished request is harmless. */
   finish (): void {
     clearTimeout(this.timer)
     this.signal?.removeEventListener('abort', this.onCallerAbort)
@@ -266,6 +273,28 @@ class RequestGuard {
   }
 }
 
+/** Longest wait for the rest of a body after `[DONE]` before the connection is cut. */
+const DRAIN_MS = 1000
+
+/** Reads the events left after `[DONE]` (ignored), then ends the request; cuts it after `DRAIN_MS`. */
+async function drainAfterDone (events: AsyncGenerator<SseEvent>, response: IncomingMessage, guard: RequestGuard): Promise<void> {
+  const timer = setTimeout(() => { response.destroy() }, DRAIN_MS)
+  timer.unref()
+  try {
+    while ((await events.next()).done !== true) {}
+  } catch {
+    // A connection that broke after the answer was complete changes nothing for the caller.
+  } finally {
+    clearTimeout(timer)
+    guard.finish()
+  }
+}
+
+function ok (response: IncomingMessage): boolean {
+  const status = response.statusCode ?? 0
+  return status >= 200 && status < 300
+}
+
 /**
  * A client for one OpenAI-compatible server.
  *
@@ -277,6 +306,10 @@ class RequestGuard {
  */
 export class OpenAIHttpClient {
   readonly baseUrl: string
+  /** `baseUrl` with a trailing slash, parsed once. */
+  private readonly url: URL
+  /** Kept-alive connections to this server, for this client alone. */
+  private readonly agent: http.Agent
   private readonly apiKey: string | undefined
   private readonly timeoutMs: number
   private readonly name: string
@@ -285,7 +318,10 @@ export class OpenAIHttpClient {
   constructor (options: OpenAIHttpClientOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, '')
     // Fail at construction, not on the first request.
-    void new URL(this.baseUrl)
+    this.url = new URL(this.baseUrl + '/')
+    if (this.url.protocol !== 'http:' && this.url.protocol !== 'https:') throw new TypeError(`not an http(s) URL: ${this.baseUrl}`)
+    // Nagle off: a streamed piece leaves at once.
+    this.agent = new (this.url.protocol === 'https:' ? https.Agent : http.Agent)({ keepAlive: true, noDelay: true })
     this.apiKey = options.apiKey
     this.timeoutMs = options.timeoutMs
     this.name = options.name ?? this.baseUrl
@@ -307,14 +343,27 @@ export class OpenAIHttpClient {
    */
   async * postStream<T = unknown> (path: string, body: unknown, options: OpenAIRequestOptions = {}): AsyncGenerator<T> {
     const { response, guard } = await this.send('POST', path, JSON.stringify(body), { 'content-type': 'application/json', accept: 'text/event-stream' }, options)
+    let drained: Promise<void> | undefined
+    let events: AsyncGenerator<SseEvent> | undefined
     try {
-      if (!response.ok) throw await this.httpError(response, guard, options.model)
-      const type = response.headers.get('content-type') ?? ''
+      if (!ok(response)) throw await this.httpError(response, guard, options.model)
+      const type = response.headers['content-type'] ?? ''
       if (!type.includes('text/event-stream')) {
         throw new ShepherdError(`${this.name} answered a streaming request with '${type}', not an event stream`, { code: 'upstream_invalid_response', status: 502 })
       }
-      for await (const event of parseSse(this.readBody(response, guard, options.model))) {
-        if (event.data === '[DONE]') return
+      events = parseSse(this.readBody(response, guard, options.model))
+      // Iterated by hand: a `for await` would close `events` on the early return at `[DONE]`.
+      for (;;) {
+        const next = await events.next()
+        if (next.done === true) return
+        const event = next.value
+        if (event.data === '[DONE]') {
+          // The answer is complete; what is left of the body (the chunked terminator) is read in
+          // the background so the connection goes back to the pool (a TLS upstream's handshake
+          // is not paid per stream) instead of being cut.
+          drained = drainAfterDone(events, response, guard)
+          return
+        }
         let parsed: unknown
         try {
           parsed = JSON.parse(event.data)
@@ -326,7 +375,11 @@ export class OpenAIHttpClient {
         yield parsed as T
       }
     } finally {
-      guard.finish()
+      if (drained === undefined) {
+        // Ended early (an error, or the consumer stopped): the body is cut, not read on.
+        await events?.return(undefined)
+        guard.finish()
+      }
     }
   }
 
@@ -340,17 +393,16 @@ export class OpenAIHttpClient {
       const k = key.toLowerCase()
       if (!HOP_BY_HOP.has(k) && !CALLER_CREDENTIALS.has(k)) headers[k] = value
     }
+    // Identity bodies only: the relay and the API pass bytes on without their encoding header.
+    delete headers['accept-encoding']
     const method = req.method.toUpperCase()
     const body = method === 'GET' || method === 'HEAD' ? undefined : req.body ?? undefined
     const { response, guard } = await this.send(method, req.path, body, headers, { signal: req.signal })
     const out: Record<string, string> = {}
-    // fetch decodes compressed bodies, so the encoding and length no longer describe the bytes relayed.
-    const decoded = response.headers.has('content-encoding')
-    response.headers.forEach((value, key) => {
-      if (HOP_BY_HOP.has(key) && !(key === 'content-length' && !decoded)) return
-      if (key === 'content-encoding') return
-      out[key] = value
-    })
+    for (const [key, value] of Object.entries(response.headers)) {
+      if (value === undefined || (HOP_BY_HOP.has(key) && key !== 'content-length')) continue
+      out[key] = Array.isArray(value) ? value.join(', ') : value
+    }
     const self = this
     async function * relay (): AsyncGenerator<Uint8Array> {
       try {
@@ -359,7 +411,7 @@ export class OpenAIHttpClient {
         guard.finish()
       }
     }
-    return { status: response.status, headers: out, body: relay() }
+    return { status: response.statusCode ?? 502, headers: out, body: relay() }
   }
 
   private async json<T> (method: string, path: string, body: unknown, options: OpenAIRequestOptions): Promise<T> {
@@ -367,7 +419,7 @@ export class OpenAIHttpClient {
     if (body !== undefined) headers['content-type'] = 'application/json'
     const { response, guard } = await this.send(method, path, body === undefined ? undefined : JSON.stringify(body), headers, options)
     try {
-      if (!response.ok) throw await this.httpError(response, guard, options.model)
+      if (!ok(response)) throw await this.httpError(response, guard, options.model)
       const text = await this.readText(response, guard, options.model, this.maxJsonBytes)
       try {
         return JSON.parse(text) as T
@@ -385,46 +437,68 @@ export class OpenAIHttpClient {
     body: string | Uint8Array | undefined,
     headers: Record<string, string>,
     options: OpenAIRequestOptions
-  ): Promise<{ response: Response, guard: RequestGuard }> {
+  ): Promise<{ response: IncomingMessage, guard: RequestGuard }> {
     options.signal?.throwIfAborted()
     const guard = new RequestGuard(options.signal, options.timeoutMs ?? this.timeoutMs)
     if (this.apiKey !== undefined && this.apiKey !== '') headers.authorization = `Bearer ${this.apiKey}`
+    const payload = body === undefined ? undefined : typeof body === 'string' ? Buffer.from(body) : body
+    if (payload !== undefined) headers['content-length'] = String(payload.byteLength)
     try {
-      const response = await fetch(this.baseUrl + path, { method, headers, body, signal: guard.controller.signal })
-      return { response, guard }
+      try {
+        return { response: await this.request(method, path, payload, headers, guard, this.agent), guard }
+      } catch (err) {
+        // The server closed a kept-alive connection as this request went out on it: nothing was
+        // answered (nor, for llama-server, started), so it goes again on a connection of its own.
+        if (!(err as { staleSocket?: boolean }).staleSocket || guard.controller.signal.aborted) throw err
+        return { response: await this.request(method, path, payload, headers, guard, false), guard }
+      }
     } catch (err) {
       guard.finish()
       throw guard.translate(err, this.name, options.model, 'connect')
     }
   }
 
-  /** The body piece by piece, the idle timer restarted for each. */
-  private async * readBody (response: Response, guard: RequestGuard, model: string | undefined): AsyncGenerator<Uint8Array> {
-    if (response.body === null) return
-    const reader = response.body.getReader()
+  /** One HTTP exchange up to the response head; a failure on a reused socket is marked `staleSocket`. */
+  private async request (method: string, path: string, payload: Uint8Array | undefined, headers: Record<string, string>, guard: RequestGuard, agent: http.Agent | false): Promise<IncomingMessage> {
+    return await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = (this.url.protocol === 'https:' ? https : http).request(this.url.href + path.slice(1), { method, headers, agent, signal: guard.controller.signal }, resolve)
+      // `on`, not `once`: an error after the head (reported through the body) must not go unhandled.
+      req.on('error', err => {
+        const code = (err as { code?: unknown }).code
+        if (req.reusedSocket && (code === 'ECONNRESET' || code === 'EPIPE')) Object.assign(err, { staleSocket: true })
+        reject(err)
+      })
+      req.end(payload)
+    })
+  }
+
+  /** The body piece by piece, the idle timer restarted for each; ending early destroys the response. */
+  private async * readBody (response: IncomingMessage, guard: RequestGuard, model: string | undefined): AsyncGenerator<Uint8Array> {
+    const it = response[Symbol.asyncIterator]() as AsyncIterator<Buffer>
     let done = false
     try {
       while (true) {
         guard.arm()
-        let result: Awaited<ReturnType<typeof reader.read>>
+        let result: IteratorResult<Buffer>
         try {
-          result = await reader.read()
+          result = await it.next()
         } catch (err) {
           throw guard.translate(err, this.name, model, 'body')
         }
-        if (result.done) {
+        if (result.done === true) {
+          // A body cut short by the server ends the iteration too; only `complete` says it is whole.
+          if (!response.complete) throw guard.translate(new Error('the response ended early'), this.name, model, 'body')
           done = true
           return
         }
         yield result.value
       }
     } finally {
-      if (!done) await reader.cancel().catch(() => {})
-      reader.releaseLock()
+      if (!done) response.destroy()
     }
   }
 
-  private async readText (response: Response, guard: RequestGuard, model: string | undefined, limit: number): Promise<string> {
+  private async readText (response: IncomingMessage, guard: RequestGuard, model: string | undefined, limit: number): Promise<string> {
     const parts: Uint8Array[] = []
     let size = 0
     for await (const part of this.readBody(response, guard, model)) {
@@ -437,7 +511,7 @@ export class OpenAIHttpClient {
     return Buffer.concat(parts).toString('utf8')
   }
 
-  private async httpError (response: Response, guard: RequestGuard, model: string | undefined): Promise<ShepherdError> {
+  private async httpError (response: IncomingMessage, guard: RequestGuard, model: string | undefined): Promise<ShepherdError> {
     let payload: unknown = ''
     try {
       const text = await this.readText(response, guard, model, MAX_ERROR_BYTES)
@@ -447,6 +521,6 @@ export class OpenAIHttpClient {
         payload = text
       }
     } catch {}
-    return errorFromResponse(response.status, payload, model)
+    return errorFromResponse(response.statusCode ?? 502, payload, model)
   }
 }

@@ -269,6 +269,8 @@ export class LlamaServerEngine extends EventEmitter<EngineEvents> implements Eng
         }
       },
       keepAliveMs: this.opts.keepAliveMs,
+      // A key is `role NUL name`: clients are told the name only.
+      modelOf: key => this.nameOf(key),
       maxLoadedBytes: options.maxLoadedBytes,
       memoryReserveBytes: options.memoryReserveBytes,
       availableMemoryBytes: options.availableMemoryBytes,

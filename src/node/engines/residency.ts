@@ -72,6 +72,8 @@ export interface ResidencyOptions<R> extends MemoryBudgetOptions {
   onChange?: (key: string, state: ResidentState | undefined, pinned: boolean) => void
   /** Logs a copy unloaded for idleness or for room (the engine's logger). */
   log?: (message: string, fields: Record<string, unknown>) => void
+  /** The model a key names, for messages clients read (an engine's key may carry more: a role). */
+  modelOf?: (key: string) => string
 }
 
 /** A request's hold on a loaded copy: while held the copy is neither idle-unloaded nor evicted. */
@@ -115,7 +117,7 @@ interface Resident<R> {
 }
 
 const closedError = (): ShepherdError => new ShepherdError('The engine is closed', { code: 'engine_closed', status: 503 })
-const unloadedError = (key: string): ShepherdError => new ShepherdError(`The model '${key}' was unloaded`, { code: 'model_unloaded', status: 503 })
+const unloadedError = (model: string): ShepherdError => new ShepherdError(`The model '${model}' was unloaded`, { code: 'model_unloaded', status: 503 })
 
 /**
  * Whether a load's keep-alive pins the copy: negative or infinite is a deployment's replica
@@ -167,6 +169,10 @@ export class Residency<R> {
   get isClosed (): boolean { return this.closed }
 
   /** A copy's state, or undefined when none is resident. */
+  private modelOf (key: string): string {
+    return this.opts.modelOf?.(key) ?? key
+  }
+
   get (key: string): ResidentView<R> | undefined {
     const r = this.residents.get(key)
     if (r === undefined) return undefined
@@ -247,12 +253,12 @@ export class Residency<R> {
       return true
     }
     if (r.state === 'loading') {
-      r.cancel.abort(reason ?? unloadedError(key))
+      r.cancel.abort(reason ?? unloadedError(this.modelOf(key)))
       const loaded = await r.loading?.catch(() => undefined)
       if (loaded === undefined) return true
       return await this.unload(key, reason)
     }
-    await this.unloadLoaded(r, reason ?? unloadedError(key))
+    await this.unloadLoaded(r, reason ?? unloadedError(this.modelOf(key)))
     return true
   }
 
@@ -281,7 +287,7 @@ export class Residency<R> {
       .sort((a, b) => a.lastUsed - b.lastUsed)[0]
     if (victim === undefined) return false
     this.opts.log?.('unloading least recently used model to make room', { model: victim.key, for: except })
-    await this.unloadLoaded(victim, unloadedError(victim.key))
+    await this.unloadLoaded(victim, unloadedError(this.modelOf(victim.key)))
     return true
   }
 
@@ -325,7 +331,7 @@ export class Residency<R> {
       r.idleTimer = undefined
       if (r.requests.size > 0 || r.pinned || r.state !== 'loaded' || this.residents.get(r.key) !== r) return
       this.opts.log?.('idle model unloaded', { model: r.key, keepAliveMs: keepAlive })
-      this.unloadLoaded(r, unloadedError(r.key)).catch(err => { this.opts.log?.('unloading an idle model failed', { model: r.key, err }) })
+      this.unloadLoaded(r, unloadedError(this.modelOf(r.key))).catch(err => { this.opts.log?.('unloading an idle model failed', { model: r.key, err }) })
     }, delay)
   }
 
@@ -413,7 +419,7 @@ export class Residency<R> {
       // A request may have taken it while an earlier one was unloading: unloading it now would cut that request.
       if (victim?.state !== 'loaded' || !this.evictable(victim)) continue
       this.opts.log?.('unloading least recently used model to make room', { model: key, for: r.key })
-      await this.unloadLoaded(victim, unloadedError(key))
+      await this.unloadLoaded(victim, unloadedError(this.modelOf(key)))
     }
   }
 

@@ -59,7 +59,9 @@ function harness (opts: { keepAliveMs?: number, budget?: number } = {}) {
     maxLoadedBytes: opts.budget ?? 1e12,
     memoryReserveBytes: 0,
     availableMemoryBytes: () => Infinity,
-    onChange: (key, state, pinned) => { changes.push([key, state, pinned]) }
+    onChange: (key, state, pinned) => { changes.push([key, state, pinned]) },
+    // As an engine whose keys carry a role: clients read the model's name only.
+    modelOf: key => key.replace(/^generate\u0000/, '')
   })
   let gate: Promise<void> = Promise.resolve()
   const plan = (key: string, size = 10): () => LoadPlan<Copy> => () => ({
@@ -235,6 +237,14 @@ describe('Residency', () => {
     assert.equal(await h.residency.evictOne('b'), true)
     assert.deepEqual(h.stops, ['a'])
     assert.equal(await h.residency.evictOne('b'), false, 'b is excluded and p is pinned')
+  })
+
+  it("an unload's error names the model, not the engine's key", async () => {
+    const h = harness()
+    const lease = await h.residency.use('generate\u0000org/m', h.plan('generate\u0000org/m'))
+    void h.residency.unload('generate\u0000org/m')
+    assert.equal((lease.signal.reason as ShepherdError).message, "The model 'org/m' was unloaded")
+    lease.release()
   })
 
   it('unload aborts requests on the copy with model_unloaded and stops it once they end', async () => {

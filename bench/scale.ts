@@ -10,6 +10,11 @@
  *
  *   SCALE_SIZES=4,8 npm run bench -- scale     (sizes; default 4,16,32,48)
  *   SCALE_IDLE_MS=20000                          (idle window; default 20 s)
+ *   SCALE_MEMBERSHIP=swim,flood                  (failure detection, `--membership`; default swim)
+ *
+ * `swim` (the default since issue 14 step 2): SWIM probes, heartbeats only on change. `flood`:
+ * every node's heartbeat to every node each second (what the baseline measured); run both in one
+ * go to compare them side by side on the same machine.
  */
 import { readFileSync } from 'node:fs'
 import { startNode, stopNode, getJson, type NodeProcess } from '../test/support/cluster.js'
@@ -19,7 +24,8 @@ import type { BenchTable, Cell } from './table.js'
 const BASELINE: Record<number, { cpu: number, rssMb: number, convergeS: number | null }> = {
   4: { cpu: 4.3, rssMb: 130, convergeS: 7.6 },
   8: { cpu: 8.1, rssMb: 133, convergeS: 14.3 },
-  16: { cpu: NaN, rssMb: NaN, convergeS: null }
+  // The lead's run of this bench before SWIM went live: 6.4 % per node, no all-see-all in 180 s.
+  16: { cpu: 6.4, rssMb: NaN, convergeS: null }
 }
 
 function rssMb (pid: number | undefined): number {
@@ -31,14 +37,20 @@ function rssMb (pid: number | undefined): number {
   }
 }
 
+/** NaN when the node does not answer (32 nodes on 2 busy cores once took > 10 s to, and the whole run was lost). */
 async function gossipBytesReceived (n: NodeProcess): Promise<number> {
-  const res = await fetch(`${n.api}/metrics`, { signal: AbortSignal.timeout(10_000) })
-  const m = /^shepherd_gossip_bytes_received_total\s+(\S+)$/m.exec(await res.text())
-  return m != null ? Number(m[1]) : NaN
+  try {
+    const res = await fetch(`${n.api}/metrics`, { signal: AbortSignal.timeout(30_000) })
+    const m = /^shepherd_gossip_bytes_received_total\s+(\S+)$/m.exec(await res.text())
+    return m != null ? Number(m[1]) : NaN
+  } catch {
+    return NaN
+  }
 }
 
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
-const avg = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length)
+/** Mean of the finite values (a node that did not answer is left out); NaN when none is. */
+const avg = (xs: number[]): number => { const f = xs.filter(Number.isFinite); return f.length === 0 ? NaN : f.reduce((a, b) => a + b, 0) / f.length }
 const round1 = (x: number): Cell => Number.isFinite(x) ? Math.round(x * 10) / 10 : null
 
 async function allSeeAll (nodes: NodeProcess[]): Promise<boolean> {
@@ -54,14 +66,16 @@ async function allSeeAll (nodes: NodeProcess[]): Promise<boolean> {
 export async function run (): Promise<BenchTable> {
   const sizes = (process.env.SCALE_SIZES ?? '4,16,32,48').split(',').map(Number).filter(n => Number.isInteger(n) && n > 1)
   const idleMs = Number(process.env.SCALE_IDLE_MS ?? 20_000)
+  const modes = (process.env.SCALE_MEMBERSHIP ?? 'swim').split(',').filter(m => m === 'swim' || m === 'flood')
   const rows: Cell[][] = []
-  for (const size of sizes) {
+  for (const size of sizes) for (const mode of modes) {
     const nodes: NodeProcess[] = []
     try {
-      const first = await startNode({ name: 'scale-0', args: ['--engine', 'none'], timeoutMs: 120_000 })
+      const args = ['--engine', 'none', '--membership', mode]
+      const first = await startNode({ name: 'scale-0', args, timeoutMs: 120_000 })
       nodes.push(first)
       const boot = `/ip4/127.0.0.1/tcp/${first.p2pPort}/p2p/${first.id}`
-      for (let i = 1; i < size; i++) nodes.push(await startNode({ name: `scale-${i}`, args: ['--engine', 'none', '--bootstrap', boot], timeoutMs: 120_000 }))
+      for (let i = 1; i < size; i++) nodes.push(await startNode({ name: `scale-${i}`, args: [...args, '--bootstrap', boot], timeoutMs: 120_000 }))
       const t0 = performance.now()
       let convergeS: number | null = null
       while (performance.now() - t0 < 180_000) {
@@ -78,19 +92,19 @@ export async function run (): Promise<BenchTable> {
       const bytes = (await Promise.all(nodes.map(gossipBytesReceived))).map((b, i) => (b - bytes0[i]) / (window / 1000))
       const rss = nodes.map(n => rssMb(n.child.pid))
       const base = BASELINE[size]
-      rows.push([size, round1(avg(cpu)), round1(base?.cpu ?? NaN), round1(avg(rss)), round1(base?.rssMb ?? NaN), Math.round(avg(bytes)), round1(convergeS ?? NaN), base?.convergeS ?? null])
+      rows.push([size, mode, round1(avg(cpu)), round1(base?.cpu ?? NaN), round1(avg(rss)), round1(base?.rssMb ?? NaN), Math.round(avg(bytes)), round1(convergeS ?? NaN), base?.convergeS ?? null])
     } finally {
       await Promise.all(nodes.map(async n => await stopNode(n, 'SIGKILL')))
     }
   }
   return {
     title: 'membership at scale: real nodes on loopback, --engine none',
-    columns: ['nodes', 'idle CPU %/node', 'baseline', 'RSS MB/node', 'baseline', 'gossip B/s in/node', 'all-see-all s', 'baseline'],
+    columns: ['nodes', 'membership', 'idle CPU %/node', 'baseline', 'RSS MB/node', 'baseline', 'gossip B/s in/node', 'all-see-all s', 'baseline'],
     rows,
     notes: [
       'CPU: % of one core per node over the idle window (after convergence); RSS from /proc; bytes: membership gossip received.',
       'all-see-all: from the last node\'s ready line until every node lists every other alive (polling /api/peers every 0.5 s); — = not within 180 s.',
-      'Baseline: issue 14\'s measurements before this work (one 2-core machine, loopback).',
+      'Baseline: issue 14\'s measurements before this work (one 2-core machine, loopback; 16 nodes: the lead\'s run before SWIM went live).',
       'Target: 48-node CPU and RSS per node ≤ 1.5× the 4-node ones; all-see-all at 48 ≤ 30 s.'
     ]
   }

@@ -190,6 +190,10 @@ export function validateOptions (opts: NodeOptions): NodeOptions {
   oneOf('engine', ['auto', 'embedded', 'llama-server', 'none'], 'engine.kind')
   oneOf('gpu', ['auto', 'cuda', 'vulkan', 'metal', 'off'], 'engine.gpu')
   oneOf('routing', ['least-loaded', 'round-robin', 'random', 'weighted', 'lowest-latency'], 'serving.routing')
+  oneOf('membership', ['swim', 'flood'], 'membership.protocol')
+  if (opts.swimProbeIntervalMs < 50 || opts.swimProbeTimeoutMs < 10 || opts.swimProbeTimeoutMs >= opts.swimProbeIntervalMs) throw new ConfigError('swim_probe_timeout_ms must be at least 10 and below swim_probe_interval_ms (at least 50)', 'membership.swim_probe_timeout_ms')
+  if (opts.swimSuspicionMult < 1) throw new ConfigError('swim_suspicion_mult must be at least 1', 'membership.swim_suspicion_mult')
+  if (opts.maxConnections < 8) throw new ConfigError('max_connections must be at least 8', 'p2p.max_connections')
   for (const l of opts.labels) {
     if (!/^[A-Za-z0-9._/-]{1,63}=[^\s]{0,128}$/.test(l)) throw new ConfigError(`label '${l}' is not key=value`, 'node.labels')
   }

@@ -34,6 +34,19 @@ export interface NodeOptions {
   snapshotIntervalMs: number
   /** A peer dead or gone this long is forgotten (record, snapshot, gossip-only redial target). */
   deadPeerTtlMs: number
+  /**
+   * Failure detection: `swim` (probes one peer per interval, per-node cost constant in the mesh's
+   * size; heartbeats only on change) or `flood` (every node's heartbeat to every node each `heartbeatMs`).
+   */
+  membership: 'swim' | 'flood'
+  /** SWIM: one probe per interval (memberlist LAN: 1 s; 500 ms keeps silent loss ≤ 5 s at 16 nodes). */
+  swimProbeIntervalMs: number
+  /** SWIM: wait for a direct ack before asking others to probe. */
+  swimProbeTimeoutMs: number
+  /** SWIM: suspicion minimum = mult × max(1, log10 n) × probe interval. */
+  swimSuspicionMult: number
+  /** Open connections a node keeps at most (inference, blob and command streams dial on demand). */
+  maxConnections: number
   /** Period of the RTT probe (libp2p ping) to each connected peer. */
   pingIntervalMs: number
   /** How often CPU/memory/disk/models are sampled. */
@@ -168,6 +181,11 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'deadAfterMs', type: 'int', yaml: 'membership.dead_after_ms', env: 'SHEPHERD_DEAD_AFTER_MS', flag: 'dead-after-ms', help: 'silence before a peer is dead' },
   { key: 'snapshotIntervalMs', type: 'int', yaml: 'membership.snapshot_interval_ms', env: 'SHEPHERD_SNAPSHOT_INTERVAL_MS', flag: 'snapshot-interval-ms', help: 'period of the check for an unpublished snapshot change' },
   { key: 'deadPeerTtlMs', type: 'int', yaml: 'membership.dead_peer_ttl_ms', env: 'SHEPHERD_DEAD_PEER_TTL_MS', flag: 'dead-peer-ttl-ms', help: 'time a dead or departed peer stays listed before it is forgotten' },
+  { key: 'membership', type: 'string', yaml: 'membership.protocol', env: 'SHEPHERD_MEMBERSHIP', flag: 'membership', help: 'swim|flood: failure detection by SWIM probes (constant per-node cost) or flooded heartbeats' },
+  { key: 'swimProbeIntervalMs', type: 'int', yaml: 'membership.swim_probe_interval_ms', env: 'SHEPHERD_SWIM_PROBE_INTERVAL_MS', flag: 'swim-probe-interval-ms', help: 'SWIM probe period (one peer per period)' },
+  { key: 'swimProbeTimeoutMs', type: 'int', yaml: 'membership.swim_probe_timeout_ms', env: 'SHEPHERD_SWIM_PROBE_TIMEOUT_MS', flag: 'swim-probe-timeout-ms', help: 'SWIM direct probe timeout before indirect probes' },
+  { key: 'swimSuspicionMult', type: 'int', yaml: 'membership.swim_suspicion_mult', env: 'SHEPHERD_SWIM_SUSPICION_MULT', flag: 'swim-suspicion-mult', help: 'SWIM suspicion minimum, in probe periods × log10(n)' },
+  { key: 'maxConnections', type: 'int', yaml: 'p2p.max_connections', env: 'SHEPHERD_MAX_CONNECTIONS', flag: 'max-connections', help: 'open connections kept at most (no full mesh beyond it)' },
   { key: 'pingIntervalMs', type: 'int', yaml: 'membership.ping_interval_ms', env: 'SHEPHERD_PING_INTERVAL_MS', flag: 'ping-interval-ms', help: 'RTT probe period' },
   { key: 'redialMinMs', type: 'int', yaml: 'membership.redial_min_ms', env: 'SHEPHERD_REDIAL_MIN_MS', flag: 'redial-min-ms', help: 'first redial delay' },
   { key: 'redialMaxMs', type: 'int', yaml: 'membership.redial_max_ms', env: 'SHEPHERD_REDIAL_MAX_MS', flag: 'redial-max-ms', help: 'longest redial delay' },
@@ -237,6 +255,11 @@ export function defaultOptions (): NodeOptions {
     deadAfterMs: 4000,
     snapshotIntervalMs: 15000,
     deadPeerTtlMs: 300_000,
+    membership: 'swim',
+    swimProbeIntervalMs: 500,
+    swimProbeTimeoutMs: 250,
+    swimSuspicionMult: 4,
+    maxConnections: 64,
     pingIntervalMs: 5000,
     sampleIntervalMs: 5000,
     gpuIntervalMs: 10000,

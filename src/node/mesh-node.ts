@@ -309,6 +309,10 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     const scanned = this.monitor.snapshot()
     this.modelFiles = scanned.models
     for (const engine of createEngines(this.options, { modelFiles: () => this.modelFiles, builds: scanned.resources.llamacpp })) this.hub.add(engine)
+    // A member breaking the membership layer's own protocols (SWIM frames) is audited like any wire violation.
+    this.mesh.on('wire:violation', (peer, protocol, reason) => {
+      void this.store.appendAudit({ kind: 'wire_violation', peer, detail: `${protocol}: ${reason}`, verdict: 'rejected' }).catch(() => {})
+    })
     await this.mesh.start()
     const admission = await this.membership.start(this.mesh.libp2p)
     // A changed ledger can make peers members: they lack our heartbeat and snapshot.
@@ -406,7 +410,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     const budget = this.options.maxLoadedMb > 0 ? this.options.maxLoadedMb * 2 ** 20 : undefined
     return {
       version: VERSION,
-      resources: budget != null ? { ...snap.resources, memory: { ...snap.resources.memory, modelBudgetBytes: budget } } : snap.resources,
+      resources: this.withSplitMemory(snap.resources, budget),
       models: this.servedModels(),
       api: this.apiPort != null ? { port: this.apiPort } : null,
       labels: this.labels,
@@ -415,6 +419,13 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       ...this.duplicateIds(),
       ...this.transferRows()
     }
+  }
+
+  /** The model budget and what rpc-servers hold for split replicas, beside memory (issue 16). */
+  private withSplitMemory (r: NodeSnapshot['resources'], budget: number | undefined): NodeSnapshot['resources'] {
+    const rpc = this.split?.rpcServerBytes() ?? 0
+    if (budget == null && rpc === 0) return r
+    return { ...r, memory: { ...r.memory, ...(budget != null ? { modelBudgetBytes: budget } : {}), ...(rpc > 0 ? { rpcServerBytes: rpc } : {}) } }
   }
 
   /** This node's transfer rows for the snapshot (absent when none). */
@@ -449,7 +460,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     const files = new Map(this.modelFiles.map(f => [f.name, f]))
     return this.hub.models().map(m => {
       const file = files.get(m.id)
-      const shards = this.split?.shardsOf(m.id)
+      // An unloaded copy is no split replica, whatever flags it would load with again.
+      const shards = m.state !== 'on_disk' ? this.split?.shardsOf(m.id) : undefined
       if (file != null) return { ...summarizeModel(file, m.state, m.pinned === true), ...(shards != null ? { shards } : {}) }
       return {
         name: m.id,

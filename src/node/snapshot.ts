@@ -61,7 +61,7 @@ const schema = {
         platform: str,
         arch: str,
         cpu: { type: 'object', required: ['cores'], properties: { model: str, cores: num, physicalCores: num, usagePercent: num, speedGHz: num, loadAvg: { type: 'array', maxItems: 3, items: num } } },
-        memory: { type: 'object', required: ['totalBytes'], properties: { totalBytes: num, usedBytes: num, availableBytes: num, modelBudgetBytes: num } },
+        memory: { type: 'object', required: ['totalBytes'], properties: { totalBytes: num, usedBytes: num, availableBytes: num, modelBudgetBytes: num, rpcServerBytes: num } },
         disk: { type: 'object', properties: { totalBytes: num, availableBytes: num } },
         gpus: {
           type: 'array',

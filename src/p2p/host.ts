@@ -1,4 +1,6 @@
 import '../polyfill.js'
+// Private meshes' cipher (pnet → xsalsa20) crashed the process on large transfers: see the guard.
+import './xsalsa20-guard.js'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub } from '@libp2p/gossipsub'
@@ -27,6 +29,8 @@ export interface HostOptions {
   swarmKey?: Uint8Array
   /** Who may connect; checked once the remote's identity is proven (after noise). */
   trust?: TrustPolicy
+  /** Open connections at most; libp2p prunes beyond (default 256). */
+  maxConnections?: number
 }
 
 /** Gossip score of a non-member: below `publishThreshold` (-50), above `graylistThreshold` (-80). */
@@ -48,7 +52,7 @@ export async function createHost (opts: HostOptions): Promise<Host> {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     peerDiscovery,
-    connectionManager: { maxConnections: 256 },
+    connectionManager: { maxConnections: opts.maxConnections ?? 256 },
     // Membership already detects dead peers and measures RTT (its own ping probe). libp2p's monitor
     // would ping on the same protocol and, when our probe holds the one ping stream, count that as a
     // failure and abort a healthy connection with every inference stream on it.
@@ -81,6 +85,10 @@ export async function createHost (opts: HostOptions): Promise<Host> {
           // becomes a member is published to as soon as its score is recomputed (each heartbeat).
           appSpecificScore: (peer: string) => opts.trust != null && !opts.trust.isMember(peer) ? NON_MEMBER_SCORE : 0,
           appSpecificWeight: 1,
+          // Nodes on one machine (loopback) are not sybils: membership is gated by trust. With
+          // the default colocation penalty, a node with more than ~13 peers on 127.0.0.1 scored
+          // them all below the graylist and stopped relaying: 16 local nodes never all met.
+          IPColocationFactorWhitelist: new Set(['127.0.0.1', '::1']),
           topics: {
             [MEMBERSHIP_TOPIC]: createTopicScoreParams({
               topicWeight: 1,

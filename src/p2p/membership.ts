@@ -125,6 +125,22 @@ export function onRefused<S> (rec: PeerRecord<S>, now: number): TransitionResult
   return { record: next, changed: true, accepted: true }
 }
 
+/**
+ * SWIM (`swim.ts`, live with `membership: swim`) changed its view of the peer. A leave is final
+ * for the process (a restart comes back through its gossip, `onHeard`); SWIM's `left` is the
+ * peer's own word (swim-protocol.ts screens third parties' claims). A SWIM suspicion does not undo
+ * a death proven otherwise (a refused redial); alive is proof of life (a refutation, or a new
+ * incarnation after a restart).
+ */
+export function onSwimStatus<S> (rec: PeerRecord<S>, status: PeerStatus, now: number): TransitionResult<S> {
+  if (rec.status === 'left') return { record: rec, changed: false, accepted: true }
+  let next = rec
+  if (status === 'alive') next = withStatus({ ...rec, lastSeen: now }, 'alive', now)
+  else if (status === 'suspect') next = rec.status === 'alive' ? withStatus(rec, 'suspect', now) : rec
+  else next = withStatus(rec, status, now)
+  return { record: next, changed: next.status !== rec.status, accepted: true }
+}
+
 /** Default of `deadPeerTtlMs`: long enough to show a crash in /api/peers, short enough to bound a churning mesh. */
 export const DEAD_PEER_TTL_MS = 300_000
 

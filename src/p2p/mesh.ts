@@ -8,7 +8,10 @@ import { createHost, type Host } from './host.js'
 import type { LanDiscoveryStats } from './lan-discovery.js'
 import { DelayHistogram } from './delay-histogram.js'
 import { decodeMembership, encodeMembership, type DropReason, type MembershipMessage } from './messages.js'
-import { DEAD_PEER_TTL_MS, shouldEvict, PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
+import { DEAD_PEER_TTL_MS, shouldEvict, PeerTable, onDisconnected, onHeard, onLeave, onRefused, onSwimStatus, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
+import { SWIM_LAN_DEFAULTS, type SwimStatus } from './swim.js'
+import { SwimDriver, type SwimDriverStats } from './swim-driver.js'
+import { SWIM_PROTOCOL, SWIM_SUSPICION_MAX_MULT, type SwimFrame } from './swim-protocol.js'
 import { Redialer } from './redialer.js'
 import { InferenceService } from './inference.js'
 import { CommandService } from './command-protocol.js'
@@ -61,6 +64,17 @@ export interface MeshOptions<S> {
   validateSnapshot: (data: unknown) => data is S
   /** A peer dead or gone this long is forgotten: its record, snapshot and (gossip-only) redial target. */
   deadPeerTtlMs?: number
+  /**
+   * `swim`: liveness from SWIM probes (`/shepherd/swim/1.0.0`), heartbeats published only when
+   * what they carry changed; `flood` (absent): every heartbeat to everyone every `heartbeatMs`.
+   */
+  membership?: 'swim' | 'flood'
+  /** SWIM timings (absent: memberlist's LAN numbers, `SWIM_LAN_DEFAULTS`). */
+  swimProbeIntervalMs?: number
+  swimProbeTimeoutMs?: number
+  swimSuspicionMult?: number
+  /** Open connections kept at most; the redialer stops filling a full mesh at 3/4 of it (absent: 256). */
+  maxConnections?: number
 }
 
 export interface MeshStats {
@@ -91,6 +105,8 @@ export interface MeshEvents<S> extends PeerTableEvents<S> {
   'peer:lead': [peer: string, lead: Array<[group: string, term: number, leader: string]>]
   /** The set of duplicate peer ids (see duplicate-identity.ts) changed: one was detected or cleared. */
   'duplicates:changed': [ids: string[]]
+  /** A member broke a protocol of this layer (`/shepherd/swim/1.0.0`); its stream was reset. Audited by the node. */
+  'wire:violation': [peer: string, protocol: string, reason: string]
 }
 
 function want (ids: string[]): { want?: string[] } {
@@ -136,6 +152,10 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private snapshotDebounce?: NodeJS.Timeout
   private redialer?: Redialer
   private stopping = false
+  /** SWIM failure detection (membership `swim`). */
+  private swim?: SwimDriver
+  /** What the last heartbeat carried: with SWIM, a heartbeat goes out only when it changes. */
+  private lastHeartbeatKey = ''
 
   constructor (private readonly opts: MeshOptions<S>) {
     super()
@@ -156,8 +176,10 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     }
     // A peer declared dead by silence may still have a half-open connection (link gone): close it,
     // so streams to it (inference relays, commands) fail now instead of waiting for TCP timeouts.
+    // With SWIM, not: a member declared dead while merely starved of CPU would otherwise lose its
+    // connections, and the handshakes to restore them load every node further.
     this.table.on('peer:dead', rec => {
-      if (this.host != null && !this.stopping) void this.host.hangUp(peerIdFromString(rec.id)).catch(() => {})
+      if (this.host != null && !this.stopping && this.swim == null) void this.host.hangUp(peerIdFromString(rec.id)).catch(() => {})
     })
   }
 
@@ -286,7 +308,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
 
   async start (): Promise<void> {
     const o = this.opts
-    const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs, mdnsMaxIntervalMs: o.mdnsMaxIntervalMs, mdnsStats: this.stats.mdns, swarmKey: o.swarmKey, trust: o.trust })
+    const host = this.host = await createHost({ privateKey: o.privateKey, listen: o.listen, mdns: o.mdns, mdnsIntervalMs: o.mdnsIntervalMs, mdnsMaxIntervalMs: o.mdnsMaxIntervalMs, mdnsStats: this.stats.mdns, swarmKey: o.swarmKey, trust: o.trust, maxConnections: o.maxConnections })
     // A revoked peer is cut off at once; its record stays (shown as denied) and goes dead.
     o.trust?.on('revoked', peer => {
       // A malformed id must not throw here (the change is made already): it has no connection to close.
@@ -294,7 +316,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     })
     // A new member lacks our snapshot (we ignored each other until now). Gossipsub publishes to it
     // once its score is recomputed (within a gossip heartbeat, 700 ms): send again after that.
-    o.trust?.on('member', () => {
+    o.trust?.on('member', peer => {
+      if (host.getConnections(peerIdFromString(peer)).length > 0) this.swim?.add(peer)
       this.heartbeat()
       this.scheduleSnapshot(20)
       setTimeout(() => { this.heartbeat(); this.scheduleSnapshot(0) }, 1000).unref()
@@ -372,6 +395,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       this.redialer?.addPeer(id, addrs)
     })
 
+    // A full mesh up to 3/4 of the connection cap; beyond, SWIM probes (and inference, blob and
+    // command streams) dial the peer they need on demand, within the rest.
+    const keepConnected = Math.floor(0.75 * (o.maxConnections ?? 256))
     this.redialer = new Redialer(host, {
       minMs: o.redialMinMs,
       maxMs: o.redialMaxMs,
@@ -380,7 +406,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       isWanted: id => {
         const rec = this.table.get(id)
         // Every peer not connected is dialed (the LAN mesh is a full mesh) except one that said goodbye.
-        return (rec == null || rec.status !== 'left') && (o.trust == null || o.trust.allows(id))
+        return (rec == null || rec.status !== 'left') && (o.trust == null || o.trust.allows(id)) && this.connectionCount() < keepConnected
       }
     })
     for (const kp of o.knownPeers ?? []) {
@@ -389,8 +415,12 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     for (const addr of o.bootstrap) this.redialer.addBootstrap(addr)
     this.redialer.start()
 
+    if (o.membership === 'swim') await this.startSwim(host)
+
     const tickMs = Math.max(50, Math.min(250, Math.floor(o.heartbeatMs / 4)))
-    this.timers.push(setInterval(() => { this.heartbeat() }, o.heartbeatMs))
+    // With SWIM, liveness comes from probes: a heartbeat goes out only when what it carries (load,
+    // leadership views, groups, snapshot version, wants) changed, checked every period.
+    this.timers.push(setInterval(() => { this.heartbeat({ ifChanged: this.swim != null }) }, o.heartbeatMs))
     this.timers.push(setInterval(() => { this.tick() }, tickMs))
     // A safety net, idle in a settled mesh: snapshots go out on change (and when a peer asks for
     // one it missed, `want`), not to everyone every period. Again here only when a change was not
@@ -399,7 +429,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     this.timers.push(setInterval(() => {
       if (this.opts.snapshotVersion() !== this.lastPublishedVersion || this.connectionCount() !== this.lastPublishedConnections) this.scheduleSnapshot(0)
     }, o.snapshotIntervalMs))
-    this.timers.push(setInterval(() => { void this.probeRtt() }, o.pingIntervalMs))
+    // With SWIM, round trips come from its acks: pinging every peer would grow with the mesh.
+    if (this.swim == null) this.timers.push(setInterval(() => { void this.probeRtt() }, o.pingIntervalMs))
     for (const t of this.timers) t.unref()
     this.heartbeat()
   }
@@ -411,6 +442,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     for (const t of this.timers) clearInterval(t)
     clearTimeout(this.snapshotDebounce)
     this.redialer?.stop()
+    await this.swim?.stop({ leave: opts.announce !== false })
     await this.inferenceService?.stop()
     await this.commandService?.stop()
     await this.blobService?.stop()
@@ -446,7 +478,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     this.lastPublishedConnections = this.connectionCount()
     void this.publish({
       v: MEMBERSHIP_VERSION, t: 'snap', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
-      name: this.opts.name, groups: this.opts.groups, snap: version, addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>
+      name: this.opts.name, groups: this.opts.groups, snap: version, addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>,
+      ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
+      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
     })
   }
 
@@ -469,15 +503,19 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     return out
   }
 
-  private heartbeat (): void {
+  /** Publishes a heartbeat; `ifChanged`: only when its content changed or a snapshot is wanted. */
+  private heartbeat (opts: { ifChanged?: boolean } = {}): void {
     if (this.host == null || this.stopping) return
-    void this.publish({
-      v: MEMBERSHIP_VERSION, t: 'hb', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
+    const body = {
       name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(),
       ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
-      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {}),
-      ...want(this.wants(Date.now()))
-    })
+      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
+    }
+    const key = JSON.stringify(body)
+    const wants = this.wants(Date.now())
+    if (opts.ifChanged === true && key === this.lastHeartbeatKey && wants.length === 0) return
+    this.lastHeartbeatKey = key
+    void this.publish({ v: MEMBERSHIP_VERSION, t: 'hb', inc: this.incarnation, seq: ++this.seq, at: Date.now(), ...body, ...want(wants) })
   }
 
   /** Sends a heartbeat now (a leadership claim should not wait for the next interval). */
@@ -572,9 +610,14 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     res.record.connected = this.host != null && this.host.getConnections(peerIdFromString(from)).length > 0
     // A timestamp ahead of our clock by more than the skew allowed is clamped (it is informational only).
     if (msg.t === 'hb') this.stats.heartbeatDelay.push(now - Math.min(msg.at, now + MAX_CLOCK_SKEW_MS))
-    if (msg.t === 'hb' && msg.load != null) res.record.load = { active: msg.load[0], queued: msg.load[1], at: now }
+    if (msg.load != null) res.record.load = { active: msg.load[0], queued: msg.load[1], at: now }
     const rec = this.table.apply(prev, res)
-    if (msg.t === 'hb' && msg.lead != null && msg.lead.length > 0) this.emit('peer:lead', from, msg.lead)
+    if (this.swim != null) {
+      this.swim.add(from)
+      // It speaks, yet SWIM holds it suspect or dead (a frozen process that resumed): tell it, so it refutes.
+      this.swim.poke(from)
+    }
+    if (msg.lead != null && msg.lead.length > 0) this.emit('peer:lead', from, msg.lead)
     // The LAN mesh is a full mesh: a peer known only through gossip is dialed directly, so its
     // crash is seen by every node (connection refused), not only by those it happened to dial.
     if (!rec.connected) {
@@ -627,7 +670,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
         this.evict(rec.id)
         continue
       }
-      if (rec.lastSeen === 0) continue
+      // With SWIM, silence is judged by its probes (a quiet peer publishes nothing), not by heartbeats.
+      if (rec.lastSeen === 0 || this.swim != null) continue
       const res = onTick(rec, now, timings)
       if (res.changed) this.table.apply(rec, res)
     }
@@ -646,7 +690,15 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private hint (from: string, msg: MembershipMessage): void {
     if (this.redialer == null || this.stopping) return
     if (msg.t === 'snap') {
-      if (this.redialer.addHint(from, msg.addrs)) this.redialer.dialSoon(from)
+      const known = this.redialer.has(from)
+      if (this.redialer.addHint(from, msg.addrs)) {
+        this.redialer.dialSoon(from)
+        // Let the newcomer hear of us too (our snapshot, relayed): it then dials us as well, and
+        // one dial of the two getting through is enough. A node that joined last, through a seed
+        // swamped with handshakes, once never met the others: their dials to it timed out, and
+        // nothing they published later named them to it.
+        if (!known) this.scheduleSnapshot(100)
+      }
     } else if (msg.t === 'hb' && this.redialer.has(from)) {
       this.redialer.dialSoon(from)
     }
@@ -659,6 +711,80 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     const addrs = this.libp2p.getConnections(peer).map(c => c.remoteAddr.toString())
     this.table.patch(id, { connected: true, addresses: rec.addresses.length > 0 ? rec.addresses : addrs })
     void this.probeOne(peer)
+    if (this.opts.trust == null || this.opts.trust.isMember(id)) this.swim?.add(id)
+  }
+
+  /** SWIM's counters and its view of `id` (for tests and metrics); undefined without SWIM. */
+  swimStats (): SwimDriverStats | undefined {
+    return this.swim?.stats
+  }
+
+  swimView (id: string): { inc: number, status: SwimStatus } | undefined {
+    return this.swim?.member(id)
+  }
+
+  /** For tests: SWIM goes silent as a frozen process would (`resume` wakes it); see SwimDriver.pause. */
+  swimPause (paused: boolean): void {
+    if (paused) this.swim?.pause()
+    else this.swim?.resume()
+  }
+
+  private async startSwim (host: Host): Promise<void> {
+    const o = this.opts
+    const swim = this.swim = new SwimDriver(host, {
+      config: {
+        ...SWIM_LAN_DEFAULTS,
+        probeIntervalMs: o.swimProbeIntervalMs ?? SWIM_LAN_DEFAULTS.probeIntervalMs,
+        probeTimeoutMs: o.swimProbeTimeoutMs ?? SWIM_LAN_DEFAULTS.probeTimeoutMs,
+        suspicionMult: o.swimSuspicionMult ?? SWIM_LAN_DEFAULTS.suspicionMult,
+        suspicionMaxMult: SWIM_SUSPICION_MAX_MULT
+      },
+      incarnation: this.incarnation,
+      boot: this.incarnation,
+      snapshotVersion: () => this.opts.snapshotVersion(),
+      meta: () => ({
+        ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
+        ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
+      }),
+      verified: id => this.gate.verified(id) && (o.trust == null || o.trust.isMember(id)),
+      onChange: (id, status) => { this.onSwimChange(id, status) },
+      onFrame: (from, frame) => { this.onSwimFrame(from, frame) },
+      onRtt: (id, ms) => { this.table.patch(id, { rttMs: Math.round(ms * 100) / 100 }) },
+      onViolation: (peer, reason) => { this.emit('wire:violation', peer, SWIM_PROTOCOL, reason) }
+    })
+    await swim.start()
+    for (const peer of host.getPeers()) {
+      const id = peer.toString()
+      if (o.trust == null || o.trust.isMember(id)) swim.add(id)
+    }
+  }
+
+  /** SWIM changed its view of a member: the peer table follows (see `onSwimStatus`). */
+  private onSwimChange (id: string, status: SwimStatus): void {
+    if (this.stopping) return
+    const rec = this.table.get(id)
+    // Records are made by connections and verified gossip only; SWIM never adds one.
+    if (rec == null) return
+    this.table.apply(rec, onSwimStatus(rec, status, Date.now()))
+  }
+
+  /**
+   * A member's SWIM frame: its process start time is duplicate-identity evidence, its load and
+   * leadership views are the latest, and its snapshot version tells this node that it missed a
+   * snapshot (asked for with the next heartbeat's `want`).
+   */
+  private onSwimFrame (from: string, frame: SwimFrame): void {
+    const now = Date.now()
+    const duplicate = this.checkIdentity(from, frame.boot, now)
+    const rec = this.table.get(from)
+    if (rec == null || rec.lastSeen === 0 || duplicate) return
+    if (frame.load != null) this.table.patch(from, { load: { active: frame.load[0], queued: frame.load[1], at: now } })
+    if (frame.lead != null && frame.lead.length > 0) this.emit('peer:lead', from, frame.lead)
+    if (frame.boot > rec.incarnation || (frame.boot === rec.incarnation && frame.snap > rec.snapshotVersion)) {
+      if (!this.missing.has(from)) this.missing.set(from, { since: now, askedAt: 0 })
+    } else if (frame.boot === rec.incarnation) {
+      this.missing.delete(from)
+    }
   }
 
   private onDisconnect (peer: PeerId): void {

@@ -43,6 +43,12 @@ export interface SnapshotMessage extends Common {
   addrs: string[]
   /** Application content (resources, models, ...), validated by its owner's schema. */
   data: Record<string, unknown>
+  /**
+   * As in a heartbeat: with SWIM, heartbeats go out only on change, so a peer that joins learns
+   * the others' load and leadership views from the snapshots they send it.
+   */
+  load?: [active: number, queued: number]
+  lead?: Array<[group: string, term: number, leader: string]>
 }
 
 export interface LeaveMessage extends Common {
@@ -63,6 +69,19 @@ const identity = {
   snap: { type: 'integer', minimum: 0 }
 }
 
+/** Schemas of a node's load and leadership views, shared with SWIM frames (swim-protocol.ts). */
+export const load = { type: 'array', minItems: 2, maxItems: 2, items: { type: 'integer', minimum: 0 } }
+export const lead = {
+  type: 'array',
+  maxItems: MAX_GROUPS,
+  items: {
+    type: 'array',
+    minItems: 3,
+    maxItems: 3,
+    items: [{ type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH }, { type: 'integer', minimum: 0 }, { type: 'string', minLength: 1, maxLength: 128 }]
+  }
+}
+
 const schema = {
   oneOf: [
     {
@@ -72,17 +91,8 @@ const schema = {
         ...common,
         ...identity,
         t: { const: 'hb' },
-        load: { type: 'array', minItems: 2, maxItems: 2, items: { type: 'integer', minimum: 0 } },
-        lead: {
-          type: 'array',
-          maxItems: MAX_GROUPS,
-          items: {
-            type: 'array',
-            minItems: 3,
-            maxItems: 3,
-            items: [{ type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH }, { type: 'integer', minimum: 0 }, { type: 'string', minLength: 1, maxLength: 128 }]
-          }
-        },
+        load,
+        lead,
         want: { type: 'array', maxItems: MAX_WANTS, items: { type: 'string', minLength: 1, maxLength: 128 } }
       },
       additionalProperties: false
@@ -90,7 +100,7 @@ const schema = {
     {
       type: 'object',
       required: ['v', 't', 'inc', 'seq', 'at', 'name', 'groups', 'snap', 'addrs', 'data'],
-      properties: { ...common, ...identity, t: { const: 'snap' }, addrs: { type: 'array', maxItems: MAX_ADDRS, items: { type: 'string', maxLength: 256 } }, data: { type: 'object' } },
+      properties: { ...common, ...identity, t: { const: 'snap' }, addrs: { type: 'array', maxItems: MAX_ADDRS, items: { type: 'string', maxLength: 256 } }, data: { type: 'object' }, load, lead },
       additionalProperties: false
     },
     { type: 'object', required: ['v', 't', 'inc', 'seq', 'at'], properties: { ...common, t: { const: 'leave' } }, additionalProperties: false }

@@ -14,7 +14,7 @@
  * Wire: `u8 length` + UTF-8 model name (1..255 bytes), then raw bytes both ways. Bounded: the
  * header must arrive within {@link RPC_TUNNEL_DEFAULTS.headerTimeoutMs}, streams per connection
  * and tunnels per node are capped, and each direction keeps back-pressure (a paused socket or
- * stream while the other side drains), so neither end buffers more than a window.
+ * stream while the other side drains), so neither end buffers much more than one yamux window.
  */
 import net from 'node:net'
 import { peerIdFromString } from '@libp2p/peer-id'
@@ -31,8 +31,13 @@ export const RPC_TUNNEL_DEFAULTS = Object.freeze({
   maxTunnels: 64,
   /** The header is a few bytes sent at once; a stream silent this long is dropped. */
   headerTimeoutMs: 5_000,
-  /** Bytes a paused stream may hold before libp2p resets it: a few yamux windows. */
-  maxReadBufferBytes: 8 * 1024 * 1024,
+  /**
+   * Bytes a paused stream may hold before libp2p resets it. Pausing stops yamux's window
+   * updates, but the remote may still send what the window already allows, and yamux grows a
+   * busy stream's window up to 16 MiB: a limit below that reset tunnels whenever rpc-server
+   * read a large tensor slower than it arrived. 16 MiB of window plus margin.
+   */
+  maxReadBufferBytes: 24 * 1024 * 1024,
   /** Opening the stream to a worker (dial + negotiation). */
   openTimeoutMs: 10_000
 })
@@ -125,13 +130,24 @@ function pipe (socket: net.Socket, stream: Stream, count: (toStream: number, toS
       finish(err as Error)
     }
   })
+  // The stream is paused in a microtask, not inside the message handler: libp2p's resume()
+  // dispatches the buffered data first and re-enables yamux's window updates after, so a
+  // pause() from within that dispatch would be undone at once and the remote could send without
+  // limit (until the read buffer limit resets the stream mid-tensor).
+  let pausing = false
+  const pauseStream = (): void => {
+    pausing = false
+    if (done || !socket.writableNeedDrain) return
+    try { stream.pause() } catch { return }
+    socket.once('drain', () => { try { stream.resume() } catch {} })
+  }
   stream.addEventListener('message', evt => {
     const data = evt.data
     count(0, data.byteLength)
     const chunk = data instanceof Uint8Array ? data : data.subarray()
-    if (!socket.write(chunk)) {
-      stream.pause()
-      socket.once('drain', () => { stream.resume() })
+    if (!socket.write(chunk) && !pausing) {
+      pausing = true
+      queueMicrotask(pauseStream)
     }
   })
   // A clean end on one side ends the other; anything else tears both down.
@@ -150,6 +166,8 @@ export class RpcTunnelService {
   private readonly log = createLogger('p2p:rpc-tunnel')
   private serving = false
   private readonly listeners = new Set<TunnelListener>()
+  /** Worker side: tunnels per (head, model), open now, and when one last opened or closed. */
+  private readonly uses = new Map<string, { open: number, lastAt: number }>()
 
   constructor (private readonly host: Host) {}
 
@@ -161,6 +179,15 @@ export class RpcTunnelService {
       maxInboundStreams: RPC_TUNNEL_DEFAULTS.maxStreamsPerConnection,
       maxOutboundStreams: RPC_TUNNEL_DEFAULTS.maxStreamsPerConnection
     })
+  }
+
+  /**
+   * Worker side: how many tunnels `peer` has open to this node's rpc-server for `model`, and
+   * when one last opened or closed (ms; null when never). An idle rpc-server is one without.
+   */
+  usage (peer: string, model: string): { open: number, lastAt: number | null } {
+    const u = this.uses.get(`${peer}\u0000${model}`)
+    return { open: u?.open ?? 0, lastAt: u?.lastAt ?? null }
   }
 
   async stop (): Promise<void> {
@@ -208,7 +235,18 @@ export class RpcTunnelService {
       const socket = net.connect({ host: '127.0.0.1', port: verdict.port })
       socket.once('error', err => { stream.abort(err) })
       socket.once('connect', () => {
-        this.track(socket, stream, 'worker')
+        const key = `${peer}\u0000${parsed.model}`
+        const use = this.uses.get(key) ?? { open: 0, lastAt: 0 }
+        use.open++
+        use.lastAt = Date.now()
+        this.uses.set(key, use)
+        this.track(socket, stream, 'worker', () => {
+          use.open--
+          use.lastAt = Date.now()
+          // Bounded: past maxTunnels pairs a closed pair is forgotten (it then looks unused, which
+          // only delays an idle rpc-server's stop to the longer unused grace).
+          if (use.open <= 0 && this.uses.size > RPC_TUNNEL_DEFAULTS.maxTunnels) this.uses.delete(key)
+        })
         if (rest.byteLength > 0) { this.stats.bytesToWorker += rest.byteLength; socket.write(rest) }
         stream.resume()
       })
@@ -216,7 +254,7 @@ export class RpcTunnelService {
     stream.addEventListener('message', onHeader as any)
   }
 
-  private track (socket: net.Socket, stream: Stream, side: 'worker' | 'head'): void {
+  private track (socket: net.Socket, stream: Stream, side: 'worker' | 'head', onDone?: () => void): void {
     this.stats.open++
     this.stats.opened++
     pipe(socket, stream, (toStream, toSocket) => {
@@ -229,7 +267,7 @@ export class RpcTunnelService {
         s.bytesToWorker += toStream
         s.bytesFromWorker += toSocket
       }
-    }, () => { this.stats.open-- })
+    }, () => { this.stats.open--; onDone?.() })
   }
 
   /**

@@ -19,15 +19,17 @@ export function loadedBytes (m: Pick<PeerView, 'models'>): number {
 
 /**
  * A node's resources with its model budget applied (`--max-loaded-mb`, gossiped as
- * `memory.modelBudgetBytes`): free memory is at most the budget less what it has loaded, so
- * placement never plans past what the node's engine would keep.
+ * `memory.modelBudgetBytes`): free memory is at most the budget less what it has loaded and
+ * what its rpc-servers hold for other nodes' splits (`memory.rpcServerBytes`), so placement
+ * never plans past what the node would keep. Without a budget, the OS's free memory already
+ * counts the rpc-servers.
  */
 export function budgetedResources (m: Pick<PeerView, 'resources' | 'models'>): NodeResources | null {
   const r = m.resources
   if (r == null) return null
   const budget = r.memory.modelBudgetBytes
   if (budget == null || !(budget > 0)) return r
-  const free = Math.max(0, budget - loadedBytes(m))
+  const free = Math.max(0, budget - loadedBytes(m) - bytes(r.memory.rpcServerBytes))
   return { ...r, memory: { ...r.memory, availableBytes: Math.min(bytes(r.memory.availableBytes), free) } }
 }
 

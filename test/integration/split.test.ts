@@ -21,7 +21,7 @@ import { createIdentity } from '../../src/p2p/identity.js'
 import { readSwarmKey } from '../../src/p2p/swarm-key.js'
 import { RPC_TUNNEL_PROTOCOL, encodeTunnelHeader } from '../../src/p2p/rpc-tunnel.js'
 import { multiaddr } from '@multiformats/multiaddr'
-import { parseSse } from '../../src/node/engines/openai-http.js'
+import { readChatStream } from '../support/chat-stream.js'
 
 const run = promisify(execFile)
 const MODEL = 'split-tiny'
@@ -44,22 +44,6 @@ async function splitReplica (api: string): Promise<{ nodeId: string, shards: Sha
   const d = deployments.find((x: any) => x.model === MODEL)
   const r = d?.status.actual.find((a: any) => a.state === 'loaded' && Array.isArray(a.shards) && a.shards.length >= 2)
   return r
-}
-
-/** Reads an SSE chat stream: content chunks, whether [DONE] came, the error events. */
-async function readStream (res: Response, onChunk?: (n: number) => void): Promise<{ chunks: number, done: boolean, errors: unknown[], threw: unknown }> {
-  const out = { chunks: 0, done: false, errors: [] as unknown[], threw: undefined as unknown }
-  try {
-    for await (const event of parseSse(res.body as unknown as AsyncIterable<Uint8Array>)) {
-      if (event.data === '[DONE]') { out.done = true; continue }
-      const json = JSON.parse(event.data)
-      if (json.error != null) out.errors.push(json.error)
-      else if (json.choices?.[0]?.delta?.content != null) { out.chunks++; onChunk?.(out.chunks) }
-    }
-  } catch (err) {
-    out.threw = err
-  }
-  return out
 }
 
 /** Listening TCP sockets (address, port) of a process and its descendants, from `ss`. */
@@ -137,7 +121,7 @@ describe('a model split over nodes (llama.cpp RPC through the mesh)', () => {
   it('streams a chat through the third node', async () => {
     const res = await post(`${third.api}/v1/chat/completions`, { model: MODEL, stream: true, max_tokens: 12, logit_bias: NO_END, messages: [{ role: 'user', content: 'hello' }] })
     assert.equal(res.status, 200)
-    const got = await readStream(res)
+    const got = await readChatStream(res)
     assert.ok(got.chunks >= 1 && got.done && got.errors.length === 0, JSON.stringify(got))
   })
 
@@ -193,7 +177,7 @@ describe('a model split over nodes (llama.cpp RPC through the mesh)', () => {
     assert.equal(res.status, 200)
     let killed = false
     const t0 = Date.now()
-    const got = await readStream(res, n => { if (n === 2 && !killed) { killed = true; worker.child.kill('SIGKILL') } })
+    const got = await readChatStream(res, n => { if (n === 2 && !killed) { killed = true; worker.child.kill('SIGKILL') } })
     assert.ok(killed, `the stream ended before the kill: ${JSON.stringify(got)}`)
     assert.ok(!got.done || got.errors.length > 0, `the stream ended as if complete: ${JSON.stringify(got)}`)
     assert.ok(got.errors.length > 0 || got.threw != null, `no error reached the client: ${JSON.stringify(got)}`)
@@ -207,7 +191,7 @@ describe('a model split over nodes (llama.cpp RPC through the mesh)', () => {
     assert.deepEqual(new Set(r.shards.map(s => s.nodeId)), new Set([head.id, third.id]))
     const again = await post(`${third.api}/v1/chat/completions`, { model: MODEL, stream: true, max_tokens: 8, logit_bias: NO_END, messages: [{ role: 'user', content: 'again' }] })
     assert.equal(again.status, 200)
-    const ok = await readStream(again)
+    const ok = await readChatStream(again)
     assert.ok(ok.chunks >= 1 && ok.done && ok.errors.length === 0, JSON.stringify(ok))
   })
 })

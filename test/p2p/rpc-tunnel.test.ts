@@ -31,6 +31,41 @@ async function echoServer (): Promise<{ port: number, sockets: Set<net.Socket>, 
   }
 }
 
+/** 64 MiB: more than yamux's largest stream window (16 MiB), as one tensor of a real model is. */
+const BIG = 64 * 1024 * 1024
+
+/**
+ * A slow reader on loopback, like rpc-server copying a large tensor: it stops reading for a while
+ * every few MiB, then answers with the sha256 of the BIG bytes it got.
+ */
+async function slowSink (): Promise<{ port: number, close: () => Promise<void> }> {
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer(s => {
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
+    s.on('error', () => {})
+    const hash = createHash('sha256')
+    let got = 0
+    let sinceStall = 0
+    s.on('data', (d: Buffer) => {
+      hash.update(d)
+      got += d.byteLength
+      sinceStall += d.byteLength
+      if (got >= BIG) { s.write(hash.digest()); return }
+      if (sinceStall >= 4 * 1024 * 1024) {
+        sinceStall = 0
+        s.pause()
+        setTimeout(() => { s.resume() }, 150)
+      }
+    })
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: async () => { for (const s of sockets) s.destroy(); await new Promise<void>(resolve => server.close(() => resolve())) }
+  }
+}
+
 async function connect (port: number, host = '127.0.0.1'): Promise<net.Socket> {
   return await new Promise((resolve, reject) => {
     const s = net.connect({ host, port }, () => resolve(s))
@@ -70,12 +105,14 @@ describe('rpc tunnel between hosts', () => {
   let workerTunnel: RpcTunnelService
   let outsiderTunnel: RpcTunnelService
   let target: Awaited<ReturnType<typeof echoServer>>
+  let sink: Awaited<ReturnType<typeof slowSink>>
   const refusals: Array<{ peer: string, model: string, reason: string }> = []
   const trustRefusals: string[] = []
 
   before(async () => {
     setLogSink(() => {})
     target = await echoServer()
+    sink = await slowSink()
     const headKey = await createIdentity()
     const workerKey = await createIdentity()
     const outsiderKey = await createIdentity()
@@ -93,7 +130,7 @@ describe('rpc tunnel between hosts', () => {
     workerTunnel = new RpcTunnelService(worker)
     outsiderTunnel = new RpcTunnelService(outsider)
     await workerTunnel.serve({
-      authorize: (peer, model): TunnelVerdict => peer === headId && model === 'big' ? { port: target.port } : { refused: `no split of '${model}' granted to ${peer.slice(-6)}` },
+      authorize: (peer, model): TunnelVerdict => peer === headId && model === 'big' ? { port: target.port } : peer === headId && model === 'slow' ? { port: sink.port } : { refused: `no split of '${model}' granted to ${peer.slice(-6)}` },
       onRefused: (peer, model, reason) => { refusals.push({ peer, model, reason }) }
     })
     for (const h of [head, outsider]) await h.dial(worker.getMultiaddrs()[0])
@@ -105,6 +142,7 @@ describe('rpc tunnel between hosts', () => {
     await outsiderTunnel.stop()
     await Promise.all([head.stop(), worker.stop(), outsider.stop()])
     await target.close()
+    await sink.close()
     setLogSink(() => {})
   })
 
@@ -125,6 +163,27 @@ describe('rpc tunnel between hosts', () => {
     const deadline = Date.now() + 10_000
     while (target.sockets.size > 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
     assert.equal(target.sockets.size, 0, 'the worker side closed its rpc-server connection')
+    await l.close()
+  })
+
+  it('carries a transfer larger than a yamux window to a reader that stalls, without a reset', async () => {
+    // A paused stream still receives what the remote's window allowed (up to 16 MiB): the read
+    // buffer limit must hold that, or a slow rpc-server resets the tunnel mid-tensor.
+    const l = await headTunnel.listen(worker.peerId.toString(), 'slow')
+    const s = await connect(l.port)
+    const chunk = randomBytes(1024 * 1024)
+    const expected = createHash('sha256')
+    const answer = new Promise<Buffer>((resolve, reject) => {
+      let buf = Buffer.alloc(0)
+      s.on('data', (d: Buffer) => { buf = Buffer.concat([buf, d]); if (buf.byteLength >= 32) resolve(buf) })
+      s.once('close', () => { reject(new Error('the tunnel closed before the answer')) })
+    })
+    for (let sent = 0; sent < BIG; sent += chunk.byteLength) {
+      expected.update(chunk)
+      if (!s.write(chunk)) await new Promise(resolve => s.once('drain', resolve))
+    }
+    assert.deepEqual(await answer, expected.digest())
+    s.end()
     await l.close()
   })
 

@@ -48,6 +48,17 @@ describe('split reconcile inputs', () => {
     assert.equal(budgetedResources(view('a', { availMiB: 1000 }))?.memory.availableBytes, 1000 * MiB, 'no budget: as reported')
   })
 
+  it("counts what a worker's rpc-servers hold against its budget (not against the OS's free memory, which already does)", () => {
+    const worker = (budgetMiB?: number): PeerView => {
+      const v = view('w', { availMiB: 1000, ...(budgetMiB != null ? { budgetMiB } : {}), models: [file('loaded', 2)] })
+      v.resources!.memory.rpcServerBytes = 5 * MiB
+      return v
+    }
+    assert.equal(budgetedResources(worker(10))?.memory.availableBytes, 3 * MiB)
+    assert.equal(budgetedResources(worker(6))?.memory.availableBytes, 0, 'never below zero')
+    assert.equal(budgetedResources(worker())?.memory.availableBytes, 1000 * MiB)
+  })
+
   it('plans a split within the budgets, the file holder as head', () => {
     const plan = planSplitReplica([view('a', { availMiB: 1000, budgetMiB: 10 }), view('b', { availMiB: 1000, budgetMiB: 10, models: [file('on_disk', 11)] }), view('c', { availMiB: 1000, budgetMiB: 2 })], 'm', FP, 13 * MiB)
     assert.ok(plan.ok)

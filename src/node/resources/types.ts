@@ -26,6 +26,11 @@ export interface MemoryInfo {
    * more than this, less what is loaded, as free (issue 16: a model past every node's budget is split).
    */
   modelBudgetBytes?: number
+  /**
+   * Memory this node's llama.cpp rpc-servers hold for split replicas other nodes head (issue
+   * 16), gossiped so that placement counts it against the model budget like a loaded model.
+   */
+  rpcServerBytes?: number
 }
 
 export interface DiskInfo {

@@ -4,6 +4,7 @@
  * it, kill -9 included), plus the grants the tunnel checks: a tunnel for model M is accepted
  * only from the head the leader named in its signed `serve_rpc` command for M.
  */
+import { readFileSync } from 'node:fs'
 import { access, constants } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import net from 'node:net'
@@ -36,6 +37,8 @@ interface Grant {
   model: string
   head: string
   port: number
+  /** When it began serving this head (ms): a move to a new head restarts the idle clock. */
+  startedAt: number
   proc: TiedChild
   lines: string[]
   exited: boolean
@@ -70,9 +73,25 @@ export class RpcWorker {
 
   constructor (private readonly opts: RpcWorkerOptions) {}
 
-  /** Models served for heads now: `{ model, head, port }`. */
-  list (): Array<{ model: string, head: string, port: number }> {
-    return [...this.grants.values()].filter(g => !g.exited).map(g => ({ model: g.model, head: g.head, port: g.port }))
+  /** Models served for heads now: `{ model, head, port, startedAt }`. */
+  list (): Array<{ model: string, head: string, port: number, startedAt: number }> {
+    return [...this.grants.values()].filter(g => !g.exited).map(g => ({ model: g.model, head: g.head, port: g.port, startedAt: g.startedAt }))
+  }
+
+  /**
+   * Resident memory of this node's rpc-servers together (bytes; Linux `/proc`, 0 elsewhere):
+   * the tensors they hold for heads, which the node's own model list does not show.
+   */
+  memoryBytes (): number {
+    let sum = 0
+    for (const g of this.grants.values()) {
+      if (g.exited || g.proc.pid <= 0) continue
+      try {
+        const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${g.proc.pid}/status`, 'utf8'))
+        if (m != null) sum += Number(m[1]) * 1024
+      } catch {}
+    }
+    return sum
   }
 
   /** The tunnel's question: may `peer` reach the rpc-server for `model`? */
@@ -92,6 +111,7 @@ export class RpcWorker {
   async serve (model: string, head: string): Promise<{ port: number }> {
     const existing = this.grants.get(model)
     if (existing != null && !existing.exited) {
+      if (existing.head !== head) existing.startedAt = Date.now()
       existing.head = head
       await existing.ready
       return { port: existing.port }
@@ -150,7 +170,7 @@ export class RpcWorker {
         if (lines.length > RPC_WORKER_DEFAULTS.logLines) lines.shift()
       })
     }
-    const g: Grant = { model, head, port, proc, lines, exited: false, ready: Promise.resolve() }
+    const g: Grant = { model, head, port, startedAt: Date.now(), proc, lines, exited: false, ready: Promise.resolve() }
     proc.child.once('exit', (code, signal) => {
       g.exited = true
       log.warn('rpc-server exited', { model, code, signal })

@@ -14,6 +14,7 @@ import type { Mesh, TunnelListener } from '../../p2p/index.js'
 import { readGgufHeader } from '../resources/gguf.js'
 import { layerRanges } from './layers.js'
 import { RpcWorker, type RpcWorkerOptions } from './rpc-worker.js'
+import { RPC_IDLE_DEFAULTS, headNamesWorker, idleGrants } from './rpc-idle.js'
 
 const log = createLogger('node:split')
 
@@ -54,11 +55,15 @@ export interface SplitNodeDeps extends RpcWorkerOptions {
   audit: (peer: string, detail: string) => void
   /** Shards changed: publish a snapshot. */
   changed: () => void
+  /** Idle rpc-server timings (tests shorten them); default {@link RPC_IDLE_DEFAULTS}. */
+  idle?: Partial<typeof RPC_IDLE_DEFAULTS>
 }
 
 export class SplitNode {
   readonly worker: RpcWorker
   private readonly heads = new Map<string, HeadState>()
+  private sweepTimer?: NodeJS.Timeout
+  private rpcBytes = 0
 
   constructor (private readonly d: SplitNodeDeps) {
     this.worker = new RpcWorker(d)
@@ -69,9 +74,42 @@ export class SplitNode {
       authorize: (peer, model) => this.worker.authorize(peer, model),
       onRefused: (peer, model, reason) => { this.d.audit(peer, `rpc tunnel for '${model}': ${reason}`) }
     })
+    this.sweepTimer = setInterval(() => { this.sweepIdle() }, this.d.idle?.sweepMs ?? RPC_IDLE_DEFAULTS.sweepMs)
+    this.sweepTimer.unref()
+  }
+
+  /**
+   * Stops the rpc-servers whose split has moved on (rpc-idle.ts), and refreshes what the ones
+   * left hold in memory (gossiped, so placement counts it against this node's budget).
+   */
+  sweepIdle (now = Date.now()): string[] {
+    const grants = this.worker.list()
+    if (grants.length === 0 && this.rpcBytes === 0) return []
+    const self = this.d.selfId()
+    const peers = new Map(this.d.mesh.peers().map(p => [p.id, p]))
+    const uses = grants.map(g => ({
+      ...g,
+      ...this.d.mesh.rpcTunnel.usage(g.head, g.model),
+      headNamesMe: headNamesWorker((peers.get(g.head)?.snapshot as { models?: unknown } | null)?.models, g.model, self)
+    }))
+    const stale = idleGrants(uses, now, { ...RPC_IDLE_DEFAULTS, ...this.d.idle })
+    for (const g of stale) {
+      log.info('stopping an idle rpc-server: its split has moved on', { model: g.model, head: g.head })
+      this.worker.release(g.model, g.head)
+    }
+    const bytes = this.worker.memoryBytes()
+    // Republish only on a real change (a stop, or more than a MiB either way): a snapshot is gossip.
+    if (stale.length > 0 || Math.abs(bytes - this.rpcBytes) > 2 ** 20) { this.rpcBytes = bytes; this.d.changed() }
+    return stale.map(g => g.model)
+  }
+
+  /** Resident memory of this node's rpc-servers (bytes), as of the last sweep. */
+  rpcServerBytes (): number {
+    return this.rpcBytes
   }
 
   async stop (): Promise<void> {
+    clearInterval(this.sweepTimer)
     this.worker.close()
     for (const model of [...this.heads.keys()]) await this.releaseHead(model, false)
   }

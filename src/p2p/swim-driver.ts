@@ -1,0 +1,265 @@
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { Connection, Stream } from '@libp2p/interface'
+import { WireError } from '../errors.js'
+import { createLogger } from '../logger.js'
+import { FramedStream } from './framing.js'
+import type { Host } from './host.js'
+import { initSwim, memberOf, nextDeadline, step, type SwimAction, type SwimConfig, type SwimEvent, type SwimMessage, type SwimState, type SwimStatus, type SwimUpdate } from './swim.js'
+import {
+  MAX_SWIM_FRAME_BYTES, MAX_SWIM_STREAMS, MAX_SWIM_UPDATES, SWIM_PROTOCOL, SWIM_READ_TIMEOUT_MS, SWIM_VERSION,
+  isSwimFrame, screenUpdates, type SwimFrame
+} from './swim-protocol.js'
+
+export interface SwimDriverOptions {
+  config: SwimConfig
+  /**
+   * First incarnation: the process's start time (ms), so a restarted node is always newer than
+   * what peers remember of its previous run (memberlist would need a push-pull sync for that).
+   */
+  incarnation: number
+  /** Sent in every frame: the process start time (duplicate-identity evidence for receivers). */
+  boot: number
+  /** Sent in every frame: this node's snapshot version. */
+  snapshotVersion: () => number
+  /** Sent in every frame: this node's load and leadership views (see `SwimFrame`). */
+  meta?: () => Pick<SwimFrame, 'load' | 'lead'>
+  /** Whether this node can vouch for `id` itself (connected or in its ledger); claims about others are dropped. */
+  verified: (id: string) => boolean
+  /** A member's status changed in this node's SWIM view. */
+  onChange: (id: string, status: SwimStatus, inc: number) => void
+  /** A valid frame arrived from `from` (after the handler's membership check). */
+  onFrame?: (from: string, frame: SwimFrame) => void
+  /** Round trip of a direct ping answered by its target. */
+  onRtt?: (id: string, ms: number) => void
+  /** A member sent something that is not a SWIM frame (the stream was reset). */
+  onViolation?: (peer: string, reason: string) => void
+  readTimeoutMs?: number
+  maxStreams?: number
+}
+
+/** Work counters (tests bound them; `/metrics` may show them). */
+export interface SwimDriverStats {
+  framesSent: number
+  framesReceived: number
+  sendFailures: number
+  violations: number
+  /** Updates about third parties (or this node) that the screen dropped or downgraded. */
+  screened: number
+}
+
+/**
+ * The I/O around `swim.ts`'s pure `step`: ticks at the state's next deadline, feeds it the
+ * frames members send on `/shepherd/swim/1.0.0`, carries out its `send` actions (a stream per
+ * frame, dialing on demand) and reports its `change` actions. Per interval a node sends one
+ * probe and answers the few it gets: its work does not grow with the mesh.
+ */
+export class SwimDriver {
+  readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0 }
+  private state?: SwimState
+  private timer?: NodeJS.Timeout
+  private running = false
+  private paused = false
+  /** Direct pings in flight, by seq, for RTT (bounded: old ones are dropped). */
+  private readonly pings = new Map<number, { to: string, at: number }>()
+  private readonly log = createLogger('p2p:swim')
+  /** Event-loop lag seen at ticks: times this node was too busy to keep its own timing. */
+  lagTicks = 0
+
+  constructor (private readonly host: Host, private readonly opts: SwimDriverOptions) {}
+
+  private get self (): string {
+    return this.host.peerId.toString()
+  }
+
+  async start (): Promise<void> {
+    const max = this.opts.maxStreams ?? MAX_SWIM_STREAMS
+    await this.host.handle(SWIM_PROTOCOL, (stream, conn) => {
+      this.onStream(stream, conn).catch(err => {
+        this.log.debug('swim stream failed', { err })
+        stream.abort(err)
+      })
+    }, { maxInboundStreams: max, maxOutboundStreams: max })
+    const now = Date.now()
+    this.state = initSwim(this.self, this.opts.config, { now })
+    this.state.incarnation = this.opts.incarnation
+    this.running = true
+    this.apply({ t: 'join' })
+  }
+
+  /** Stops probing and answering; with `leave`, members are told first (best effort, briefly). */
+  async stop (opts: { leave?: boolean } = {}): Promise<void> {
+    if (!this.running) return
+    if (opts.leave === true && this.state != null) {
+      const { actions } = step(this.state, { t: 'leave' }, Date.now())
+      await Promise.race([Promise.all(actions.map(async a => { if (a.t === 'send') await this.send(a.to, a.msg) })), sleep(200)])
+    }
+    this.running = false
+    clearTimeout(this.timer)
+    await this.host.unhandle(SWIM_PROTOCOL).catch(() => {})
+  }
+
+  /**
+   * For tests: go silent as a frozen process would (SIGSTOP): no probes, no answers, frames read
+   * and dropped. `resume` picks up where it stopped, so the node then hears that it is suspected
+   * and refutes.
+   */
+  pause (): void {
+    this.paused = true
+    clearTimeout(this.timer)
+  }
+
+  resume (): void {
+    if (!this.paused) return
+    this.paused = false
+    this.apply({ t: 'tick' })
+  }
+
+  /** A member learnt of out of band (a connection, a gossip message, the ledger). */
+  add (id: string): void {
+    if (this.state == null || id === this.self || memberOf(this.state, id) != null) return
+    this.apply({ t: 'add', id })
+  }
+
+  /** This node's view of `id`. */
+  member (id: string): { inc: number, status: SwimStatus } | undefined {
+    return this.state == null ? undefined : memberOf(this.state, id)
+  }
+
+  /** This node's own incarnation (raised by each refutation). */
+  get incarnation (): number {
+    return this.state?.incarnation ?? this.opts.incarnation
+  }
+
+  /**
+   * `id` spoke (a signed gossip message) though this view holds it suspect or dead: tell it, so
+   * it refutes with a higher incarnation (a frozen process that resumed does not know).
+   */
+  poke (id: string): void {
+    const m = this.member(id)
+    if (!this.running || this.paused || m == null || (m.status !== 'suspect' && m.status !== 'dead')) return
+    void this.send(id, { t: 'gossip', u: [] })
+  }
+
+  private apply (ev: SwimEvent): void {
+    if (this.state == null || !this.running || this.paused) return
+    const now = Date.now()
+    const { actions } = step(this.state, ev, now)
+    this.exec(actions, now)
+    this.schedule(now)
+  }
+
+  private exec (actions: SwimAction[], now: number): void {
+    for (const a of actions) {
+      if (a.t === 'change') {
+        try {
+          this.opts.onChange(a.id, a.status, a.inc)
+        } catch (err) {
+          this.log.warn('swim change handler failed', { err })
+        }
+      } else {
+        if (a.msg.t === 'ping') this.notePing(a.msg.seq, a.to, now)
+        void this.send(a.to, a.msg)
+      }
+    }
+  }
+
+  private schedule (now: number): void {
+    if (this.state == null) return
+    clearTimeout(this.timer)
+    const delay = Math.max(10, Math.min(this.opts.config.probeIntervalMs, nextDeadline(this.state) - now))
+    const due = now + delay
+    this.timer = setTimeout(() => {
+      // Lifeguard's local health, from the event loop too: a tick that comes late means this node
+      // is the slow one (a starved CPU), and acks it has not read yet are no evidence against
+      // others. Its own timing stretches (as after a failed probe with missing nacks); each ack
+      // taken in time shrinks it again.
+      const s = this.state
+      if (s != null && Date.now() - due > this.opts.config.probeTimeoutMs / 2) {
+        this.lagTicks++
+        s.awareness = Math.min(s.config.awarenessMax - 1, s.awareness + 1)
+      }
+      this.apply({ t: 'tick' })
+    }, delay)
+    this.timer.unref()
+  }
+
+  private notePing (seq: number, to: string, now: number): void {
+    this.pings.set(seq, { to, at: now })
+    if (this.pings.size > 64) {
+      for (const [s, p] of this.pings) if (now - p.at > 10_000 || this.pings.size > 64) this.pings.delete(s)
+    }
+  }
+
+  /**
+   * One frame to `to` on a stream of its own. A member this view holds suspect or dead is told so
+   * on every frame (memberlist's buddy system, extended to acks and pokes): it refutes at once.
+   */
+  private async send (to: string, msg: SwimMessage): Promise<void> {
+    const s = this.state
+    if (s == null) return
+    const m = memberOf(s, to)
+    if (m != null && (m.status === 'suspect' || m.status === 'dead') && !msg.u.some(u => u[0] === to)) {
+      msg = { ...msg, u: [[to, m.inc, m.status, this.self] as SwimUpdate, ...msg.u] }
+    }
+    if (msg.u.length > MAX_SWIM_UPDATES) msg = { ...msg, u: msg.u.slice(0, MAX_SWIM_UPDATES) }
+    const frame: SwimFrame = { v: SWIM_VERSION, inc: s.incarnation, boot: this.opts.boot, snap: this.opts.snapshotVersion(), ...this.opts.meta?.(), m: msg }
+    // Bounded by two probe intervals: a frozen peer must not pile up streams.
+    const signal = AbortSignal.timeout(2 * this.opts.config.probeIntervalMs)
+    let stream: Stream | undefined
+    try {
+      stream = await this.host.dialProtocol(peerIdFromString(to), SWIM_PROTOCOL, { signal })
+      const framed = new FramedStream(stream, { read: MAX_SWIM_FRAME_BYTES, write: MAX_SWIM_FRAME_BYTES })
+      await framed.write(frame, signal)
+      await stream.close({ signal })
+      this.stats.framesSent++
+    } catch (err) {
+      // A lost frame is what SWIM expects (a dead or unreachable peer): the probe times out.
+      this.stats.sendFailures++
+      this.log.trace('swim send failed', { peer: to, t: msg.t, err })
+      stream?.abort(err instanceof Error ? err : new Error(String(err)))
+    }
+  }
+
+  private async onStream (stream: Stream, conn: Connection): Promise<void> {
+    const from = conn.remotePeer.toString()
+    const framed = new FramedStream(stream, { read: MAX_SWIM_FRAME_BYTES, write: MAX_SWIM_FRAME_BYTES })
+    let frame: unknown
+    let reason = 'not a SWIM frame'
+    try {
+      frame = await framed.read(undefined, this.opts.readTimeoutMs ?? SWIM_READ_TIMEOUT_MS)
+    } catch (err: any) {
+      frame = undefined
+      reason = err instanceof WireError ? `${err.code}: ${err.message}` : `no frame: ${err?.message ?? err}`
+    }
+    if (!isSwimFrame(frame)) {
+      this.stats.violations++
+      this.opts.onViolation?.(from, reason)
+      stream.abort(new WireError(reason, 'malformed'))
+      return
+    }
+    void stream.close().catch(() => {})
+    if (!this.running || this.paused || this.state == null) return
+    this.stats.framesReceived++
+    const now = Date.now()
+    if (frame.m.t === 'ack') {
+      const p = this.pings.get(frame.m.seq)
+      if (p != null && p.to === from) {
+        this.pings.delete(frame.m.seq)
+        this.opts.onRtt?.(from, now - p.at)
+      }
+    }
+    const state = this.state
+    const { updates: u, screened } = screenUpdates(from, frame, { self: this.self, selfInc: state.incarnation, view: id => memberOf(state, id), verified: this.opts.verified })
+    this.stats.screened += screened
+    this.opts.onFrame?.(from, frame)
+    this.apply({ t: 'recv', from, msg: { ...frame.m, u } })
+    // It spoke, at an incarnation we hold suspect or dead (slow, not gone): tell it now, so its
+    // refutation need not wait for the suspicion to reach it by gossip. An ack or ping we send it
+    // anyway carries the notice already.
+    if (frame.m.t !== 'ping' && frame.m.t !== 'ping-req') this.poke(from)
+  }
+}
+
+async function sleep (ms: number): Promise<void> {
+  await new Promise(resolve => setTimeout(resolve, ms))
+}

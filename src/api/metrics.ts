@@ -17,6 +17,15 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
   metric('shepherd_mdns_queries_total', 'counter', 'mDNS queries sent (they back off while connected).', [['', g.mdns.queries]])
   metric('shepherd_mdns_answers_total', 'counter', 'Peers named by mDNS answers: passed on to libp2p, or dropped as connected already.',
     [['{outcome="announced"}', g.mdns.announced], ['{outcome="suppressed"}', g.mdns.suppressed]])
+  if (m.swim != null) {
+    const w = m.swim
+    metric('shepherd_swim_frames_total', 'counter', 'SWIM frames (probes, acks, indirect probes) sent and received.',
+      [['{direction="sent"}', w.framesSent], ['{direction="received"}', w.framesReceived]])
+    metric('shepherd_swim_send_failures_total', 'counter', 'SWIM frames that could not be sent (peer unreachable, stream refused).', [['', w.sendFailures]])
+    metric('shepherd_swim_violations_total', 'counter', 'SWIM protocol violations by members (stream reset, audited).', [['', w.violations]])
+    metric('shepherd_swim_screened_total', 'counter', 'SWIM updates about third parties dropped or downgraded (not verifiable here).', [['', w.screened]])
+  }
+  metric('shepherd_connections', 'gauge', 'Open libp2p connections.', [['', m.connections]])
   const hb = g.heartbeatDelay
   lines.push('# HELP shepherd_heartbeat_delay_ms Heartbeat delivery delay: receiver clock minus sender clock at publish.', '# TYPE shepherd_heartbeat_delay_ms histogram')
   for (const [le, n] of hb.cumulative()) lines.push(`shepherd_heartbeat_delay_ms_bucket{le="${le}"} ${n}`)

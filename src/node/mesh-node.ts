@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, peerIdOf, readSwarmKey, type DuplicateIdentity, type PeerRecord, type PeerStatus, type MeshStats, type TrustState } from '../p2p/index.js'
+import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, peerIdOf, readSwarmKey, type DuplicateIdentity, type PeerRecord, type PeerStatus, type MeshStats, type SwimDriverStats, type TrustState } from '../p2p/index.js'
 import type { NodeOptions } from '../config/index.js'
 import { createLogger } from '../logger.js'
 import { VERSION } from '../version.js'
@@ -63,6 +63,10 @@ export interface PeerEvent {
 
 export interface NodeMetrics {
   gossip: MeshStats
+  /** SWIM failure detection's frame counters; absent with `--membership flood`. */
+  swim?: SwimDriverStats
+  /** Open libp2p connections (bounded by `maxConnections`). */
+  connections: number
   /** The inference relay: requests sent to peers (on reused or new streams), served for peers, idle pooled streams. */
   relay: { requested: number, reused: number, staleRetries: number, served: number, failed: number, violations: number, idleStreams: number }
   peersByStatus: Record<PeerStatus, number>
@@ -573,6 +577,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     const inference = this.mesh.inference
     return {
       gossip: this.mesh.stats,
+      ...(this.mesh.swimStats() != null ? { swim: this.mesh.swimStats() } : {}),
+      connections: this.mesh.libp2p.getConnections().length,
       relay: { ...inference.stats, idleStreams: inference.pool.idleCount() },
       peersByStatus,
       snapshotVersion: this.snapshotVersion,

@@ -1,17 +1,18 @@
 import { EventEmitter } from 'node:events'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
-import type { PeerId, PrivateKey } from '@libp2p/interface'
+import type { PeerId } from '@libp2p/interface'
+import type { MeshEvents, MeshOptions, MeshStats } from './mesh-types.js'
 import { createLogger, type Logger } from '../logger.js'
 import { MEMBERSHIP_TOPIC, MEMBERSHIP_VERSION } from './constants.js'
 import { createHost, type Host } from './host.js'
-import type { LanDiscoveryStats } from './lan-discovery.js'
 import { DelayHistogram } from './delay-histogram.js'
-import { decodeMembership, encodeMembership, type DropReason, type MembershipMessage } from './messages.js'
-import { DEAD_PEER_TTL_MS, shouldEvict, PeerTable, onDisconnected, onHeard, onLeave, onRefused, onSwimStatus, onTick, type PeerRecord, type PeerTableEvents } from './membership.js'
-import { SWIM_LAN_DEFAULTS, type SwimStatus } from './swim.js'
-import { SwimDriver, type SwimDriverStats } from './swim-driver.js'
-import { SWIM_PROTOCOL, SWIM_SUSPICION_MAX_MULT, type SwimFrame } from './swim-protocol.js'
+import { decodeMembership, encodeMembership, type MembershipMessage } from './messages.js'
+import { DEAD_PEER_TTL_MS, shouldEvict, PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord } from './membership.js'
+import type { SwimStatus } from './swim.js'
+import type { SwimDriver, SwimDriverStats } from './swim-driver.js'
+import { SWIM_PROTOCOL } from './swim-protocol.js'
+import { startMeshSwim } from './mesh-swim.js'
 import { Redialer } from './redialer.js'
 import { InferenceService } from './inference.js'
 import { CommandService } from './command-protocol.js'
@@ -21,93 +22,12 @@ import { reachableAddresses } from './addresses.js'
 import { MAX_CLOCK_SKEW_MS, MAX_WANTS, MIN_SNAPSHOT_GAP_MS } from './membership-limits.js'
 import { GossipGate } from './gossip-gate.js'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
-import type { TrustPolicy } from './trust.js'
 import { ConnectionListenAddrs, DuplicateIdentityDetector, type DuplicateIdentity, type Observation } from './duplicate-identity.js'
 
 /** A peer met before and evicted is still redialed (it may restart), but at most this often. */
 const DEAD_PEER_REDIAL_MS = 30_000
 
-export interface MeshOptions<S> {
-  privateKey: PrivateKey
-  name: string
-  groups: string[]
-  listen: string[]
-  bootstrap: string[]
-  mdns: boolean
-  mdnsIntervalMs: number
-  /** Longest mDNS query interval once connected to a peer. */
-  mdnsMaxIntervalMs?: number
-  heartbeatMs: number
-  suspectAfterMs: number
-  deadAfterMs: number
-  snapshotIntervalMs: number
-  pingIntervalMs: number
-  redialMinMs: number
-  redialMaxMs: number
-  /** Idle time of a pooled inference stream (the requester's side; a host waits twice as long). */
-  relayStreamIdleMs?: number
-  /** Private swarm key (v1 PSK file content); without it the mesh is open to the LAN. */
-  swarmKey?: Uint8Array
-  /** Who may talk to this node. */
-  trust?: TrustPolicy
-  /** Peers remembered from an earlier run: dialed at start. */
-  knownPeers?: Array<{ id: string, addresses: string[] }>
-  /** Version of this node's snapshot; grows on every change (cheap: read every heartbeat). */
-  snapshotVersion: () => number
-  /** Content of this node's snapshot (built only when a snapshot is published). */
-  snapshotData: () => S
-  /** This node's view of its groups' leadership, sent with every heartbeat. */
-  leadership?: () => Array<[group: string, term: number, leader: string]>
-  /** Requests running and waiting here, sent with every heartbeat. */
-  load?: () => { active: number, queued: number }
-  /** Validates a peer's snapshot content (the owner's schema); false drops the message. */
-  validateSnapshot: (data: unknown) => data is S
-  /** A peer dead or gone this long is forgotten: its record, snapshot and (gossip-only) redial target. */
-  deadPeerTtlMs?: number
-  /**
-   * `swim`: liveness from SWIM probes (`/shepherd/swim/1.0.0`), heartbeats published only when
-   * what they carry changed; `flood` (absent): every heartbeat to everyone every `heartbeatMs`.
-   */
-  membership?: 'swim' | 'flood'
-  /** SWIM timings (absent: memberlist's LAN numbers, `SWIM_LAN_DEFAULTS`). */
-  swimProbeIntervalMs?: number
-  swimProbeTimeoutMs?: number
-  swimSuspicionMult?: number
-  /** Open connections kept at most; the redialer stops filling a full mesh at 3/4 of it (absent: 256). */
-  maxConnections?: number
-}
-
-export interface MeshStats {
-  gossipBytesSent: number
-  gossipBytesReceived: number
-  messagesSent: number
-  messagesReceived: number
-  /**
-   * Messages dropped, by reason. `unverified`: from a peer this node neither is connected to nor
-   * finds in its ledger, beyond what one relaying connection may name; `state_rate`: snapshot
-   * bytes over the sender's budget.
-   */
-  dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted' | 'rate_limited' | 'unverified' | 'state_rate', number>
-  /** Work done on peers' state, counted (not timed) so tests bound it: snapshots validated and taken, peers evicted. */
-  work: { snapshotsValidated: number, snapshotsApplied: number, snapshotsPublished: number, evicted: number, wantsSent: number, wantsAnswered: number }
-  /** mDNS queries sent, and peers its answers named: passed on to libp2p, or dropped as connected already. */
-  mdns: LanDiscoveryStats
-  /**
-   * Heartbeat delivery delays: receiver's clock minus the sender's at publish, ms. Exact on one
-   * machine (the namespace LAN); across machines it includes their clock offset.
-   */
-  heartbeatDelay: DelayHistogram
-}
-
-export interface MeshEvents<S> extends PeerTableEvents<S> {
-  'peer:addresses': [PeerRecord<S>]
-  /** A peer's view of its groups' leadership (from its heartbeat). */
-  'peer:lead': [peer: string, lead: Array<[group: string, term: number, leader: string]>]
-  /** The set of duplicate peer ids (see duplicate-identity.ts) changed: one was detected or cleared. */
-  'duplicates:changed': [ids: string[]]
-  /** A member broke a protocol of this layer (`/shepherd/swim/1.0.0`); its stream was reset. Audited by the node. */
-  'wire:violation': [peer: string, protocol: string, reason: string]
-}
+export type { MeshOptions, MeshStats, MeshEvents } from './mesh-types.js'
 
 function want (ids: string[]): { want?: string[] } {
   return ids.length > 0 ? { want: ids } : {}
@@ -479,8 +399,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     void this.publish({
       v: MEMBERSHIP_VERSION, t: 'snap', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
       name: this.opts.name, groups: this.opts.groups, snap: version, addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>,
-      ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
-      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
+      ...this.meta()
     })
   }
 
@@ -508,8 +427,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     if (this.host == null || this.stopping) return
     const body = {
       name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(),
-      ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
-      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
+      ...this.meta()
     }
     const key = JSON.stringify(body)
     const wants = this.wants(Date.now())
@@ -731,59 +649,29 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
 
   private async startSwim (host: Host): Promise<void> {
     const o = this.opts
-    const swim = this.swim = new SwimDriver(host, {
-      config: {
-        ...SWIM_LAN_DEFAULTS,
-        probeIntervalMs: o.swimProbeIntervalMs ?? SWIM_LAN_DEFAULTS.probeIntervalMs,
-        probeTimeoutMs: o.swimProbeTimeoutMs ?? SWIM_LAN_DEFAULTS.probeTimeoutMs,
-        suspicionMult: o.swimSuspicionMult ?? SWIM_LAN_DEFAULTS.suspicionMult,
-        suspicionMaxMult: SWIM_SUSPICION_MAX_MULT
-      },
+    const isMember = (id: string): boolean => o.trust == null || o.trust.isMember(id)
+    this.swim = await startMeshSwim(host, o, {
+      table: this.table,
+      missing: this.missing,
       incarnation: this.incarnation,
-      boot: this.incarnation,
-      snapshotVersion: () => this.opts.snapshotVersion(),
-      meta: () => ({
-        ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
-        ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
-      }),
-      verified: id => this.gate.verified(id) && (o.trust == null || o.trust.isMember(id)),
-      onChange: (id, status) => { this.onSwimChange(id, status) },
-      onFrame: (from, frame) => { this.onSwimFrame(from, frame) },
-      onRtt: (id, ms) => { this.table.patch(id, { rttMs: Math.round(ms * 100) / 100 }) },
+      snapshotVersion: () => o.snapshotVersion(),
+      meta: () => this.meta(),
+      verified: id => this.gate.verified(id) && isMember(id),
+      checkIdentity: (from, boot, now) => this.checkIdentity(from, boot, now),
+      stopping: () => this.stopping,
+      onLead: (from, lead) => { this.emit('peer:lead', from, lead) },
       onViolation: (peer, reason) => { this.emit('wire:violation', peer, SWIM_PROTOCOL, reason) }
     })
-    await swim.start()
     for (const peer of host.getPeers()) {
-      const id = peer.toString()
-      if (o.trust == null || o.trust.isMember(id)) swim.add(id)
+      if (isMember(peer.toString())) this.swim.add(peer.toString())
     }
   }
 
-  /** SWIM changed its view of a member: the peer table follows (see `onSwimStatus`). */
-  private onSwimChange (id: string, status: SwimStatus): void {
-    if (this.stopping) return
-    const rec = this.table.get(id)
-    // Records are made by connections and verified gossip only; SWIM never adds one.
-    if (rec == null) return
-    this.table.apply(rec, onSwimStatus(rec, status, Date.now()))
-  }
-
-  /**
-   * A member's SWIM frame: its process start time is duplicate-identity evidence, its load and
-   * leadership views are the latest, and its snapshot version tells this node that it missed a
-   * snapshot (asked for with the next heartbeat's `want`).
-   */
-  private onSwimFrame (from: string, frame: SwimFrame): void {
-    const now = Date.now()
-    const duplicate = this.checkIdentity(from, frame.boot, now)
-    const rec = this.table.get(from)
-    if (rec == null || rec.lastSeen === 0 || duplicate) return
-    if (frame.load != null) this.table.patch(from, { load: { active: frame.load[0], queued: frame.load[1], at: now } })
-    if (frame.lead != null && frame.lead.length > 0) this.emit('peer:lead', from, frame.lead)
-    if (frame.boot > rec.incarnation || (frame.boot === rec.incarnation && frame.snap > rec.snapshotVersion)) {
-      if (!this.missing.has(from)) this.missing.set(from, { since: now, askedAt: 0 })
-    } else if (frame.boot === rec.incarnation) {
-      this.missing.delete(from)
+  /** This node's load and leadership views, as heartbeats, snapshots and SWIM frames carry them. */
+  private meta (): { load?: [number, number], lead?: ReturnType<NonNullable<MeshOptions<S>['leadership']>> } {
+    return {
+      ...(this.opts.load != null ? { load: loadTuple(this.opts.load()) } : {}),
+      ...(this.opts.leadership != null ? { lead: this.opts.leadership() } : {})
     }
   }
 

@@ -20,7 +20,8 @@ before(async () => {
     const key = await generateKeyPair('Ed25519')
     return { key, id: peerIdFromPrivateKey(key).toString() }
   }))
-  keys = made.sort((a, b) => a.id.localeCompare(b.id))
+  // Code-unit order, as the election ranks members (`[...members].sort()`); localeCompare folds case.
+  keys = made.sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
 })
 
 async function certFor (group: string, term: number, leader: Key, voters: Key[]): Promise<LeaderCertificate> {

@@ -53,6 +53,11 @@ export interface NodeOptions {
   sampleIntervalMs: number
   /** How often GPUs are queried (nvidia-smi / rocm-smi spawn a process). */
   gpuIntervalMs: number
+  /**
+   * A snapshot for moved load figures only (CPU, memory, disk, VRAM use) goes out at most this
+   * often (memberlist's LAN push-pull period); changed models, builds or GPUs go out at once.
+   */
+  metricsRepublishMs: number
   /** Delay before redialing a lost bootstrap or known peer, doubled per failure up to `redialMaxMs`. */
   redialMinMs: number
   redialMaxMs: number
@@ -191,6 +196,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'redialMaxMs', type: 'int', yaml: 'membership.redial_max_ms', env: 'SHEPHERD_REDIAL_MAX_MS', flag: 'redial-max-ms', help: 'longest redial delay' },
   { key: 'sampleIntervalMs', type: 'int', yaml: 'resources.sample_interval_ms', env: 'SHEPHERD_SAMPLE_INTERVAL_MS', flag: 'sample-interval-ms', help: 'resource sampling period' },
   { key: 'gpuIntervalMs', type: 'int', yaml: 'resources.gpu_interval_ms', env: 'SHEPHERD_GPU_INTERVAL_MS', flag: 'gpu-interval-ms', help: 'GPU query period' },
+  { key: 'metricsRepublishMs', type: 'int', yaml: 'resources.metrics_republish_ms', env: 'SHEPHERD_METRICS_REPUBLISH_MS', flag: 'metrics-republish-ms', help: 'least time between snapshots for moved CPU/memory/disk figures only' },
   { key: 'logLevel', type: 'string', yaml: 'log_level', env: 'SHEPHERD_LOG', flag: 'log-level', help: 'trace|debug|info|warn|error|silent' },
   { key: 'engine', type: 'string', yaml: 'engine.kind', env: 'SHEPHERD_ENGINE', flag: 'engine', help: 'auto|embedded|llama-server|none (auto: llama-server when a build is found, else embedded)' },
   { key: 'parallel', type: 'int', yaml: 'engine.parallel', env: 'SHEPHERD_PARALLEL', flag: 'parallel', help: 'requests decoded together per loaded model (0 = engine default, 8)' },
@@ -263,6 +269,7 @@ export function defaultOptions (): NodeOptions {
     pingIntervalMs: 5000,
     sampleIntervalMs: 5000,
     gpuIntervalMs: 10000,
+    metricsRepublishMs: 30000,
     redialMinMs: 500,
     redialMaxMs: 2000,
     logLevel: 'warn',

@@ -208,6 +208,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         // `--engine auto` also looks in scripts/build-llama-server.sh's cache.
         llamacppPaths: options.engine === 'auto' || options.engine === 'llama-server' ? [...options.llamacppPaths, ...cachedLlamaServerDirs()] : options.llamacppPaths,
         sampleIntervalMs: options.sampleIntervalMs,
+        metricsMinGapMs: options.metricsRepublishMs,
         gpuIntervalMs: options.gpuIntervalMs
       })
       let node: MeshNode | undefined

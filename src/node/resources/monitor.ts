@@ -43,6 +43,13 @@ export interface ResourceMonitorOptions {
   /** llama.cpp builds poll period (each poll runs `--version`). Default 5 min. */
   llamacppIntervalMs?: number
   thresholds?: ChangeThresholds
+  /**
+   * A change of load figures only (CPU, memory, disk, VRAM use) is emitted at most this often;
+   * a change of what the node has (models, builds, GPUs) at once. Default 0 (no floor).
+   */
+  metricsMinGapMs?: number
+  /** The clock (tests). Default `Date.now`. */
+  now?: () => number
   /** Runs nvidia-smi, rocm-smi and llama-server; tests inject recorded outputs. */
   exec?: ExecRunner
   /** Replaces `si.graphics()` for the no-tool fallback. */
@@ -70,6 +77,8 @@ const DEFAULTS = {
   gpuIntervalMs: 10_000,
   sampleIntervalMs: 5_000,
   llamacppIntervalMs: 300_000,
+  metricsMinGapMs: 0,
+  now: Date.now,
   thresholds: { cpuPercent: 10, memoryFraction: 0.02, vramFraction: 0.01, diskFraction: 0.01 } satisfies Required<ChangeThresholds>
 }
 
@@ -83,6 +92,9 @@ function emptySystem (): SystemSnapshot {
     arch: process.arch
   }
 }
+
+/** Change reasons that are load figures, not what the node has (see `metricsMinGapMs`). */
+const LOAD_REASONS = new Set(['cpu', 'memory', 'disk', 'vram'])
 
 function gpuKey (g: GpuInfo): string {
   return `${g.source}:${g.index}:${g.uuid ?? g.name}:${g.totalMemoryBytes}`
@@ -112,6 +124,8 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
   private current: ResourceSnapshot
   /** The picture as of the last `change` (or the first refresh): what movement is measured from. */
   private baseline: ResourceSnapshot | null = null
+  /** When the last `change` went out (see `metricsMinGapMs`). */
+  private lastEmitAt = 0
   private lastGpuDetection: GpuDetection | null = null
   private running = false
 
@@ -225,6 +239,12 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
   private checkChange (): void {
     const reasons = this.baseline === null ? ['initial'] : this.diff(this.baseline, this.current)
     if (reasons.length === 0) return
+    // Every change is a snapshot to every member: on a busy machine the load figures move on most
+    // samples, which would make each node's cost grow with the mesh. They wait for the floor
+    // (the baseline stays, so the change is still seen then); what the node has goes out at once.
+    const now = this.opts.now()
+    if (this.baseline !== null && reasons.every(r => LOAD_REASONS.has(r)) && now - this.lastEmitAt < this.opts.metricsMinGapMs) return
+    this.lastEmitAt = now
     this.baseline = this.snapshot()
     this.emit('change', { reasons, snapshot: this.snapshot() })
   }

@@ -101,6 +101,46 @@ describe('ResourceMonitor', () => {
     assert.deepEqual(changes[2].snapshot.models.map(x => x.name), ['new'])
   })
 
+  it('holds moved load figures back for metricsMinGapMs, but not a changed model', async () => {
+    const models = join(dir, 'm-gap')
+    await mkdir(models)
+    const { exec, setUsedMib } = nvidiaSmi()
+    let now = 1_000_000
+    const m = new ResourceMonitor({
+      dataDir: dir,
+      modelsDirs: [models],
+      searchPath: false,
+      exec,
+      log: quietLog,
+      metricsMinGapMs: 30_000,
+      now: () => now,
+      thresholds: { cpuPercent: 101, memoryFraction: 1, diskFraction: 1 }
+    })
+    const changes: ResourceChange[] = []
+    m.on('change', c => changes.push(c))
+    await m.refresh()
+    assert.deepEqual(changes.map(c => c.reasons), [['initial']])
+
+    setUsedMib(1024 + 2000) // VRAM use moved 2.5 %: a load figure
+    now += 10_000
+    await m.refresh()
+    assert.equal(changes.length, 1, 'a load figure waits for the floor')
+    assert.equal(m.snapshot().resources.gpus[0].usedMemoryBytes, 3024 * MIB, 'the latest picture is still served')
+
+    await tinyModel(join(models, 'gap.gguf'))
+    now += 1000
+    await m.refresh()
+    assert.deepEqual(changes.map(c => c.reasons), [['initial'], ['models', 'vram']], 'a new model goes out at once, with the held figure')
+
+    setUsedMib(1024 + 4000)
+    now += 29_000
+    await m.refresh()
+    assert.equal(changes.length, 2, 'still within the floor since the last emit')
+    now += 1000
+    await m.refresh()
+    assert.deepEqual(changes[2].reasons, ['vram'], 'after the floor the moved figure goes out')
+  })
+
   it('polls on timers after start() and stops emitting after stop()', async (t) => {
     const models = join(dir, 'm3')
     await mkdir(models)

@@ -103,8 +103,17 @@ export function onLeave<S> (rec: PeerRecord<S>, msg: { incarnation: number, seq:
 
 /** Periodic check: silence turns alive into suspect and suspect into dead. */
 export function onTick<S> (rec: PeerRecord<S>, now: number, t: MembershipTimings): TransitionResult<S> {
+  return onSilence(rec, now - rec.lastSeen, now, t)
+}
+
+/**
+ * The peer has been silent for `silence` ms: suspect past `suspectAfterMs`, dead past
+ * `deadAfterMs`. With flooded heartbeats that is its own silence (`onTick`); with SWIM, where a
+ * quiet peer publishes nothing, it is applied only while this node hears from no member at all
+ * (it is the one cut off: see `Mesh.tick`).
+ */
+export function onSilence<S> (rec: PeerRecord<S>, silence: number, now: number, t: MembershipTimings): TransitionResult<S> {
   if (rec.status === 'left' || rec.status === 'dead') return { record: rec, changed: false, accepted: true }
-  const silence = now - rec.lastSeen
   let next = rec
   if (silence > t.deadAfterMs) next = withStatus(rec, 'dead', now)
   else if (silence > t.suspectAfterMs && rec.status === 'alive') next = withStatus(rec, 'suspect', now)

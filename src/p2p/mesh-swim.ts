@@ -29,6 +29,8 @@ export interface MeshSwimContext<S> {
   verified: (id: string) => boolean
   /** Duplicate-identity check of a frame's boot time; true when `from` is a duplicate. */
   checkIdentity: (from: string, boot: number, now: number) => boolean
+  /** A member's frame arrived: this node is not cut off. */
+  heard: (now: number) => void
   stopping: () => boolean
   onLead: (from: string, lead: NonNullable<SwimFrame['lead']>) => void
   onViolation: (peer: string, reason: string) => void
@@ -50,7 +52,7 @@ export async function startMeshSwim<S> (host: Host, timings: MeshSwimTimings, ct
     meta: ctx.meta,
     verified: ctx.verified,
     onChange: (id, status) => { onSwimChange(ctx, id, status) },
-    onFrame: (from, frame) => { onSwimFrame(ctx, from, frame) },
+    onFrame: (from, frame) => { onSwimFrame(ctx, swim, from, frame) },
     onRtt: (id, ms) => { ctx.table.patch(id, { rttMs: Math.round(ms * 100) / 100 }) },
     onViolation: ctx.onViolation
   })
@@ -72,11 +74,17 @@ function onSwimChange<S> (ctx: MeshSwimContext<S>, id: string, status: SwimStatu
  * leadership views are the latest, and its snapshot version tells this node that it missed a
  * snapshot (asked for with the next heartbeat's `want`).
  */
-function onSwimFrame<S> (ctx: MeshSwimContext<S>, from: string, frame: SwimFrame): void {
+function onSwimFrame<S> (ctx: MeshSwimContext<S>, swim: SwimDriver, from: string, frame: SwimFrame): void {
   const now = Date.now()
   const duplicate = ctx.checkIdentity(from, frame.boot, now)
   const rec = ctx.table.get(from)
   if (rec == null || rec.lastSeen === 0 || duplicate) return
+  ctx.heard(now)
+  // Taken for suspect or dead while this node heard nobody (cut off, see `Mesh.tick`), yet alive
+  // in SWIM's view all along: it speaks again, so it is alive again.
+  if ((rec.status === 'suspect' || rec.status === 'dead') && swim.member(from)?.status === 'alive') {
+    ctx.table.apply(rec, onSwimStatus(rec, 'alive', now))
+  }
   if (frame.load != null) ctx.table.patch(from, { load: { active: frame.load[0], queued: frame.load[1], at: now } })
   if (frame.lead != null && frame.lead.length > 0) ctx.onLead(from, frame.lead)
   if (frame.boot > rec.incarnation || (frame.boot === rec.incarnation && frame.snap > rec.snapshotVersion)) {

@@ -8,7 +8,7 @@ import { MEMBERSHIP_TOPIC, MEMBERSHIP_VERSION } from './constants.js'
 import { createHost, type Host } from './host.js'
 import { DelayHistogram } from './delay-histogram.js'
 import { decodeMembership, encodeMembership, type MembershipMessage } from './messages.js'
-import { DEAD_PEER_TTL_MS, shouldEvict, PeerTable, onDisconnected, onHeard, onLeave, onRefused, onTick, type PeerRecord } from './membership.js'
+import { DEAD_PEER_TTL_MS, shouldEvict, PeerTable, onDisconnected, onHeard, onLeave, onRefused, onSilence, onTick, type PeerRecord } from './membership.js'
 import type { SwimStatus } from './swim.js'
 import type { SwimDriver, SwimDriverStats } from './swim-driver.js'
 import { SWIM_PROTOCOL } from './swim-protocol.js'
@@ -76,6 +76,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private swim?: SwimDriver
   /** What the last heartbeat carried: with SWIM, a heartbeat goes out only when it changes. */
   private lastHeartbeatKey = ''
+  /** When this node last heard from any member (gossip or a SWIM frame): see `tick`. */
+  private lastHeardAt = Date.now()
 
   constructor (private readonly opts: MeshOptions<S>) {
     super()
@@ -525,6 +527,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     if (res.record.addresses.length === 0 && this.host != null) {
       res.record.addresses = this.host.getConnections(peerIdFromString(from)).map(c => c.remoteAddr.toString())
     }
+    this.lastHeardAt = now
     res.record.connected = this.host != null && this.host.getConnections(peerIdFromString(from)).length > 0
     // A timestamp ahead of our clock by more than the skew allowed is clamped (it is informational only).
     if (msg.t === 'hb') this.stats.heartbeatDelay.push(now - Math.min(msg.at, now + MAX_CLOCK_SKEW_MS))
@@ -588,8 +591,18 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
         this.evict(rec.id)
         continue
       }
-      // With SWIM, silence is judged by its probes (a quiet peer publishes nothing), not by heartbeats.
-      if (rec.lastSeen === 0 || this.swim != null) continue
+      if (rec.lastSeen === 0) continue
+      if (this.swim != null) {
+        // With SWIM a quiet peer publishes nothing: its silence says nothing, its probes decide. But
+        // a node that hears from no member at all (no ack to its probes, no probe, no gossip) is the
+        // one cut off, and Lifeguard slows its probes down to 8× there: N × 4 s to see the others
+        // gone. Its table then follows the flood rules, counted from when it last heard anyone.
+        if (now - this.lastHeardAt > timings.suspectAfterMs) {
+          const res = onSilence(rec, now - Math.max(rec.lastSeen, this.lastHeardAt), now, timings)
+          if (res.changed) this.table.apply(rec, res)
+        }
+        continue
+      }
       const res = onTick(rec, now, timings)
       if (res.changed) this.table.apply(rec, res)
     }
@@ -658,6 +671,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       meta: () => this.meta(),
       verified: id => this.gate.verified(id) && isMember(id),
       checkIdentity: (from, boot, now) => this.checkIdentity(from, boot, now),
+      heard: now => { this.lastHeardAt = now },
       stopping: () => this.stopping,
       onLead: (from, lead) => { this.emit('peer:lead', from, lead) },
       onViolation: (peer, reason) => { this.emit('wire:violation', peer, SWIM_PROTOCOL, reason) }

@@ -10,6 +10,9 @@ import {
   isSwimFrame, screenUpdates, type SwimFrame
 } from './swim-protocol.js'
 
+/** Members held dead yet connected told so per probe interval, at most (see `pokeDead`). */
+const MAX_POKES_PER_INTERVAL = 3
+
 export interface SwimDriverOptions {
   config: SwimConfig
   /**
@@ -57,6 +60,8 @@ export class SwimDriver {
   readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0 }
   private state?: SwimState
   private timer?: NodeJS.Timeout
+  /** Tells members held dead so, while connected (see `pokeDead`). */
+  private reviveTimer?: NodeJS.Timeout
   private running = false
   private paused = false
   /** Direct pings in flight, by seq, for RTT (bounded: old ones are dropped). */
@@ -84,6 +89,8 @@ export class SwimDriver {
     this.state.incarnation = this.opts.incarnation
     this.running = true
     this.apply({ t: 'join' })
+    this.reviveTimer = setInterval(() => { this.pokeDead() }, this.opts.config.probeIntervalMs)
+    this.reviveTimer.unref()
   }
 
   /** Stops probing and answering; with `leave`, members are told first (best effort, briefly). */
@@ -95,6 +102,7 @@ export class SwimDriver {
     }
     this.running = false
     clearTimeout(this.timer)
+    clearInterval(this.reviveTimer)
     await this.host.unhandle(SWIM_PROTOCOL).catch(() => {})
   }
 
@@ -136,8 +144,28 @@ export class SwimDriver {
    */
   poke (id: string): void {
     const m = this.member(id)
-    if (!this.running || this.paused || m == null || (m.status !== 'suspect' && m.status !== 'dead')) return
-    void this.send(id, { t: 'gossip', u: [] })
+    if (!this.running || this.paused || this.state == null || m == null || (m.status !== 'suspect' && m.status !== 'dead')) return
+    // The claim itself, at the incarnation it holds: the only update about itself a member acts on.
+    void this.send(id, { t: 'gossip', u: [[id, m.inc, m.status, this.state.self]] })
+  }
+
+  /**
+   * Members held dead but still connected (a cut link leaves TCP connections open; a crashed
+   * process closes them) are told so (`poke`), a few at random per interval. A live one refutes
+   * and answers at once, and is alive again here: this heals a partition, after which each side
+   * holds the other dead and probes only its own side (memberlist leaves that to Serf's
+   * reconnect, every 30 s). A dead member without a connection costs nothing here; if it comes
+   * back, the redialer reconnects it and its gossip pokes it.
+   */
+  private pokeDead (): void {
+    if (this.state == null || !this.running || this.paused) return
+    const dead: string[] = []
+    for (const [id, m] of this.state.members) {
+      if (m.status === 'dead' && this.host.getConnections(peerIdFromString(id)).length > 0) dead.push(id)
+    }
+    for (let i = 0; i < MAX_POKES_PER_INTERVAL && dead.length > 0; i++) {
+      this.poke(dead.splice(Math.floor(Math.random() * dead.length), 1)[0])
+    }
   }
 
   private apply (ev: SwimEvent): void {

@@ -291,7 +291,12 @@ function gossipNow (s: SwimState, now: number, out: SwimAction[]): void {
 function receive (s: SwimState, from: string, msg: SwimMessage, now: number, out: SwimAction[]): void {
   // A message from an unknown sender makes it a member: it is alive, it just spoke.
   if (from !== s.self && view(s, from) == null) setMember(s, from, { inc: 0, status: 'alive' }, out, true)
+  const incBefore = s.incarnation
   for (const u of msg.u) apply(s, u, now, out)
+  // Told we are suspect or dead, we refuted: answer the teller directly. It may hold us dead and so
+  // never probe us, and our broadcast reaches only members we hold live: after a partition each
+  // side holds the other dead, and the refutation would never cross.
+  if (s.incarnation > incBefore && from !== s.self) send(s, from, { t: 'gossip', u: [[s.self, s.incarnation, 'alive', s.self]] }, out)
   switch (msg.t) {
     case 'ping':
       send(s, from, { t: 'ack', seq: msg.seq, u: [] }, out)

@@ -110,6 +110,27 @@ describe('SWIM step', () => {
     assert.equal(b.suspicions.has('a'), false)
   })
 
+  it('after a partition each side holds the other dead: told so directly, a member refutes to the teller, who takes it back', () => {
+    const a = initSwim('a', SWIM_LAN_DEFAULTS, { base, seed: 7 })
+    const c = initSwim('c', SWIM_LAN_DEFAULTS, { base, seed: 8 })
+    // Each learnt the other dead on its own side of the cut; neither probes a dead member.
+    step(a, { t: 'recv', from: 'b', msg: { t: 'gossip', u: [['c', 0, 'dead', 'b']] } }, 10)
+    step(c, { t: 'recv', from: 'd', msg: { t: 'gossip', u: [['a', 0, 'dead', 'd']] } }, 10)
+    assert.equal(memberOf(a, 'c')?.status, 'dead')
+    assert.equal(memberOf(c, 'a')?.status, 'dead')
+    // Healed: a tells c what it holds (the driver's poke). c refutes, and answers a itself, since
+    // its broadcasts go only to members it holds live, and it holds a dead.
+    const out = sends(step(c, { t: 'recv', from: 'a', msg: { t: 'gossip', u: [['c', 0, 'dead', 'a']] } }, 20).actions)
+    assert.equal(c.incarnation, 1)
+    const answer = out.find(x => x.to === 'a')
+    assert.ok(answer != null, `c answers a directly: ${JSON.stringify(out)}`)
+    assert.ok(answer.msg.u.some(u => u[0] === 'c' && u[1] === 1 && u[2] === 'alive'))
+    step(a, { t: 'recv', from: 'c', msg: answer.msg }, 30)
+    assert.deepEqual(memberOf(a, 'c'), { inc: 1, status: 'alive' })
+    // A claim at an old incarnation is no news: nothing to refute, no answer.
+    assert.deepEqual(sends(step(c, { t: 'recv', from: 'a', msg: { t: 'gossip', u: [['c', 0, 'dead', 'a']] } }, 40).actions).filter(x => x.to === 'a'), [])
+  })
+
   it('applies an update only when its incarnation allows it; left is sticky for its incarnation', () => {
     const a = initSwim('a', SWIM_LAN_DEFAULTS, { base, seed: 7 })
     step(a, { t: 'recv', from: 'b', msg: { t: 'gossip', u: [['c', 2, 'alive', 'c']] } }, 1)

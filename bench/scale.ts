@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- scale`: real node processes on loopback (`--engine none --no-mdns`, one swarm
- * key, each bootstrapping to the first) at 4, 16, 32 and 48 nodes (issue 14). Per size: time until
+ * key, each bootstrapping to the first; the compiled package, as `npx shepherd-mesh` runs it) at 4, 16, 32 and 48 nodes (issue 14). Per size: time until
  * every node lists every other alive (from the last node's ready line), then over an idle window
  * each node's CPU (% of one core, from /proc), RSS and membership gossip bytes/s received.
  *
@@ -10,16 +10,24 @@
  *
  *   SCALE_SIZES=4,8 npm run bench -- scale     (sizes; default 4,16,32,48)
  *   SCALE_IDLE_MS=20000                          (idle window; default 20 s)
+ *   SCALE_SETTLE_MS=15000                        (wait after all-see-all before the window; default 15 s)
  *   SCALE_MEMBERSHIP=swim,flood                  (failure detection, `--membership`; default swim)
  *
  * `swim` (the default since issue 14 step 2): SWIM probes, heartbeats only on change. `flood`:
  * every node's heartbeat to every node each second (what the baseline measured); run both in one
  * go to compare them side by side on the same machine.
  */
+import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 import { startNode, stopNode, getJson, type NodeProcess } from '../test/support/cluster.js'
 import { cpuMs } from './process-cpu.js'
 import type { BenchTable, Cell } from './table.js'
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const execFileAsync = promisify(execFile)
 
 const BASELINE: Record<number, { cpu: number, rssMb: number, convergeS: number | null }> = {
   4: { cpu: 4.3, rssMb: 130, convergeS: 7.6 },
@@ -64,25 +72,30 @@ async function allSeeAll (nodes: NodeProcess[]): Promise<boolean> {
 }
 
 export async function run (): Promise<BenchTable> {
+  // The nodes run the compiled package, as users do (`npx shepherd-mesh start`): build it first.
+  await execFileAsync('npm', ['run', 'build'], { cwd: ROOT })
   const sizes = (process.env.SCALE_SIZES ?? '4,16,32,48').split(',').map(Number).filter(n => Number.isInteger(n) && n > 1)
   const idleMs = Number(process.env.SCALE_IDLE_MS ?? 20_000)
+  const settleMs = Number(process.env.SCALE_SETTLE_MS ?? 15_000)
   const modes = (process.env.SCALE_MEMBERSHIP ?? 'swim').split(',').filter(m => m === 'swim' || m === 'flood')
   const rows: Cell[][] = []
   for (const size of sizes) for (const mode of modes) {
     const nodes: NodeProcess[] = []
     try {
       const args = ['--engine', 'none', '--membership', mode]
-      const first = await startNode({ name: 'scale-0', args, timeoutMs: 120_000 })
+      const first = await startNode({ name: 'scale-0', args, timeoutMs: 120_000, built: true })
       nodes.push(first)
       const boot = `/ip4/127.0.0.1/tcp/${first.p2pPort}/p2p/${first.id}`
-      for (let i = 1; i < size; i++) nodes.push(await startNode({ name: `scale-${i}`, args: [...args, '--bootstrap', boot], timeoutMs: 120_000 }))
+      for (let i = 1; i < size; i++) nodes.push(await startNode({ name: `scale-${i}`, args: [...args, '--bootstrap', boot], timeoutMs: 120_000, built: true }))
       const t0 = performance.now()
       let convergeS: number | null = null
       while (performance.now() - t0 < 180_000) {
         if (await allSeeAll(nodes)) { convergeS = (performance.now() - t0) / 1000; break }
         await sleep(500)
       }
-      // Idle: nothing but membership runs.
+      // Idle: nothing but membership runs, once the start-up work (first resource scans, greeting
+      // snapshots, JIT warm-up) of the nodes that started last is over.
+      await sleep(settleMs)
       const cpu0 = nodes.map(n => cpuMs(n.child.pid))
       const bytes0 = await Promise.all(nodes.map(gossipBytesReceived))
       const w0 = performance.now()
@@ -92,7 +105,10 @@ export async function run (): Promise<BenchTable> {
       const bytes = (await Promise.all(nodes.map(gossipBytesReceived))).map((b, i) => (b - bytes0[i]) / (window / 1000))
       const rss = nodes.map(n => rssMb(n.child.pid))
       const base = BASELINE[size]
-      rows.push([size, mode, round1(avg(cpu)), round1(base?.cpu ?? NaN), round1(avg(rss)), round1(base?.rssMb ?? NaN), Math.round(avg(bytes)), round1(convergeS ?? NaN), base?.convergeS ?? null])
+      const row: Cell[] = [size, mode, round1(avg(cpu)), round1(base?.cpu ?? NaN), round1(avg(rss)), round1(base?.rssMb ?? NaN), Math.round(avg(bytes)), round1(convergeS ?? NaN), base?.convergeS ?? null]
+      rows.push(row)
+      // Each row as it is measured: a run cut short (48 nodes on a small machine) keeps the others.
+      console.error(`scale: ${row.join(' | ')}`)
     } finally {
       await Promise.all(nodes.map(async n => await stopNode(n, 'SIGKILL')))
     }
@@ -102,7 +118,7 @@ export async function run (): Promise<BenchTable> {
     columns: ['nodes', 'membership', 'idle CPU %/node', 'baseline', 'RSS MB/node', 'baseline', 'gossip B/s in/node', 'all-see-all s', 'baseline'],
     rows,
     notes: [
-      'CPU: % of one core per node over the idle window (after convergence); RSS from /proc; bytes: membership gossip received.',
+      `CPU: % of one core per node over the idle window (${idleMs / 1000} s, starting ${settleMs / 1000} s after all-see-all); RSS from /proc; bytes: membership gossip received.`,
       'all-see-all: from the last node\'s ready line until every node lists every other alive (polling /api/peers every 0.5 s); — = not within 180 s.',
       'Baseline: issue 14\'s measurements before this work (one 2-core machine, loopback; 16 nodes: the lead\'s run before SWIM went live).',
       'Target: 48-node CPU and RSS per node ≤ 1.5× the 4-node ones; all-see-all at 48 ≤ 30 s.'

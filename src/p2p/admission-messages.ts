@@ -21,8 +21,8 @@ export const MAX_LEDGER_STATEMENTS = 1024
 export const MAX_ADMISSION_FRAME_BYTES = 512 * 1024
 /** A peer that opens an admission stream must send its request within this time. */
 export const ADMISSION_READ_TIMEOUT_MS = 5_000
-/** Every connected peer gets a hello this often (members whose digests differ then sync). */
-export const ADMISSION_RESYNC_MS = 15_000
+/** One random connected peer gets a hello this often (members whose digests differ then sync). */
+export const ADMISSION_RESYNC_MS = 5_000
 /** Most admission streams a peer may hold open at once. */
 export const MAX_ADMISSION_STREAMS = 8
 /** Statements dated further in the future than this are refused (clock skew allowance). */

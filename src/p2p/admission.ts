@@ -87,9 +87,14 @@ export class AdmissionService extends EventEmitter<AdmissionEvents> {
     this.host.addEventListener('peer:connect', evt => { void this.greet(evt.detail.toString()) })
     // Peers met while the node was starting (bootstrap dials) get their hello now.
     for (const p of this.host.getPeers()) void this.greet(p.toString())
-    // A push can be lost (a reset stream, a peer busy restarting): a periodic hello compares
-    // digests and pulls what is missing, so members converge without a reconnect.
-    this.resync = setInterval(() => { for (const p of this.host.getPeers()) void this.greet(p.toString()) }, ADMISSION_RESYNC_MS)
+    // A push can be lost (a reset stream, a peer busy restarting): a periodic hello to one random
+    // peer compares digests and pulls what is missing (anti-entropy, memberlist's push-pull), so
+    // members converge without a reconnect; a statement one member holds spreads in O(log n)
+    // rounds. A hello to every peer each round made each node's cost grow with the mesh.
+    this.resync = setInterval(() => {
+      const peers = this.host.getPeers()
+      if (peers.length > 0) void this.greet(peers[Math.floor(Math.random() * peers.length)].toString())
+    }, ADMISSION_RESYNC_MS)
     this.resync.unref()
   }
 

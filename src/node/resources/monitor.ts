@@ -127,6 +127,8 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
   /** When the last `change` went out (see `metricsMinGapMs`). */
   private lastEmitAt = 0
   private lastGpuDetection: GpuDetection | null = null
+  /** When the GPU tools were last looked for (see `collect('gpus')`). */
+  private lastGpuToolScanAt = 0
   private running = false
 
   constructor (options: ResourceMonitorOptions) {
@@ -197,7 +199,7 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
         await pending
         if (!force) return
       }
-      const p = this.collect(part).finally(() => { this.inFlight.delete(part) })
+      const p = this.collect(part, force).finally(() => { this.inFlight.delete(part) })
       this.inFlight.set(part, p)
       await p
     }))
@@ -205,7 +207,7 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
     this.checkChange()
   }
 
-  private async collect (part: 'system' | 'gpus' | 'models' | 'llamacpp'): Promise<void> {
+  private async collect (part: 'system' | 'gpus' | 'models' | 'llamacpp', force: boolean): Promise<void> {
     try {
       switch (part) {
         case 'system': {
@@ -214,6 +216,13 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
           break
         }
         case 'gpus': {
+          // With neither nvidia-smi nor rocm-smi there is no VRAM use to follow: looking for the
+          // two tools again (a failed spawn per PATH entry each) is done only as often as for
+          // llama.cpp builds (a driver installed later is still found), not every poll.
+          const last = this.lastGpuDetection
+          const now = this.opts.now()
+          if (!force && last != null && !last.tools.nvidiaSmi && !last.tools.rocmSmi && now - this.lastGpuToolScanAt < this.opts.llamacppIntervalMs) break
+          this.lastGpuToolScanAt = now
           const d = await detectGpus({ exec: this.exec, graphics: this.graphics, log: this.log })
           this.lastGpuDetection = d
           this.current = { ...this.current, resources: { ...this.current.resources, gpus: d.gpus } }

@@ -101,6 +101,32 @@ describe('ResourceMonitor', () => {
     assert.deepEqual(changes[2].snapshot.models.map(x => x.name), ['new'])
   })
 
+  it('without nvidia-smi or rocm-smi, looks for the tools again only every llamacppIntervalMs', async () => {
+    const exec = fakeExec({})
+    let now = 5_000_000
+    const m = new ResourceMonitor({
+      dataDir: dir,
+      searchPath: false,
+      exec,
+      log: quietLog,
+      now: () => now,
+      llamacppIntervalMs: 60_000,
+      graphics: async () => ({ controllers: [] }) as any
+    })
+    await m.refresh()
+    const smiCalls = (): number => exec.calls.filter(c => c.file === 'nvidia-smi' || c.file === 'rocm-smi').length
+    assert.equal(smiCalls(), 2, 'both tools looked for once')
+    // Timer polls (the private `run` with force false), as `start()` makes them every gpuIntervalMs.
+    const poll = async (): Promise<void> => { await (m as unknown as { run: (p: string[], f: boolean) => Promise<void> }).run(['gpus'], false) }
+    for (let i = 0; i < 5; i++) { now += 10_000; await poll() }
+    assert.equal(smiCalls(), 2, 'no tool: not looked for again within the interval')
+    now += 20_000
+    await poll()
+    assert.equal(smiCalls(), 4, 'after the interval it looks again (a driver may have been installed)')
+    await m.refresh()
+    assert.equal(smiCalls(), 6, 'an explicit refresh always looks')
+  })
+
   it('holds moved load figures back for metricsMinGapMs, but not a changed model', async () => {
     const models = join(dir, 'm-gap')
     await mkdir(models)

@@ -594,10 +594,12 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (rec.lastSeen === 0) continue
       if (this.swim != null) {
         // With SWIM a quiet peer publishes nothing: its silence says nothing, its probes decide. But
-        // a node that hears from no member at all (no ack to its probes, no probe, no gossip) is the
-        // one cut off, and Lifeguard slows its probes down to 8× there: N × 4 s to see the others
-        // gone. Its table then follows the flood rules, counted from when it last heard anyone.
-        if (now - this.lastHeardAt > timings.suspectAfterMs) {
+        // a node that hears from no member at all (no ack to its probes, no probe, no gossip) while
+        // its own frames fail to reach two peers or more (a peer that died fails alone) is the one
+        // cut off, and Lifeguard slows its probes down to 8× there: N × 4 s to see the others gone.
+        // Its table then follows the flood rules, counted from when it last heard anyone. Silence
+        // alone is no sign: a slow prober in a quiet mesh may hear nobody for seconds.
+        if (now - this.lastHeardAt > timings.suspectAfterMs && this.swim.unreachedSinceHeard() >= Math.min(2, this.table.list().length)) {
           const res = onSilence(rec, now - Math.max(rec.lastSeen, this.lastHeardAt), now, timings)
           if (res.changed) this.table.apply(rec, res)
         }
@@ -642,7 +644,12 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     const addrs = this.libp2p.getConnections(peer).map(c => c.remoteAddr.toString())
     this.table.patch(id, { connected: true, addresses: rec.addresses.length > 0 ? rec.addresses : addrs })
     void this.probeOne(peer)
-    if (this.opts.trust == null || this.opts.trust.isMember(id)) this.swim?.add(id)
+    if (this.opts.trust == null || this.opts.trust.isMember(id)) {
+      this.swim?.add(id)
+      // A connection from a member SWIM holds dead (a healed partition whose connections had
+      // closed, a restart) is a sign of life: tell it, so it refutes now rather than on the next poke.
+      this.swim?.poke(id)
+    }
   }
 
   /** SWIM's counters and its view of `id` (for tests and metrics); undefined without SWIM. */

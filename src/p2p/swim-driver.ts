@@ -60,6 +60,8 @@ export class SwimDriver {
   readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0 }
   private state?: SwimState
   private timer?: NodeJS.Timeout
+  /** Peers a frame could not be sent to since a frame last arrived from anyone (see `unreachedSinceHeard`). */
+  private readonly failedSinceHeard = new Set<string>()
   /** Tells members held dead so, while connected (see `pokeDead`). */
   private reviveTimer?: NodeJS.Timeout
   private running = false
@@ -136,6 +138,14 @@ export class SwimDriver {
   /** This node's own incarnation (raised by each refutation). */
   get incarnation (): number {
     return this.state?.incarnation ?? this.opts.incarnation
+  }
+
+  /**
+   * How many peers this node failed to send a frame to since a frame last arrived from anyone:
+   * with silence, the sign that this node is the one cut off (a peer that died fails alone).
+   */
+  unreachedSinceHeard (): number {
+    return this.failedSinceHeard.size
   }
 
   /**
@@ -243,6 +253,7 @@ export class SwimDriver {
     } catch (err) {
       // A lost frame is what SWIM expects (a dead or unreachable peer): the probe times out.
       this.stats.sendFailures++
+      this.failedSinceHeard.add(to)
       this.log.trace('swim send failed', { peer: to, t: msg.t, err })
       stream?.abort(err instanceof Error ? err : new Error(String(err)))
     }
@@ -268,6 +279,7 @@ export class SwimDriver {
     void stream.close().catch(() => {})
     if (!this.running || this.paused || this.state == null) return
     this.stats.framesReceived++
+    this.failedSinceHeard.clear()
     const now = Date.now()
     if (frame.m.t === 'ack') {
       const p = this.pings.get(frame.m.seq)

@@ -83,10 +83,6 @@ describe('mesh of three nodes on loopback', () => {
     assert.ok(sent > 0, 'gossip bytes were sent')
     assert.match(text, /^shepherd_peers\{status="alive"\} 2$/m)
     assert.match(text, /^process_resident_memory_bytes \d+$/m)
-    // SWIM is the default membership: its probes went out and were answered.
-    const swimSent = Number(/^shepherd_swim_frames_total\{direction="sent"\} (\d+)$/m.exec(text)?.[1])
-    const swimReceived = Number(/^shepherd_swim_frames_total\{direction="received"\} (\d+)$/m.exec(text)?.[1])
-    assert.ok(swimSent > 0 && swimReceived > 0, `SWIM frames sent ${swimSent}, received ${swimReceived}`)
     assert.match(text, /^shepherd_connections [1-9]\d*$/m)
   })
 

@@ -1,6 +1,6 @@
 /**
- * Twelve real nodes, one per network namespace on a bridge this test creates, with the default
- * (SWIM) membership: they find each other by mDNS alone (no --bootstrap), every node sees the
+ * Twelve real nodes, one per network namespace on a bridge this test creates, with SWIM
+ * membership (`--membership swim`): they find each other by mDNS alone (no --bootstrap), every node sees the
  * other eleven alive, a kill -9 is dead on all eleven others within the 3 s target, and while the
  * mesh idles each node's SWIM work is per-node constant (a probe per interval, not a message per
  * peer per heartbeat as flooded heartbeats were).
@@ -35,7 +35,7 @@ describe(`${NODES} nodes on a namespace LAN with SWIM membership, discovery by m
   before(async () => {
     const started = performance.now()
     // Twelve processes start at once on a small CI machine: give each time to load its modules.
-    cluster = await MeshCluster.start({ nodes: NODES, startTimeoutMs: 120_000, extraArgs: ['--engine', 'none'] })
+    cluster = await MeshCluster.start({ nodes: NODES, startTimeoutMs: 120_000, extraArgs: ['--engine', 'none', '--membership', 'swim'] })
     report(`${NODES} nodes spawned → all printed ready`, performance.now() - started)
   })
 

@@ -67,15 +67,11 @@ describe('mesh with SWIM membership', () => {
     c.swimPause(true)
     const ms = (await waitFor('C dead on A and B', () => statusOf(a, c) === 'dead' && statusOf(b, c) === 'dead', 12_000)).ms
     console.log(`# silent member dead in both tables after ${ms.toFixed(0)} ms`)
-    // C hears nobody meanwhile (its SWIM is silent, and an idle mesh publishes no gossip): it is
-    // the one cut off, and its own table takes the others for dead by the silence rules
-    // (deadAfterMs 3 s here), not after Lifeguard's slowed probes.
-    const cutOff = (await waitFor('A and B dead on C', () => statusOf(c, a) === 'dead' && statusOf(c, b) === 'dead', 8000)).ms
-    console.log(`# the silent member saw the others dead after ${(ms + cutOff).toFixed(0)} ms`)
     c.swimPause(false)
     const back = (await waitFor('C alive again on A and B', () => statusOf(a, c) === 'alive' && statusOf(b, c) === 'alive', 8000)).ms
     console.log(`# resumed member alive after ${back.toFixed(0)} ms`)
-    await waitFor('A and B alive again on C', () => statusOf(c, a) === 'alive' && statusOf(c, b) === 'alive', 8000)
-    assert.deepEqual(dead.filter(d => !d.endsWith(':c') && !d.startsWith('c:')), [], 'A and B never took each other for dead')
+    await waitFor('A and B alive on C', () => statusOf(c, a) === 'alive' && statusOf(c, b) === 'alive', 8000)
+    // C, silent, sent nothing that could fail: silence alone does not make it think itself cut off.
+    assert.deepEqual(dead.filter(d => !d.endsWith(':c')), [], 'nobody but C was taken for dead')
   })
 })

@@ -24,6 +24,8 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
     metric('shepherd_swim_send_failures_total', 'counter', 'SWIM frames that could not be sent (peer unreachable, stream refused).', [['', w.sendFailures]])
     metric('shepherd_swim_violations_total', 'counter', 'SWIM protocol violations by members (stream reset, audited).', [['', w.violations]])
     metric('shepherd_swim_screened_total', 'counter', 'SWIM updates about third parties dropped or downgraded (not verifiable here).', [['', w.screened]])
+    metric('shepherd_swim_links_opened_total', 'counter', 'SWIM links (one long-lived stream per pair of members) opened, either way.', [['', w.linksOpened]])
+    metric('shepherd_swim_rate_limited_total', 'counter', 'SWIM frames dropped: their sender went past the per-member frame rate.', [['', w.rateLimited]])
   }
   metric('shepherd_connections', 'gauge', 'Open libp2p connections.', [['', m.connections]])
   const hb = g.heartbeatDelay

@@ -3,7 +3,7 @@ import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, peerIdOf, readSwarmKey, type Dup
 import type { NodeOptions } from '../config/index.js'
 import { createLogger } from '../logger.js'
 import { VERSION } from '../version.js'
-import { ResourceMonitor, type NodeResources } from './resources/index.js'
+import { ResourceMonitor, scaledMetricsGapMs, type NodeResources } from './resources/index.js'
 import { isNodeSnapshot, summarizeModel, type ModelSummary, type NodeSnapshot } from './snapshot.js'
 import { Store } from './store.js'
 import { loadOrCreateIdentity } from './identity.js'
@@ -208,7 +208,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
         // `--engine auto` also looks in scripts/build-llama-server.sh's cache.
         llamacppPaths: options.engine === 'auto' || options.engine === 'llama-server' ? [...options.llamacppPaths, ...cachedLlamaServerDirs()] : options.llamacppPaths,
         sampleIntervalMs: options.sampleIntervalMs,
-        metricsMinGapMs: options.metricsRepublishMs,
+        // Stretched with the mesh: each such snapshot reaches every member (see scaledMetricsGapMs).
+        metricsMinGapMs: () => scaledMetricsGapMs(options.metricsRepublishMs, node?.memberCount() ?? 0),
         gpuIntervalMs: options.gpuIntervalMs
       })
       let node: MeshNode | undefined
@@ -570,6 +571,13 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
   members (): { mesh: string | null, mode: string, members: MemberView[] } {
     const connected = (id: string): boolean => this.mesh.libp2p.getConnections().some(c => c.remotePeer.toString() === id)
     return { mesh: this.trust.ledger?.mesh ?? null, mode: this.membership.mode, members: this.membership.list(connected) }
+  }
+
+  /** Peers this node holds alive or suspect (what a snapshot it publishes reaches). */
+  memberCount (): number {
+    let n = 0
+    for (const p of this.mesh.peers()) if (p.status === 'alive' || p.status === 'suspect') n++
+    return n
   }
 
   metrics (): NodeMetrics {

@@ -398,6 +398,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     this.stats.work.snapshotsPublished++
     const version = this.lastPublishedVersion = this.opts.snapshotVersion()
     this.lastPublishedConnections = this.connectionCount()
+    // A snapshot carries all a heartbeat does (groups, version, load, leadership): the
+    // on-change heartbeat that would follow it, naming the same version, is not sent.
+    this.lastHeartbeatKey = JSON.stringify(this.heartbeatBody(version))
     void this.publish({
       v: MEMBERSHIP_VERSION, t: 'snap', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
       name: this.opts.name, groups: this.opts.groups, snap: version, addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>,
@@ -427,15 +430,16 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   /** Publishes a heartbeat; `ifChanged`: only when its content changed or a snapshot is wanted. */
   private heartbeat (opts: { ifChanged?: boolean } = {}): void {
     if (this.host == null || this.stopping) return
-    const body = {
-      name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(),
-      ...this.meta()
-    }
+    const body = this.heartbeatBody(this.opts.snapshotVersion())
     const key = JSON.stringify(body)
     const wants = this.wants(Date.now())
     if (opts.ifChanged === true && key === this.lastHeartbeatKey && wants.length === 0) return
     this.lastHeartbeatKey = key
     void this.publish({ v: MEMBERSHIP_VERSION, t: 'hb', inc: this.incarnation, seq: ++this.seq, at: Date.now(), ...body, ...want(wants) })
+  }
+
+  private heartbeatBody (snap: number): { name: string, groups: string[], snap: number, load?: [number, number], lead?: ReturnType<NonNullable<MeshOptions<S>['leadership']>> } {
+    return { name: this.opts.name, groups: this.opts.groups, snap, ...this.meta() }
   }
 
   /** Sends a heartbeat now (a leadership claim should not wait for the next interval). */

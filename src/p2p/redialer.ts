@@ -1,5 +1,6 @@
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
 import { createLogger } from '../logger.js'
 import type { Host } from './host.js'
 import { reachableAddresses } from './addresses.js'
@@ -38,6 +39,8 @@ interface Target {
   hinted?: boolean
   /** Longest backoff for this target (a peer gone for long is dialed less often). */
   maxMs?: number
+  /** The parsed id, kept: `run` asks whether each target is connected several times a second. */
+  pid?: PeerId
 }
 
 /** Connection refused on every address means the process is gone, not the network. */
@@ -190,8 +193,10 @@ export class Redialer {
     t.nextAt = Date.now() + Math.min(t.maxMs ?? this.opts.maxMs, this.opts.minMs * 2 ** Math.min(30, t.attempts - 1))
   }
 
-  private connected (id: string): boolean {
-    return this.host.getConnections(peerIdFromString(id)).length > 0
+  private connected (id: string, t?: { pid?: PeerId }): boolean {
+    // Parsing an id (base58 and a key) per target per run was most of an idle node's redial cost.
+    const pid = t != null ? (t.pid ??= peerIdFromString(id)) : peerIdFromString(id)
+    return this.host.getConnections(pid).length > 0
   }
 
   private run (): void {
@@ -199,11 +204,12 @@ export class Redialer {
     const now = Date.now()
     for (const [addr, t] of this.bootstrap) {
       if (t.inFlight || t.nextAt > now) continue
-      if (t.peer != null && this.connected(t.peer)) continue
+      if (t.peer != null && this.connected(t.peer, t)) continue
       t.inFlight = true
       this.host.dial(multiaddr(addr), { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 1500) })
         .then(conn => {
           t.peer = conn.remotePeer.toString()
+          t.pid = conn.remotePeer
           t.attempts = 0
           this.addPeer(t.peer, [])
         })
@@ -220,7 +226,7 @@ export class Redialer {
   }
 
   private dialPeer (id: string, t: Target): void {
-    if (this.stopped || t.inFlight || this.connected(id) || !this.opts.isWanted(id)) return
+    if (this.stopped || t.inFlight || this.connected(id, t) || !this.opts.isWanted(id)) return
     if (t.hinted === true) {
       if (!this.hintDials.take('all')) return
       this.stats.hintDials++

@@ -1,18 +1,12 @@
 import { peerIdFromString } from '@libp2p/peer-id'
-import type { Connection, Stream } from '@libp2p/interface'
-import { WireError } from '../errors.js'
 import { createLogger } from '../logger.js'
-import { FramedStream } from './framing.js'
 import type { Host } from './host.js'
 import { initSwim, memberOf, nextDeadline, step, type SwimAction, type SwimConfig, type SwimEvent, type SwimMessage, type SwimState, type SwimStatus, type SwimUpdate } from './swim.js'
-import {
-  MAX_SWIM_FRAME_BYTES, MAX_SWIM_STREAMS, MAX_SWIM_UPDATES, SWIM_PROTOCOL, SWIM_READ_TIMEOUT_MS, SWIM_VERSION,
-  isSwimFrame, screenUpdates, type SwimFrame
-} from './swim-protocol.js'
+import { MAX_SWIM_UPDATES, SWIM_VERSION, screenUpdates, type SwimFrame } from './swim-protocol.js'
+import { SwimTransport, type SwimTransportOptions } from './swim-transport.js'
 
 /** Members held dead yet connected told so per probe interval, at most (see `pokeDead`). */
 const MAX_POKES_PER_INTERVAL = 3
-
 export interface SwimDriverOptions {
   config: SwimConfig
   /**
@@ -36,8 +30,12 @@ export interface SwimDriverOptions {
   onRtt?: (id: string, ms: number) => void
   /** A member sent something that is not a SWIM frame (the stream was reset). */
   onViolation?: (peer: string, reason: string) => void
-  readTimeoutMs?: number
-  maxStreams?: number
+  /** How frames travel (timeouts, limits; see `SwimTransportOptions`). */
+  readTimeoutMs?: SwimTransportOptions['readTimeoutMs']
+  maxStreams?: SwimTransportOptions['maxStreams']
+  linkIdleMs?: SwimTransportOptions['linkIdleMs']
+  maxFramesPerSec?: SwimTransportOptions['maxFramesPerSec']
+  legacyOnly?: SwimTransportOptions['legacyOnly']
 }
 
 /** Work counters (tests bound them; `/metrics` may show them). */
@@ -48,16 +46,21 @@ export interface SwimDriverStats {
   violations: number
   /** Updates about third parties (or this node) that the screen dropped or downgraded. */
   screened: number
+  /** Links opened, by this node (`out`) or to it (`in`). */
+  linksOpened: number
+  /** Frames dropped because their sender went past `MAX_SWIM_FRAMES_PER_SEC`. */
+  rateLimited: number
 }
 
 /**
  * The I/O around `swim.ts`'s pure `step`: ticks at the state's next deadline, feeds it the
- * frames members send on `/shepherd/swim/1.0.0`, carries out its `send` actions (a stream per
- * frame, dialing on demand) and reports its `change` actions. Per interval a node sends one
- * probe and answers the few it gets: its work does not grow with the mesh.
+ * frames members send, carries out its `send` actions and reports its `change` actions. Frames
+ * travel on one long-lived link per pair of members (`/shepherd/swim/1.1.0`, opened on demand,
+ * closed when idle), or one stream per frame with a member that speaks only 1.0.0. Per interval
+ * a node sends one probe and answers the few it gets: its work does not grow with the mesh.
  */
 export class SwimDriver {
-  readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0 }
+  readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0, linksOpened: 0, rateLimited: 0 }
   private state?: SwimState
   private timer?: NodeJS.Timeout
   /** Peers a frame could not be sent to since a frame last arrived from anyone (see `unreachedSinceHeard`). */
@@ -71,21 +74,31 @@ export class SwimDriver {
   private readonly log = createLogger('p2p:swim')
   /** Event-loop lag seen at ticks: times this node was too busy to keep its own timing. */
   lagTicks = 0
+  private readonly transport: SwimTransport
 
-  constructor (private readonly host: Host, private readonly opts: SwimDriverOptions) {}
+  constructor (private readonly host: Host, private readonly opts: SwimDriverOptions) {
+    this.transport = new SwimTransport(host, this.stats, {
+      onFrame: (from, frame) => { this.handle(from, frame) },
+      onViolation: (peer, reason) => { this.opts.onViolation?.(peer, reason) },
+      readTimeoutMs: opts.readTimeoutMs,
+      maxStreams: opts.maxStreams,
+      linkIdleMs: opts.linkIdleMs,
+      maxFramesPerSec: opts.maxFramesPerSec,
+      legacyOnly: opts.legacyOnly
+    })
+  }
+
+  /** SWIM links open now (tests, `/metrics`). */
+  linkCount (): number {
+    return this.transport.linkCount()
+  }
 
   private get self (): string {
     return this.host.peerId.toString()
   }
 
   async start (): Promise<void> {
-    const max = this.opts.maxStreams ?? MAX_SWIM_STREAMS
-    await this.host.handle(SWIM_PROTOCOL, (stream, conn) => {
-      this.onStream(stream, conn).catch(err => {
-        this.log.debug('swim stream failed', { err })
-        stream.abort(err)
-      })
-    }, { maxInboundStreams: max, maxOutboundStreams: max })
+    await this.transport.start()
     const now = Date.now()
     this.state = initSwim(this.self, this.opts.config, { now })
     this.state.incarnation = this.opts.incarnation
@@ -105,7 +118,7 @@ export class SwimDriver {
     this.running = false
     clearTimeout(this.timer)
     clearInterval(this.reviveTimer)
-    await this.host.unhandle(SWIM_PROTOCOL).catch(() => {})
+    await this.transport.stop()
   }
 
   /**
@@ -168,6 +181,7 @@ export class SwimDriver {
    * back, the redialer reconnects it and its gossip pokes it.
    */
   private pokeDead (): void {
+    this.transport.sweep(Date.now())
     if (this.state == null || !this.running || this.paused) return
     const dead: string[] = []
     for (const [id, m] of this.state.members) {
@@ -229,8 +243,9 @@ export class SwimDriver {
   }
 
   /**
-   * One frame to `to` on a stream of its own. A member this view holds suspect or dead is told so
-   * on every frame (memberlist's buddy system, extended to acks and pokes): it refutes at once.
+   * One frame to `to`, on its link (opened if there is none; a member that speaks only
+   * `/shepherd/swim/1.0.0` gets a stream of its own). A member this view holds suspect or dead is
+   * told so on every frame (memberlist's buddy system, extended to acks and pokes): it refutes at once.
    */
   private async send (to: string, msg: SwimMessage): Promise<void> {
     const s = this.state
@@ -241,42 +256,20 @@ export class SwimDriver {
     }
     if (msg.u.length > MAX_SWIM_UPDATES) msg = { ...msg, u: msg.u.slice(0, MAX_SWIM_UPDATES) }
     const frame: SwimFrame = { v: SWIM_VERSION, inc: s.incarnation, boot: this.opts.boot, snap: this.opts.snapshotVersion(), ...this.opts.meta?.(), m: msg }
-    // Bounded by two probe intervals: a frozen peer must not pile up streams.
-    const signal = AbortSignal.timeout(2 * this.opts.config.probeIntervalMs)
-    let stream: Stream | undefined
+    // Bounded by two probe intervals: a frozen peer must not pile up streams or writes.
     try {
-      stream = await this.host.dialProtocol(peerIdFromString(to), SWIM_PROTOCOL, { signal })
-      const framed = new FramedStream(stream, { read: MAX_SWIM_FRAME_BYTES, write: MAX_SWIM_FRAME_BYTES })
-      await framed.write(frame, signal)
-      await stream.close({ signal })
+      await this.transport.send(to, frame, AbortSignal.timeout(2 * this.opts.config.probeIntervalMs))
       this.stats.framesSent++
     } catch (err) {
       // A lost frame is what SWIM expects (a dead or unreachable peer): the probe times out.
       this.stats.sendFailures++
       this.failedSinceHeard.add(to)
       this.log.trace('swim send failed', { peer: to, t: msg.t, err })
-      stream?.abort(err instanceof Error ? err : new Error(String(err)))
     }
   }
 
-  private async onStream (stream: Stream, conn: Connection): Promise<void> {
-    const from = conn.remotePeer.toString()
-    const framed = new FramedStream(stream, { read: MAX_SWIM_FRAME_BYTES, write: MAX_SWIM_FRAME_BYTES })
-    let frame: unknown
-    let reason = 'not a SWIM frame'
-    try {
-      frame = await framed.read(undefined, this.opts.readTimeoutMs ?? SWIM_READ_TIMEOUT_MS)
-    } catch (err: any) {
-      frame = undefined
-      reason = err instanceof WireError ? `${err.code}: ${err.message}` : `no frame: ${err?.message ?? err}`
-    }
-    if (!isSwimFrame(frame)) {
-      this.stats.violations++
-      this.opts.onViolation?.(from, reason)
-      stream.abort(new WireError(reason, 'malformed'))
-      return
-    }
-    void stream.close().catch(() => {})
+  /** A valid frame from `from` (checked and rate-held by the transport). */
+  private handle (from: string, frame: SwimFrame): void {
     if (!this.running || this.paused || this.state == null) return
     this.stats.framesReceived++
     this.failedSinceHeard.clear()

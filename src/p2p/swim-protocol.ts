@@ -3,10 +3,15 @@ import type { SwimMessage, SwimStatus, SwimUpdate } from './swim.js'
 import { lead, load } from './messages.js'
 
 /**
- * `/shepherd/swim/1.0.0`: SWIM failure detection between members (issue 14, "constant per-node
- * cost"). One frame per stream (a varint length, then JSON; see framing.ts): the sender opens a
- * stream, writes one frame and closes; the receiver reads it, checks it once here and feeds the
- * message to `swim.ts`'s `step`. Replies (`ack`, `nack`) travel the same way, on their own stream.
+ * SWIM failure detection between members (issue 14, "constant per-node cost"), two versions of
+ * one frame format (a varint length, then JSON; see framing.ts), checked once here and fed to
+ * `swim.ts`'s `step`:
+ * - `/shepherd/swim/1.1.0` (a link): one long-lived stream per pair of members carries frames
+ *   both ways, in a row: probes, acks and pokes cost one encrypted write each, not a stream
+ *   (yamux open, protocol negotiation, close) apiece, which was most of an idle node's cost.
+ *   Whichever member needs it first opens it; an idle link is closed (`SWIM_LINK_IDLE_MS`).
+ * - `/shepherd/swim/1.0.0`: one frame per stream (open, write, close), for members that do not
+ *   speak 1.1.0 yet; still answered, and used when a dial negotiates it.
  *
  * The sender's identity is the stream's authenticated remote peer, never a field of the frame.
  * What a member says about itself (the frame's `inc`: "I am alive at this incarnation") is taken
@@ -14,6 +19,18 @@ import { lead, load } from './messages.js'
  * member could otherwise declare honest nodes dead or push their incarnations out of range.
  */
 export const SWIM_PROTOCOL = '/shepherd/swim/1.0.0'
+/** The link version: many frames, both ways, on one stream per pair of members. */
+export const SWIM_LINK_PROTOCOL = '/shepherd/swim/1.1.0'
+/** A link that carried no frame either way for this long is closed (reopened when next needed). */
+export const SWIM_LINK_IDLE_MS = 30_000
+/** Links one connection may open to this node at once (honestly one; two when both ends dial at once). */
+export const MAX_SWIM_LINKS = 4
+/**
+ * Frames a member may send this node per second over links (burst: twice that). An honest member
+ * sends a few (a probe, acks to this node's probes, a poke); a flood of frames is dropped, and
+ * one that keeps flooding has its link reset and is audited.
+ */
+export const MAX_SWIM_FRAMES_PER_SEC = 40
 export const SWIM_VERSION = 1
 /** Largest frame: 16 updates of ~120 bytes, 32 leadership views of ~200 and the envelope; an honest frame is < 2 KiB. */
 export const MAX_SWIM_FRAME_BYTES = 16 * 1024

@@ -3,7 +3,7 @@
  * builds) and which GGUF models it can serve.
  */
 export type * from './types.js'
-export { ResourceMonitor, type ResourceMonitorOptions, type ResourceSnapshot, type ResourceChange, type ChangeThresholds } from './monitor.js'
+export { ResourceMonitor, scaledMetricsGapMs, METRICS_GAP_PER_MEMBER_MS, type ResourceMonitorOptions, type ResourceSnapshot, type ResourceChange, type ChangeThresholds } from './monitor.js'
 export { GgufFormatError, readGgufHeader, quantizationOf, tensorByteSize, GGML_TYPE_NAMES, LLAMA_FTYPE_NAMES } from './gguf.js'
 export type { GgufHeader, GgufTensorInfo, GgufMetadataValue, GgufArraySummary, GgufValueTypeName, ReadGgufHeaderOptions } from './gguf.js'
 export { scanModels, ModelScanCache, type ScanModelsOptions } from './models.js'

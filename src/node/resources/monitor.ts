@@ -45,9 +45,11 @@ export interface ResourceMonitorOptions {
   thresholds?: ChangeThresholds
   /**
    * A change of load figures only (CPU, memory, disk, VRAM use) is emitted at most this often;
-   * a change of what the node has (models, builds, GPUs) at once. Default 0 (no floor).
+   * a change of what the node has (models, builds, GPUs) at once. Default 0 (no floor). A
+   * function is asked at each change (the mesh stretches the gap as it grows: see
+   * `scaledMetricsGapMs`).
    */
-  metricsMinGapMs?: number
+  metricsMinGapMs?: number | (() => number)
   /** The clock (tests). Default `Date.now`. */
   now?: () => number
   /** Runs nvidia-smi, rocm-smi and llama-server; tests inject recorded outputs. */
@@ -77,7 +79,7 @@ const DEFAULTS = {
   gpuIntervalMs: 10_000,
   sampleIntervalMs: 5_000,
   llamacppIntervalMs: 300_000,
-  metricsMinGapMs: 0,
+  metricsMinGapMs: 0 as number | (() => number),
   now: Date.now,
   thresholds: { cpuPercent: 10, memoryFraction: 0.02, vramFraction: 0.01, diskFraction: 0.01 } satisfies Required<ChangeThresholds>
 }
@@ -91,6 +93,23 @@ function emptySystem (): SystemSnapshot {
     platform: process.platform,
     arch: process.arch
   }
+}
+
+/**
+ * Mesh-wide, snapshots for moved load figures only are kept to about one per this many ms: each
+ * is delivered to every member, so a fixed per-node period would make every node's receive work
+ * grow with the mesh (16 idle nodes at 30 s each: ~0.5 snapshots/s into every node).
+ */
+export const METRICS_GAP_PER_MEMBER_MS = 2_000
+
+/**
+ * The least time between this node's load-figure-only snapshots in a mesh of `members` others:
+ * `baseMs`, stretched so that the whole mesh sends about one every `METRICS_GAP_PER_MEMBER_MS`
+ * (30 s up to 15 peers, 96 s at 48, 33 min at 1,000). Load that matters for routing (active and
+ * queued requests) travels in heartbeats and SWIM frames, not in these.
+ */
+export function scaledMetricsGapMs (baseMs: number, members: number): number {
+  return Math.max(baseMs, Math.max(0, members) * METRICS_GAP_PER_MEMBER_MS)
 }
 
 /** Change reasons that are load figures, not what the node has (see `metricsMinGapMs`). */
@@ -252,7 +271,8 @@ export class ResourceMonitor extends EventEmitter<ResourceMonitorEvents> {
     // samples, which would make each node's cost grow with the mesh. They wait for the floor
     // (the baseline stays, so the change is still seen then); what the node has goes out at once.
     const now = this.opts.now()
-    if (this.baseline !== null && reasons.every(r => LOAD_REASONS.has(r)) && now - this.lastEmitAt < this.opts.metricsMinGapMs) return
+    const gap = typeof this.opts.metricsMinGapMs === 'function' ? this.opts.metricsMinGapMs() : this.opts.metricsMinGapMs
+    if (this.baseline !== null && reasons.every(r => LOAD_REASONS.has(r)) && now - this.lastEmitAt < gap) return
     this.lastEmitAt = now
     this.baseline = this.snapshot()
     this.emit('change', { reasons, snapshot: this.snapshot() })

@@ -5,7 +5,7 @@ import os, { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { ResourceMonitor, type ResourceChange } from '../../../src/node/resources/index.js'
+import { ResourceMonitor, scaledMetricsGapMs, type ResourceChange } from '../../../src/node/resources/index.js'
 import { writeGguf } from '../../support/gguf-writer.js'
 import { fakeExec, ok } from './fake-exec.js'
 import { gpuFixture } from './fixtures.js'
@@ -165,6 +165,38 @@ describe('ResourceMonitor', () => {
     now += 1000
     await m.refresh()
     assert.deepEqual(changes[2].reasons, ['vram'], 'after the floor the moved figure goes out')
+  })
+
+  it('stretches the load-figure gap with the mesh, asked at each change', async () => {
+    // Mesh-wide about one load-only snapshot every 2 s: a node's own gap grows with its peers.
+    assert.equal(scaledMetricsGapMs(30_000, 0), 30_000)
+    assert.equal(scaledMetricsGapMs(30_000, 15), 30_000)
+    assert.equal(scaledMetricsGapMs(30_000, 47), 94_000)
+    assert.equal(scaledMetricsGapMs(30_000, 999), 1_998_000)
+    const { exec, setUsedMib } = nvidiaSmi()
+    let now = 1_000_000
+    let peers = 0
+    const m = new ResourceMonitor({
+      dataDir: dir,
+      modelsDirs: [],
+      searchPath: false,
+      exec,
+      log: quietLog,
+      metricsMinGapMs: () => scaledMetricsGapMs(30_000, peers),
+      now: () => now,
+      thresholds: { cpuPercent: 101, memoryFraction: 1, diskFraction: 1 }
+    })
+    const changes: ResourceChange[] = []
+    m.on('change', c => changes.push(c))
+    await m.refresh()
+    peers = 47
+    setUsedMib(1024 + 2000)
+    now += 31_000
+    await m.refresh()
+    assert.equal(changes.length, 1, 'past 30 s but within 94 s at 47 peers: held')
+    peers = 3
+    await m.refresh()
+    assert.deepEqual(changes[1]?.reasons, ['vram'], 'the mesh shrank: the gap is 30 s again, and the figure goes out')
   })
 
   it('polls on timers after start() and stops emitting after stop()', async (t) => {

@@ -75,6 +75,19 @@ export async function createHost (opts: HostOptions): Promise<Host> {
         // is grafted quickly, and never forward a frame larger than a snapshot can be.
         heartbeatInterval: 700,
         maxInboundDataLength: MAX_GOSSIP_FRAME_BYTES,
+        // Every publish goes straight to every member it is connected to (flood publish; the LAN
+        // mesh is a full mesh up to 48 nodes), so the topic mesh only backs that up: each mesh
+        // peer forwards a copy that is almost always a duplicate. With the default degree (6, up to
+        // 12) an idle 16-node mesh received each snapshot ~10 times, and IHAVE gossip went to a
+        // quarter of all peers every heartbeat: both grow with the mesh. A degree of 3 (2-5) keeps
+        // a random mesh connected, and gossip goes to 2 peers per heartbeat whatever the size.
+        D: 3,
+        Dlo: 2,
+        Dhi: 5,
+        Dout: 1,
+        Dscore: 2,
+        Dlazy: 2,
+        gossipFactor: 0,
         // Peer scoring: a peer that delivers invalid membership messages (rejected by the topic
         // validator) loses score fast and is graylisted, so its traffic is ignored. The delivery-rate
         // terms stay off: in a small LAN mesh honest peers are quiet, not failing.

@@ -181,7 +181,6 @@ export class SwimDriver {
    * back, the redialer reconnects it and its gossip pokes it.
    */
   private pokeDead (): void {
-    this.transport.sweep(Date.now())
     if (this.state == null || !this.running || this.paused) return
     const dead: string[] = []
     for (const [id, m] of this.state.members) {

@@ -66,6 +66,7 @@ export class SwimTransport {
   private readonly opening = new Map<string, Promise<Link | Stream>>()
   private readonly frameBudget: TokenBuckets
   private readonly log = createLogger('p2p:swim')
+  private sweepTimer?: NodeJS.Timeout
 
   constructor (private readonly host: Host, private readonly stats: SwimTransportStats, private readonly opts: SwimTransportOptions) {
     const rate = opts.maxFramesPerSec ?? MAX_SWIM_FRAMES_PER_SEC
@@ -85,9 +86,15 @@ export class SwimTransport {
         this.attach(conn.remotePeer.toString(), stream, 'in')
       }, { maxInboundStreams: MAX_SWIM_LINKS, maxOutboundStreams: MAX_SWIM_LINKS })
     }
+    // Its own period, a fraction of the idle time: a link closes soon after it went idle, not
+    // whenever a probe tick happens to come (a sweep costs a pass over a few dozen links).
+    const idleMs = this.opts.linkIdleMs ?? SWIM_LINK_IDLE_MS
+    this.sweepTimer = setInterval(() => { this.sweep(Date.now()) }, Math.max(100, Math.min(5_000, Math.floor(idleMs / 4))))
+    this.sweepTimer.unref()
   }
 
   async stop (): Promise<void> {
+    clearInterval(this.sweepTimer)
     for (const l of this.allLinks) l.stream.abort(new Error('SWIM stopped'))
     this.allLinks.clear()
     this.links.clear()
@@ -226,7 +233,7 @@ export class SwimTransport {
   }
 
   /** Closes links idle past `linkIdleMs` (the peer closes its side in turn), and resets those it does not. */
-  sweep (now: number): void {
+  private sweep (now: number): void {
     const idleMs = this.opts.linkIdleMs ?? SWIM_LINK_IDLE_MS
     for (const link of this.allLinks) {
       if (link.closingAt != null) {

@@ -262,7 +262,9 @@ export function defaultOptions (): NodeOptions {
     snapshotIntervalMs: 15000,
     deadPeerTtlMs: 300_000,
     // SWIM is opt-in until a healed 1/3 partition reliably agrees on one leader within 5 s
-    // (test/lan/groups.test.ts: 1.3-1.7 s in most runs, 6.1 s in about one of four).
+    // (test/lan/groups.test.ts with SWIM: membership heals in 0.2-1.4 s, but a vote request
+    // stuck behind TCP's retransmission backoff still delays the election past 5 s about one
+    // run in five).
     membership: 'flood',
     swimProbeIntervalMs: 500,
     swimProbeTimeoutMs: 250,

@@ -7,6 +7,8 @@ import { SwimTransport, type SwimTransportOptions } from './swim-transport.js'
 
 /** Members held dead yet connected told so per probe interval, at most (see `pokeDead`). */
 const MAX_POKES_PER_INTERVAL = 3
+/** One member held dead is poked (on a new connection) at most this often. */
+const DEAD_POKE_MIN_MS = 1_000
 export interface SwimDriverOptions {
   config: SwimConfig
   /**
@@ -63,10 +65,16 @@ export class SwimDriver {
   readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0, linksOpened: 0, rateLimited: 0 }
   private state?: SwimState
   private timer?: NodeJS.Timeout
-  /** Peers a frame could not be sent to since a frame last arrived from anyone (see `unreachedSinceHeard`). */
+  /**
+   * Peers a frame could not be sent to, or a direct ping to went unanswered, since a frame last
+   * arrived from anyone (see `unreachedSinceHeard`). On a link, a frame to a cut-off peer is
+   * written without error (into the stream's buffer): the missing ack is what tells.
+   */
   private readonly failedSinceHeard = new Set<string>()
   /** Tells members held dead so, while connected (see `pokeDead`). */
   private reviveTimer?: NodeJS.Timeout
+  /** When each member held dead was last poked (see `pokeDead`). */
+  private readonly pokedAt = new Map<string, number>()
   private running = false
   private paused = false
   /** Direct pings in flight, by seq, for RTT (bounded: old ones are dropped). */
@@ -154,8 +162,9 @@ export class SwimDriver {
   }
 
   /**
-   * How many peers this node failed to send a frame to since a frame last arrived from anyone:
-   * with silence, the sign that this node is the one cut off (a peer that died fails alone).
+   * How many peers this node failed to reach (a frame not sent, a ping not answered) since a
+   * frame last arrived from anyone: with silence, the sign that this node is the one cut off (a
+   * peer that died fails alone).
    */
   unreachedSinceHeard (): number {
     return this.failedSinceHeard.size
@@ -165,16 +174,17 @@ export class SwimDriver {
    * `id` spoke (a signed gossip message) though this view holds it suspect or dead: tell it, so
    * it refutes with a higher incarnation (a frozen process that resumed does not know).
    */
-  poke (id: string): void {
+  poke (id: string, opts: { fresh?: boolean } = {}): void {
     const m = this.member(id)
     if (!this.running || this.paused || this.state == null || m == null || (m.status !== 'suspect' && m.status !== 'dead')) return
     // The claim itself, at the incarnation it holds: the only update about itself a member acts on.
-    void this.send(id, { t: 'gossip', u: [[id, m.inc, m.status, this.state.self]] })
+    void this.send(id, { t: 'gossip', u: [[id, m.inc, m.status, this.state.self]] }, opts)
   }
 
   /**
    * Members held dead but still connected (a cut link leaves TCP connections open; a crashed
-   * process closes them) are told so (`poke`), a few at random per interval. A live one refutes
+   * process closes them) are told so (`poke`), a few at random per interval, each at most once a
+   * second, on a new connection (see `SwimTransport.freshRoute`). A live one refutes
    * and answers at once, and is alive again here: this heals a partition, after which each side
    * holds the other dead and probes only its own side (memberlist leaves that to Serf's
    * reconnect, every 30 s). A dead member without a connection costs nothing here; if it comes
@@ -182,12 +192,19 @@ export class SwimDriver {
    */
   private pokeDead (): void {
     if (this.state == null || !this.running || this.paused) return
+    const now = Date.now()
     const dead: string[] = []
     for (const [id, m] of this.state.members) {
-      if (m.status === 'dead' && this.host.getConnections(peerIdFromString(id)).length > 0) dead.push(id)
+      if (m.status !== 'dead') continue
+      if ((this.pokedAt.get(id) ?? 0) > now - DEAD_POKE_MIN_MS) continue
+      if (this.host.getConnections(peerIdFromString(id)).length > 0) dead.push(id)
     }
+    for (const id of this.pokedAt.keys()) if (this.state.members.get(id)?.status !== 'dead') this.pokedAt.delete(id)
     for (let i = 0; i < MAX_POKES_PER_INTERVAL && dead.length > 0; i++) {
-      this.poke(dead.splice(Math.floor(Math.random() * dead.length), 1)[0])
+      const id = dead.splice(Math.floor(Math.random() * dead.length), 1)[0]
+      this.pokedAt.set(id, now)
+      // On a new connection: the old ones may hold frames in TCP's retransmission backoff.
+      this.poke(id, { fresh: true })
     }
   }
 
@@ -229,9 +246,20 @@ export class SwimDriver {
         this.lagTicks++
         s.awareness = Math.min(s.config.awarenessMax - 1, s.awareness + 1)
       }
+      this.expirePings(Date.now())
       this.apply({ t: 'tick' })
     }, delay)
     this.timer.unref()
+  }
+
+  /** Direct pings unanswered for two probe timeouts: their targets count as not reached. */
+  private expirePings (now: number): void {
+    const limit = 2 * this.opts.config.probeTimeoutMs
+    for (const [seq, p] of this.pings) {
+      if (now - p.at <= limit) continue
+      this.failedSinceHeard.add(p.to)
+      this.pings.delete(seq)
+    }
   }
 
   private notePing (seq: number, to: string, now: number): void {
@@ -246,7 +274,7 @@ export class SwimDriver {
    * `/shepherd/swim/1.0.0` gets a stream of its own). A member this view holds suspect or dead is
    * told so on every frame (memberlist's buddy system, extended to acks and pokes): it refutes at once.
    */
-  private async send (to: string, msg: SwimMessage): Promise<void> {
+  private async send (to: string, msg: SwimMessage, opts: { fresh?: boolean } = {}): Promise<void> {
     const s = this.state
     if (s == null) return
     const m = memberOf(s, to)
@@ -257,7 +285,7 @@ export class SwimDriver {
     const frame: SwimFrame = { v: SWIM_VERSION, inc: s.incarnation, boot: this.opts.boot, snap: this.opts.snapshotVersion(), ...this.opts.meta?.(), m: msg }
     // Bounded by two probe intervals: a frozen peer must not pile up streams or writes.
     try {
-      await this.transport.send(to, frame, AbortSignal.timeout(2 * this.opts.config.probeIntervalMs))
+      await this.transport.send(to, frame, AbortSignal.timeout(2 * this.opts.config.probeIntervalMs), opts)
       this.stats.framesSent++
     } catch (err) {
       // A lost frame is what SWIM expects (a dead or unreachable peer): the probe times out.

@@ -111,10 +111,10 @@ export class SwimTransport {
    * One frame to `to`, on its link (opened if there is none), or on a stream of its own to a
    * member that speaks only 1.0.0. Throws when it could not be sent (a lost frame, to SWIM).
    */
-  async send (to: string, frame: SwimFrame, signal: AbortSignal): Promise<void> {
+  async send (to: string, frame: SwimFrame, signal: AbortSignal, opts: { fresh?: boolean } = {}): Promise<void> {
     let stream: Stream | undefined
     try {
-      const route = await this.route(to, signal)
+      const route = opts.fresh === true ? await this.freshRoute(to, signal) : await this.route(to, signal)
       if ('framed' in route) {
         await route.framed.write(frame, signal)
         route.usedAt = Date.now()
@@ -154,6 +154,25 @@ export class SwimTransport {
     } finally {
       if (this.opening.get(to) === p) this.opening.delete(to)
     }
+  }
+
+  /**
+   * A link on a new connection to `to`, replacing the ones it has. For a member held dead while
+   * still connected (a partition): frames queued on its connections during the loss sit in TCP's
+   * retransmission backoff after the network heals (3.4 s seen, more the longer the loss), and
+   * every frame sent on them waits behind those. A new connection carries the first frame at
+   * once; the old ones, stale, are reset.
+   */
+  private async freshRoute (to: string, signal: AbortSignal): Promise<Link | Stream> {
+    const pid = peerIdFromString(to)
+    const conn = await this.host.dial(pid, { force: true, signal })
+    const protocols = this.opts.legacyOnly === true ? [SWIM_PROTOCOL] : [SWIM_LINK_PROTOCOL, SWIM_PROTOCOL]
+    const stream = await conn.newStream(protocols, { signal })
+    for (const old of this.host.getConnections(pid)) if (old.id !== conn.id) old.abort(new Error('replaced by a new connection after a loss'))
+    if (stream.protocol !== SWIM_LINK_PROTOCOL) return stream
+    const link = this.attach(to, stream, 'out')
+    this.links.set(to, link)
+    return link
   }
 
   /** Takes a link (dialed, or opened by the peer) into use and reads its frames until it ends. */
@@ -212,6 +231,11 @@ export class SwimTransport {
         }
         continue
       }
+      // Frames to a member go on the link it was last heard on. Two members often hold two TCP
+      // connections (both dialed at once); after a partition heals, the one with frames queued
+      // in it waits out TCP's retransmission backoff (3.4 s seen), while the other carries
+      // frames at once: the link a frame just came in on is the one that is known to work.
+      if (this.links.get(link.peer) !== link && link.stream.writeStatus === 'writable') this.links.set(link.peer, link)
       this.opts.onFrame(link.peer, frame)
     }
   }

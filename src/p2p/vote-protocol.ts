@@ -63,12 +63,41 @@ export class VoteService {
 /**
  * Sends one request to `peer` and returns its validated answer. Throws a `ShepherdError`
  * (`peer_unreachable`, `invalid_frame`, `stream_reset`, `timeout`) when the exchange failed.
+ *
+ * `hedgeMs`: with no answer by then, the same request also goes on a new connection, and the
+ * first answer wins. After a partition heals, a request sent on a connection that queued
+ * frames during the loss waits out TCP's retransmission backoff (seconds); a new connection
+ * answers in a round trip. Safe to send twice: a vote for the same candidate and term is
+ * granted again, and a certificate request has no effect.
  */
-export async function requestVote (host: Host, peer: string, req: VoteRequestFrame, opts: { timeoutMs?: number, signal?: AbortSignal } = {}): Promise<VoteResponseFrame> {
+export async function requestVote (host: Host, peer: string, req: VoteRequestFrame, opts: { timeoutMs?: number, signal?: AbortSignal, hedgeMs?: number } = {}): Promise<VoteResponseFrame> {
   const signal = AbortSignal.any([opts.signal ?? new AbortController().signal, AbortSignal.timeout(opts.timeoutMs ?? 3000)])
+  if (opts.hedgeMs == null) return await exchange(host, peer, req, signal)
+  const losers = new AbortController()
+  const both = AbortSignal.any([signal, losers.signal])
+  const hedgeMs = opts.hedgeMs
+  const first = exchange(host, peer, req, both)
+  const second = (async () => {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(resolve, hedgeMs)
+      both.addEventListener('abort', () => { clearTimeout(timer); reject(both.reason) }, { once: true })
+    })
+    const conn = await host.dial(peerIdFromString(peer), { force: true, signal: both })
+    return await exchange(host, peer, req, both, conn)
+  })()
+  try {
+    return await Promise.any([first, second])
+  } catch (err) {
+    throw err instanceof AggregateError ? err.errors[0] : err
+  } finally {
+    losers.abort(new Error('answered'))
+  }
+}
+
+async function exchange (host: Host, peer: string, req: VoteRequestFrame, signal: AbortSignal, conn?: Connection): Promise<VoteResponseFrame> {
   let stream: Stream
   try {
-    stream = await host.dialProtocol(peerIdFromString(peer), VOTE_PROTOCOL, { signal })
+    stream = conn != null ? await conn.newStream(VOTE_PROTOCOL, { signal }) : await host.dialProtocol(peerIdFromString(peer), VOTE_PROTOCOL, { signal })
   } catch (err) {
     throw new ShepherdError(`cannot open a vote stream to ${peer}`, { code: 'peer_unreachable', status: 503 }).withCause(err)
   }

@@ -67,3 +67,34 @@ describe('vote service over real libp2p', () => {
     await assert.rejects(requestVote(a, b.peerId.toString(), { v: 1, t: 'vote', group: 'g', term: 1e12 } as any))
   })
 })
+
+describe('a vote request hedged on a new connection', () => {
+  let a: Host, b: Host
+  let calls = 0
+  before(async () => {
+    [a, b] = await Promise.all([newHost(), newHost()])
+    await a.dial(b.getMultiaddrs()[0])
+    // The first request is never answered, as one stuck behind TCP's retransmission backoff on a
+    // connection that queued frames during a partition would not be for seconds.
+    await new VoteService(b).serve(async req => {
+      calls++
+      if (calls === 1) await new Promise(resolve => setTimeout(resolve, 10_000))
+      return req.t === 'cert' ? { t: 'cert', cert: null } : { t: 'refused', code: 'stale_term', message: 'no' }
+    })
+  })
+  after(async () => { await Promise.all([a.stop(), b.stop()]) })
+
+  it('is answered through the second connection, well before the first attempt times out', async () => {
+    const conns0 = a.getConnections(b.peerId).length
+    const t0 = performance.now()
+    const r = await requestVote(a, b.peerId.toString(), { v: 1, t: 'cert', group: 'g' }, { timeoutMs: 5000, hedgeMs: 200 })
+    const ms = performance.now() - t0
+    assert.deepEqual(r, { t: 'cert', cert: null })
+    assert.equal(calls, 2)
+    assert.ok(ms >= 200 && ms < 3000, `${ms} ms`)
+    assert.equal(a.getConnections(b.peerId).length, conns0 + 1, 'the hedge went on a new connection')
+    // Answered at once: no second request.
+    assert.deepEqual(await requestVote(a, b.peerId.toString(), { v: 1, t: 'cert', group: 'g' }, { timeoutMs: 5000, hedgeMs: 200 }), { t: 'cert', cert: null })
+    assert.equal(calls, 3)
+  })
+})

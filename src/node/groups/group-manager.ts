@@ -68,6 +68,12 @@ const MAX_FETCHES = 8
 /** One audit entry per (kind, peer, group) per window: a peer repeating a claim every heartbeat fills nothing. */
 const AUDIT_WINDOW_MS = 10_000
 const VOTE_TIMEOUT_MS = 2000
+/**
+ * A vote or certificate request unanswered this long is also sent on a new connection (see
+ * `requestVote`): after a partition heals, the old connections may sit in TCP's retransmission
+ * backoff for seconds. A LAN round trip is a few ms; a busy node answers well within this.
+ */
+const VOTE_HEDGE_MS = 600
 
 interface Persisted { term: number, votedFor: string | null, cert: LeaderCertificate | null }
 
@@ -228,7 +234,7 @@ export class GroupManager extends EventEmitter<GroupEvents> {
     await this.locked(group, async () => { const s = this.states.get(group)!; await this.apply(s, onVoteReply(s, self, own)) })
     await Promise.all(to.map(async peer => {
       try {
-        const reply = await requestVote(this.mesh.libp2p, peer, { v: 1, t: 'vote', group, term }, { timeoutMs: VOTE_TIMEOUT_MS })
+        const reply = await requestVote(this.mesh.libp2p, peer, { v: 1, t: 'vote', group, term }, { timeoutMs: VOTE_TIMEOUT_MS, hedgeMs: VOTE_HEDGE_MS })
         if (reply.t !== 'vote') {
           await this.refusedBy(group, term, peer)
           return
@@ -299,7 +305,7 @@ export class GroupManager extends EventEmitter<GroupEvents> {
   }
 
   private async fetchProof (peer: string, group: string): Promise<void> {
-    const reply = await requestVote(this.mesh.libp2p, peer, { v: 1, t: 'cert', group }, { timeoutMs: VOTE_TIMEOUT_MS })
+    const reply = await requestVote(this.mesh.libp2p, peer, { v: 1, t: 'cert', group }, { timeoutMs: VOTE_TIMEOUT_MS, hedgeMs: VOTE_HEDGE_MS })
     if (reply.t !== 'cert') return
     if (reply.cert == null) {
       this.audit(AUTHORITY_CODES.invalidCertificate, peer, group, 'a leadership claim with no certificate')

@@ -398,9 +398,6 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     this.stats.work.snapshotsPublished++
     const version = this.lastPublishedVersion = this.opts.snapshotVersion()
     this.lastPublishedConnections = this.connectionCount()
-    // A snapshot carries all a heartbeat does (groups, version, load, leadership): the
-    // on-change heartbeat that would follow it, naming the same version, is not sent.
-    this.lastHeartbeatKey = JSON.stringify(this.heartbeatBody(version))
     void this.publish({
       v: MEMBERSHIP_VERSION, t: 'snap', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
       name: this.opts.name, groups: this.opts.groups, snap: version, addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>,

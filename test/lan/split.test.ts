@@ -91,10 +91,12 @@ describe('a model split over nodes on a namespace LAN (mDNS, llama.cpp RPC throu
       startTimeoutMs: 120_000,
       extraArgs: ['--threads', '1', '--engine', 'llama-server', '--llamacpp', dirname(llamaServer), '--rpc-server', rpcServer, '--max-loaded-mb', String(CAP_MB), '--context-size', '256']
     })
+    let lastViews = ''
     await waitFor('one group of 3 with one leader, found by mDNS', async () => {
-      const views = await Promise.all([0, 1, 2].map(async i => await c().getJson<{ leader: string | null, members: unknown[] }>(i, '/api/groups/default', 5000)))
+      const views = await Promise.all([0, 1, 2].map(async i => await c().getJson<{ leader: string | null, term: number, members: Array<{ name: string, status: string }> }>(i, '/api/groups/default', 5000)))
+      lastViews = views.map((v, i) => `node ${i}: leader …${v.leader?.slice(-6) ?? 'none'} term ${v.term} members ${v.members.map(m => `${m.name}:${m.status}`).join(' ')}`).join('; ')
       return views.every(v => v.leader != null && v.leader === views[0].leader && v.members.length === 3)
-    }, 120_000, 250)
+    }, 120_000, 250).catch(err => { throw new Error(`${(err as Error).message}; last views: ${lastViews}; stderr: ${c().nodes.map(n => n.stderr.slice(-800)).join(' | ')}`) })
   })
 
   after(async () => {

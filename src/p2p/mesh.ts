@@ -427,16 +427,15 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   /** Publishes a heartbeat; `ifChanged`: only when its content changed or a snapshot is wanted. */
   private heartbeat (opts: { ifChanged?: boolean } = {}): void {
     if (this.host == null || this.stopping) return
-    const body = this.heartbeatBody(this.opts.snapshotVersion())
+    const body = {
+      name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(),
+      ...this.meta()
+    }
     const key = JSON.stringify(body)
     const wants = this.wants(Date.now())
     if (opts.ifChanged === true && key === this.lastHeartbeatKey && wants.length === 0) return
     this.lastHeartbeatKey = key
     void this.publish({ v: MEMBERSHIP_VERSION, t: 'hb', inc: this.incarnation, seq: ++this.seq, at: Date.now(), ...body, ...want(wants) })
-  }
-
-  private heartbeatBody (snap: number): { name: string, groups: string[], snap: number, load?: [number, number], lead?: ReturnType<NonNullable<MeshOptions<S>['leadership']>> } {
-    return { name: this.opts.name, groups: this.opts.groups, snap, ...this.meta() }
   }
 
   /** Sends a heartbeat now (a leadership claim should not wait for the next interval). */

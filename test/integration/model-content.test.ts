@@ -95,7 +95,12 @@ describe('models are content', () => {
     return res.body
   }
 
-  const auditOf = async (n: NodeProcess): Promise<any[]> => (await getJson(`${n.api}/api/commands`)).wire
+  /** The node's wire audit once `has` holds (entries are written beside the command's reply, not before it). */
+  const auditOf = async (n: NodeProcess, has: (audit: any[]) => boolean = () => true): Promise<any[]> =>
+    await waitFor('the audit entry', async () => {
+      const audit = (await getJson(`${n.api}/api/commands`)).wire as any[]
+      return has(audit) ? audit : null
+    }, 5000).then(r => r.value, async () => (await getJson(`${n.api}/api/commands`)).wire)
 
   it('refuses a pull whose bytes are not the commanded fingerprint: nothing installed, audited, node serving', async () => {
     const other = path.join(attackerModels, `${MODEL}.gguf`)
@@ -124,8 +129,9 @@ describe('models are content', () => {
     assert.deepEqual(await visibleFiles(victimModels), [], 'nothing in the models dir')
     const staging = path.join(victimModels, '.partial')
     assert.deepEqual(await fs.readdir(staging).catch(() => []), [], 'the partial file is deleted')
-    const audit = await auditOf(victim)
-    const entries = audit.filter((x: any) => x.kind === 'model_fingerprint_mismatch' && x.peer === hostile.peerId.toString())
+    const mismatch = (x: any): boolean => x.kind === 'model_fingerprint_mismatch' && x.peer === hostile.peerId.toString()
+    const audit = await auditOf(victim, a => a.filter(mismatch).length >= 2)
+    const entries = audit.filter(mismatch)
     assert.ok(entries.length >= 2, JSON.stringify(audit.slice(0, 5)))
     assert.ok(entries.every((x: any) => x.verdict === 'rejected'))
     const models = (await getJson(`${victim.api}/api/models`)).models
@@ -144,7 +150,8 @@ describe('models are content', () => {
     }
     assert.deepEqual(await visibleFiles(victimModels), [])
     assert.deepEqual(await fs.readdir(path.join(victimModels, '.partial')).catch(() => []), [])
-    assert.ok((await auditOf(victim)).some((x: any) => x.kind === 'model_invalid_file' && x.peer === hostile.peerId.toString()))
+    const invalid = (x: any): boolean => x.kind === 'model_invalid_file' && x.peer === hostile.peerId.toString()
+    assert.ok((await auditOf(victim, a => a.some(invalid))).some(invalid))
   })
 
   it('a name outside the models dir is refused before any transfer', async () => {
@@ -226,8 +233,9 @@ describe('models are content', () => {
     assert.equal(local.source.peer, honest.id)
     assert.equal(local.source.fingerprint, honestFp)
     assert.ok(Date.parse(local.source.at) > Date.now() - 120_000)
-    const audit = await auditOf(victim)
-    assert.ok(audit.some((x: any) => x.kind === 'model_pulled' && x.peer === honest.id && x.verdict === 'accepted'))
+    const pulled = (x: any): boolean => x.kind === 'model_pulled' && x.peer === honest.id && x.verdict === 'accepted'
+    const audit = await auditOf(victim, a => a.some(pulled))
+    assert.ok(audit.some(pulled), JSON.stringify(audit.slice(0, 5)))
 
     // A command naming the other file of that name does not load this node's file in its place.
     const other = await loadModel({ model: MODEL, fingerprint: attackerFp, sources: [attacker!.id] })

@@ -7,6 +7,7 @@ import type { Store } from '../store.js'
 import { AuditLimiter } from '../audit-limiter.js'
 import { loadMembership, saveMembership } from './membership-store.js'
 import { verifyCertificate } from './certificate.js'
+import { PENDING_CERT_MS, PendingCertificates } from './pending-certificates.js'
 import {
   initialGroupState, onCertificate, onMembers, onTick, onVoteRefused, onVoteReply, onVoteRequest, shownTerm,
   type ElectionTimings, type GroupState, type Step
@@ -88,6 +89,8 @@ export class GroupManager extends EventEmitter<GroupEvents> {
   private readonly states = new Map<string, GroupState>()
   private readonly locks = new Map<string, Promise<unknown>>()
   private readonly fetched = new Map<string, number>()
+  /** Per group this node is in: an unproven certificate waiting for its voters to be heard. */
+  private readonly pending = new PendingCertificates()
   private readonly audits = new AuditLimiter(AUDIT_WINDOW_MS)
   private fetches = 0
   private timer?: NodeJS.Timeout
@@ -211,6 +214,7 @@ export class GroupManager extends EventEmitter<GroupEvents> {
       // Heard a member (a peer still being admitted does not count): until then this node would only elect itself alone.
       const heard = this.mesh.peers().some(p => this.auth.isMember(p.id))
       const canStand = elapsed >= this.opts.startupGraceMs && (!this.opts.expectPeers || heard || elapsed >= this.opts.quietStartMs)
+      await this.recheckPending(now)
       for (const group of [...this.states.keys()]) {
         await this.locked(group, async () => {
           const s0 = this.states.get(group)!
@@ -314,15 +318,48 @@ export class GroupManager extends EventEmitter<GroupEvents> {
     await this.consider(peer, reply.cert)
   }
 
-  /** Checks a certificate against this node's view and feeds the verdict to the state machine. */
-  async consider (peer: string, cert: LeaderCertificate): Promise<void> {
+  /** Whose votes count, as this node sees `group` now (a string, so a change is cheap to notice). */
+  private viewKey (group: string): string {
+    return this.members(group).sort().join(',')
+  }
+
+  private async check (cert: LeaderCertificate): Promise<Awaited<ReturnType<typeof verifyCertificate>>> {
     const group = cert.group
-    if (await this.ensure(group) == null) return
-    const verdict = await verifyCertificate(cert, {
+    return await verifyCertificate(cert, {
       isMember: p => p === this.self() || this.auth.isMember(p),
       knownInGroup: p => this.inGroup(p, group),
       viewSize: this.members(group).length
     })
+  }
+
+  /** Held certificates are checked again when their group's view changed; expired ones are audited. */
+  private async recheckPending (now: number): Promise<void> {
+    for (const { entry: p, expired } of this.pending.due(now, g => this.viewKey(g))) {
+      const group = p.cert.group
+      const verdict = await this.check(p.cert)
+      if (verdict.ok) {
+        this.pending.drop(group)
+        await this.locked(group, async () => {
+          const s = this.states.get(group)!
+          await this.apply(s, onCertificate(s, p.cert, { proven: true, rival: false }, Date.now()))
+        })
+      } else if (expired) {
+        this.audit(AUTHORITY_CODES.invalidCertificate, p.peer, group, `term ${p.cert.term}, leader ${p.cert.leader}: ${verdict.reason} (after ${PENDING_CERT_MS} ms)`)
+      }
+    }
+  }
+
+  /** Checks a certificate against this node's view and feeds the verdict to the state machine. */
+  async consider (peer: string, cert: LeaderCertificate): Promise<void> {
+    const group = cert.group
+    if (await this.ensure(group) == null) return
+    // The view is read before the (async) check: a member heard during it changes the key, so the check runs again.
+    const view = this.viewKey(group)
+    const verdict = await this.check(cert)
+    // Some voters are not in this node's view yet: wait for them rather than refuse an honest leader.
+    const unheardVoters = !verdict.ok && verdict.code === 'no_quorum' && verdict.voters.length < cert.votes.length
+    if (unheardVoters && this.mesh.groups.includes(group) && cert.term > shownTerm(this.states.get(group)!) && this.pending.hold(peer, cert, view, Date.now())) return
+    if (verdict.ok) this.pending.settled(group, cert.term)
     if (!verdict.ok) {
       const code = verdict.code === 'term_out_of_bounds' ? AUTHORITY_CODES.termOutOfBounds : AUTHORITY_CODES.invalidCertificate
       this.audit(code, peer, group, `term ${cert.term}, leader ${cert.leader}: ${verdict.reason}`)

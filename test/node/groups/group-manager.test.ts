@@ -169,6 +169,34 @@ describe('group manager (real store)', () => {
     await store.close()
   })
 
+  it('a certificate whose voters are not heard yet waits for them (a restarted node), and is audited only if they never come', async () => {
+    const { dir, mesh } = await world()
+    // Just restarted: this node has heard x (the leader) but not y, whose vote completes the quorum.
+    mesh.peerList = mesh.peerList.filter(p => p.id === x.id)
+    const { store, m } = await open(dir, self, mesh)
+    await tick(m)
+    await m.consider(x.id, await certFor(3, x, [x, y]))
+    assert.equal(m.leaderOf('default').leader, null, 'one counted vote of two needed: not proven yet')
+    await tick(m)
+    assert.equal(m.leaderOf('default').leader, null, 'nothing changed in the view: still not proven')
+    mesh.peerList.push({ id: y.id, name: 'y', status: 'alive', groups: ['default'] })
+    await tick(m)
+    assert.deepEqual(m.leaderOf('default'), { leader: x.id, term: 3 }, 'y heard: the held certificate is proven without another fetch')
+    assert.ok(!(await store.auditLog(100)).some(e => e.kind === 'invalid_certificate'), 'an honest leader is not audited for a slow view')
+
+    // A claim whose extra voter is never heard: dropped and audited once the wait is over.
+    const z = await newKey()
+    await m.consider(y.id, await certFor(4, y, [y, z]))
+    await (m as any).recheckPending(Date.now() + 1000)
+    assert.ok(!(await store.auditLog(100)).some(e => e.kind === 'invalid_certificate'))
+    await (m as any).recheckPending(Date.now() + 11_000)
+    await new Promise(resolve => setTimeout(resolve, 50))
+    const audit = await store.auditLog(100)
+    assert.ok(audit.some(e => e.kind === 'invalid_certificate' && e.peer === y.id && /after 10000 ms/.test(e.detail)), JSON.stringify(audit))
+    assert.deepEqual(m.leaderOf('default'), { leader: x.id, term: 3 })
+    await store.close()
+  })
+
   it('a real full disk (8 MiB tmpfs, needs root): join and votes refused typed, memory unchanged, writes again once space is freed', async () => {
     const run = promisify(execFile)
     const mnt = await fs.mkdtemp(path.join(os.tmpdir(), 'shepherd-gm-tmpfs-'))

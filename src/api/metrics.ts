@@ -14,6 +14,8 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
   metric('shepherd_gossip_messages_received_total', 'counter', 'Membership messages received.', [['', g.messagesReceived]])
   metric('shepherd_gossip_messages_dropped_total', 'counter', 'Membership messages dropped, by reason.',
     Object.entries(g.dropped).map(([reason, n]) => [`{reason="${reason}"}`, n]))
+  metric('shepherd_membership_work_total', 'counter', 'Membership work done: snapshots validated, applied and published; snapshots asked for and answered; records evicted.',
+    Object.entries(g.work).map(([kind, n]) => [`{kind="${kind.replace(/[A-Z]/g, c => '_' + c.toLowerCase())}"}`, n]))
   metric('shepherd_mdns_queries_total', 'counter', 'mDNS queries sent (they back off while connected).', [['', g.mdns.queries]])
   metric('shepherd_mdns_answers_total', 'counter', 'Peers named by mDNS answers: passed on to libp2p, or dropped as connected already.',
     [['{outcome="announced"}', g.mdns.announced], ['{outcome="suppressed"}', g.mdns.suppressed]])

@@ -1,7 +1,7 @@
 import { createLogger } from '../logger.js'
 import type { Deployment, PeerView } from '../node/index.js'
 import { placeReplicas, type PlacementCandidate, type PlacementStrategy } from './placement.js'
-import { brokenSplitHeads, budgetedResources, planSplitReplica, shardsOf } from './split-reconcile.js'
+import { brokenSplitHeads, budgetedResources, planSplitReplica, shardsOf, withoutBrokenSplit } from './split-reconcile.js'
 import type { MeshModel } from './model-registry.js'
 import type { ReconcilerView } from './router-ports.js'
 
@@ -154,7 +154,8 @@ export class Reconciler {
     const current = [...new Set([...holding, ...pending.map(p => p.node)])]
 
     if (current.length < d.replicas) {
-      const candidates: PlacementCandidate[] = members.filter(m => m.resources != null && m.servesPeers).map(m => ({
+      const candidates: PlacementCandidate[] = members.filter(m => m.resources != null && m.servesPeers)
+        .map(m => broken.includes(m.id) ? withoutBrokenSplit(m, d.model, fingerprint) : m).map(m => ({
         id: m.id,
         name: m.name,
         resources: budgetedResources(m)!,
@@ -178,7 +179,7 @@ export class Reconciler {
       const sources = entry.hosts.filter(h => alive.has(h.peerId) || h.local).map(h => h.peerId)
       // Fits no single node (or a split was asked for): ONE replica over several nodes (issue 16).
       if ((d.constraints?.split === true || (decision.place.length === 0 && decision.unplaceable > 0)) && current.length === 0) {
-        this.placeSplit(d, term, now, fingerprint, decision.needBytes, members, sources, pending)
+        this.placeSplit(d, term, now, fingerprint, decision.needBytes, members.map(m => broken.includes(m.id) ? withoutBrokenSplit(m, d.model, fingerprint) : m), sources, pending)
         return
       }
       for (const p of decision.place) {

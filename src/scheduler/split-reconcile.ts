@@ -65,3 +65,14 @@ export function brokenSplitHeads (counted: PeerView[], model: string, fingerprin
     return shards != null && shards.some(s => !live.has(s.nodeId))
   }).map(m => m.id)
 }
+
+/**
+ * `m` as placement should see it when its split replica of `model` is broken: that copy is
+ * being dropped, so it is neither a loaded copy ("already has the model loaded; no new memory")
+ * nor memory in use. Seen as loaded, a new leader (the dead worker had led) once placed the whole
+ * model on the broken head, past its budget, instead of a new split.
+ */
+export function withoutBrokenSplit (m: PeerView, model: string, fingerprint: string): PeerView {
+  if (!m.models.some(x => holds(x, model, fingerprint) && x.shards != null)) return m
+  return { ...m, models: m.models.map(x => holds(x, model, fingerprint) && x.shards != null ? { ...x, state: 'on_disk' as const, pinned: false, shards: undefined } : x) }
+}

@@ -99,6 +99,19 @@ describe('reconciler through a narrow view', () => {
     assert.ok(w.sent.every(s => s.payload.keepAliveMs === 0))
   })
 
+  it('re-places a split whose worker died as a new split, not as the whole model on its head (a new leader seeing the head still loaded)', async () => {
+    const budget = (m: PeerView, gib: number): PeerView => { (m.resources!.memory as any).modelBudgetBytes = gib * GiB; return m }
+    const head = budget(member('A', { model: 'loaded', pinned: true }), 0.7)
+    head.models[0] = { ...head.models[0], shards: [{ nodeId: 'A', layers: [0, 3] }, { nodeId: 'dead-worker', layers: [4, 7] }] }
+    const { rec, w } = setup({ self: budget(member('self'), 0.7), peers: [head, budget(member('B'), 0.7)], deployments: [deployment(1)] })
+    await rec.tick()
+    await settle()
+    const sent = w.sent.map(s => [s.target, s.type, s.payload.split != null ? 'split' : s.payload.model])
+    assert.ok(sent.some(([t, type]) => t === 'A' && type === 'unload_model'), `the broken head is told to drop it: ${JSON.stringify(sent)}`)
+    assert.ok(!w.sent.some(s => s.type === 'load_model' && s.payload.split == null && s.payload.keepAliveMs !== 0), `no whole-model load past the budgets: ${JSON.stringify(sent)}`)
+    assert.ok(w.sent.some(s => s.type === 'serve_rpc') || w.sent.some(s => s.type === 'load_model' && s.payload.split != null), `a new split is placed: ${JSON.stringify(sent)}`)
+  })
+
   it('does nothing for a group it does not lead', async () => {
     const { rec, w } = setup({ peers: [member('A', { model: 'on_disk' }), member('B')], deployments: [deployment(2)], leader: false })
     await rec.tick()

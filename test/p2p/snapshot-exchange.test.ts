@@ -6,17 +6,11 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { newHost, exchange } from '../support/fuzz-hosts.js'
+import { until } from '../support/fuzz-harness.js'
 import type { Host } from '../../src/p2p/host.js'
 import { PULL_READ_TIMEOUT_MS, SNAPSHOT_PROTOCOL, SnapshotExchange } from '../../src/p2p/snapshot-exchange.js'
 
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
-async function until (what: string, check: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(20)
-  }
-}
 
 describe('snapshot exchange over real libp2p', () => {
   let owner: Host, puller: Host, other: Host, outsider: Host

@@ -678,11 +678,13 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (this.swim != null) {
         // With SWIM a quiet peer publishes nothing: its silence says nothing, its probes decide. But
         // a node that hears from no member at all (no ack to its probes, no probe, no gossip) while
-        // its own frames fail to reach two peers or more (a peer that died fails alone) is the one
-        // cut off, and Lifeguard slows its probes down to 8× there: N × 4 s to see the others gone.
+        // its own frames fail to reach every member it holds live, two or more (a peer that died
+        // fails alone; members that stopped fail while a live one still answers), is the one cut
+        // off, and Lifeguard slows its probes down to 8× there: N × 4 s to see the others gone.
         // Its table then follows the flood rules, counted from when it last heard anyone. Silence
         // alone is no sign: a slow prober in a quiet mesh may hear nobody for seconds.
-        if (now - this.lastHeardAt > timings.suspectAfterMs && this.swim.unreachedSinceHeard() >= Math.min(2, this.table.list().length)) {
+        const r = this.swim.reachability()
+        if (now - this.lastHeardAt > timings.suspectAfterMs && r.unreached >= Math.min(2, this.table.list().length) && r.unreached === r.live) {
           const res = onSilence(rec, now - Math.max(rec.lastSeen, this.lastHeardAt), now, timings)
           if (res.changed) this.table.apply(rec, res)
         }

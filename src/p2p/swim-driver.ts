@@ -61,13 +61,19 @@ export interface SwimDriverStats {
  * closed when idle), or one stream per frame with a member that speaks only 1.0.0. Per interval
  * a node sends one probe and answers the few it gets: its work does not grow with the mesh.
  */
+/** A send failure that is the peer's own doing (gone, or not a SWIM speaker), not this node's link. */
+function saysNothingOfUs (err: unknown): boolean {
+  const e = err as { name?: string, code?: string, message?: string } | undefined
+  return e?.name === 'UnsupportedProtocolError' || e?.name === 'NoValidAddressesError' || e?.code === 'ECONNREFUSED' || /ECONNREFUSED/.test(e?.message ?? '')
+}
+
 export class SwimDriver {
   readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0, linksOpened: 0, rateLimited: 0 }
   private state?: SwimState
   private timer?: NodeJS.Timeout
   /**
    * Peers a frame could not be sent to, or a direct ping to went unanswered, since a frame last
-   * arrived from anyone (see `unreachedSinceHeard`). On a link, a frame to a cut-off peer is
+   * arrived from anyone (see `reachability`). On a link, a frame to a cut-off peer is
    * written without error (into the stream's buffer): the missing ack is what tells.
    */
   private readonly failedSinceHeard = new Set<string>()
@@ -162,12 +168,20 @@ export class SwimDriver {
   }
 
   /**
-   * How many peers this node failed to reach (a frame not sent, a ping not answered) since a
-   * frame last arrived from anyone: with silence, the sign that this node is the one cut off (a
-   * peer that died fails alone).
+   * Members held alive or suspect (`live`) and how many of them this node failed to reach since
+   * it last heard anyone (`unreached`). A node cut off fails to reach every one of them; a node
+   * of a small mesh whose other members stopped hears its one live peer only every few probe
+   * intervals, and must not take that silence, with the stopped ones unreached, for a cut.
    */
-  unreachedSinceHeard (): number {
-    return this.failedSinceHeard.size
+  reachability (): { live: number, unreached: number } {
+    let live = 0
+    let unreached = 0
+    for (const [id, m] of this.state?.members ?? []) {
+      if (m.status !== 'alive' && m.status !== 'suspect') continue
+      live++
+      if (this.failedSinceHeard.has(id)) unreached++
+    }
+    return { live, unreached }
   }
 
   /**
@@ -257,7 +271,7 @@ export class SwimDriver {
     const limit = 2 * this.opts.config.probeTimeoutMs
     for (const [seq, p] of this.pings) {
       if (now - p.at <= limit) continue
-      this.failedSinceHeard.add(p.to)
+      if (this.member(p.to)?.status !== 'dead') this.failedSinceHeard.add(p.to)
       this.pings.delete(seq)
     }
   }
@@ -290,7 +304,12 @@ export class SwimDriver {
     } catch (err) {
       // A lost frame is what SWIM expects (a dead or unreachable peer): the probe times out.
       this.stats.sendFailures++
-      this.failedSinceHeard.add(to)
+      // Evidence of being cut off only when the peer was believed reachable and the way to it
+      // failed: a member held dead fails as expected (it is poked while connected); a refused
+      // connection is its host saying the process is gone (a cut-off node sees timeouts, not
+      // refusals); a refused protocol is a peer that does not speak SWIM. Counted, two stopped
+      // members once made a quiet node of a small mesh take its one live peer for dead.
+      if (m?.status !== 'dead' && !saysNothingOfUs(err)) this.failedSinceHeard.add(to)
       this.log.trace('swim send failed', { peer: to, t: msg.t, err })
     }
   }

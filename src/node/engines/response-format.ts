@@ -269,6 +269,18 @@ export function checkJsonSchema (schema: unknown): JsonSchema {
   spend(w, w.defs.size)
   const defs = Object.fromEntries(Object.entries(rawDefs).map(([name, def]) => [name, walk(def, `$defs.${name}`, 1, w)]))
   const root = walk(schema, 'schema', 0, w)
+  // A definition that is only a `$ref`, followed round to itself, defines nothing: its grammar
+  // rule would be left-recursive (`a ::= a`), which llama.cpp refuses to parse.
+  for (const name of Object.keys(defs)) {
+    const seen = new Set<string>()
+    let at: string | undefined = name
+    while (at !== undefined && !seen.has(at)) {
+      seen.add(at)
+      const ref: unknown = (defs[at] as { $ref?: unknown })?.$ref
+      at = typeof ref === 'string' ? ref.slice('#/$defs/'.length) : undefined
+    }
+    if (at !== undefined) unsupported(`$defs.${name} refers through $ref only to itself ('${at}'): it defines no value`)
+  }
   return w.defs.size > 0 ? { ...root, $defs: defs } : root
 }
 

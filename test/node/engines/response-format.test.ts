@@ -102,6 +102,11 @@ describe('parseResponseFormat', () => {
     refused({ $ref: 'https://example.com/s.json' }, 'unsupported_parameter', /\$ref must point into/)
     refused({ type: 'array', prefixItems: [{ type: 'string' }], items: { type: 'string' } }, 'unsupported_parameter', /prefixItems cannot be combined/)
     refused({ type: 'object', properties: { a: { type: 'object', $defs: { x: { type: 'string' } } } } }, 'unsupported_parameter', /only at the schema's root/)
+    // Found by the fuzzer: a definition that is only a $ref to itself (or round a chain) defines
+    // no value; llama.cpp cannot parse its grammar (`a ::= a`). Recursion through content stays fine.
+    refused({ $ref: '#/definitions/a', $defs: { a: { $ref: '#/$defs/a' } } }, 'unsupported_parameter', /\$defs\.a refers through \$ref only to itself/)
+    refused({ $ref: '#/$defs/a', $defs: { a: { $ref: '#/$defs/b' }, b: { $ref: '#/$defs/a' } } }, 'unsupported_parameter', /refers through \$ref only to itself/)
+    assert.doesNotThrow(() => checkJsonSchema({ $ref: '#/$defs/n', $defs: { n: { type: 'object', properties: { next: { anyOf: [{ $ref: '#/$defs/n' }, { type: 'null' }] } } } } }))
   })
 
   it('refuses a deeply nested or huge schema quickly, before any grammar is built', () => {

@@ -9,7 +9,7 @@
  * Each stays bounded, counted as work (records, dial targets, dials, connections, snapshots
  * validated), not timed; and the two honest nodes never see each other die.
  */
-import { after, before, beforeEach, describe, it } from 'node:test'
+import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import { Mesh, MEMBERSHIP_TOPIC, createIdentity, encodeMembership, newRecord, type MembershipMessage } from '../../src/p2p/index.js'
@@ -79,7 +79,6 @@ for (const membership of ['flood', 'swim'] as const) {
       b.on('peer:dead', rec => { if (rec.id === a.peerId) deaths.push(`b saw a dead at ${new Date().toISOString()}`) })
       a.on('peer:suspect', rec => { if (rec.id === b.peerId) deaths.push(`a suspected b at ${new Date().toISOString()}`) })
     })
-    beforeEach((t: any) => { console.log(`# START ${t.name} ${new Date().toISOString()} a=${a.peerId.slice(-6)} b=${b.peerId.slice(-6)}`) })
     after(async () => {
       await b.stop({ announce: false })
       await a.stop({ announce: false })

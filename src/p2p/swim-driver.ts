@@ -54,6 +54,12 @@ export interface SwimDriverStats {
   rateLimited: number
 }
 
+/** A send failure that is the peer's own doing (gone, or not a SWIM speaker), not this node's link. */
+function saysNothingOfUs (err: unknown): boolean {
+  const e = err as { name?: string, code?: string, message?: string } | undefined
+  return e?.name === 'UnsupportedProtocolError' || e?.name === 'NoValidAddressesError' || e?.code === 'ECONNREFUSED' || /ECONNREFUSED/.test(e?.message ?? '')
+}
+
 /**
  * The I/O around `swim.ts`'s pure `step`: ticks at the state's next deadline, feeds it the
  * frames members send, carries out its `send` actions and reports its `change` actions. Frames
@@ -61,12 +67,6 @@ export interface SwimDriverStats {
  * closed when idle), or one stream per frame with a member that speaks only 1.0.0. Per interval
  * a node sends one probe and answers the few it gets: its work does not grow with the mesh.
  */
-/** A send failure that is the peer's own doing (gone, or not a SWIM speaker), not this node's link. */
-function saysNothingOfUs (err: unknown): boolean {
-  const e = err as { name?: string, code?: string, message?: string } | undefined
-  return e?.name === 'UnsupportedProtocolError' || e?.name === 'NoValidAddressesError' || e?.code === 'ECONNREFUSED' || /ECONNREFUSED/.test(e?.message ?? '')
-}
-
 export class SwimDriver {
   readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0, linksOpened: 0, rateLimited: 0 }
   private state?: SwimState

@@ -154,8 +154,9 @@ export class Reconciler {
     const current = [...new Set([...holding, ...pending.map(p => p.node)])]
 
     if (current.length < d.replicas) {
-      const candidates: PlacementCandidate[] = members.filter(m => m.resources != null && m.servesPeers)
-        .map(m => broken.includes(m.id) ? withoutBrokenSplit(m, d.model, fingerprint) : m).map(m => ({
+      // A broken split's head is being told to drop it: placement sees that copy as gone.
+      const placeable = members.map(m => broken.includes(m.id) ? withoutBrokenSplit(m, d.model, fingerprint) : m)
+      const candidates: PlacementCandidate[] = placeable.filter(m => m.resources != null && m.servesPeers).map(m => ({
         id: m.id,
         name: m.name,
         resources: budgetedResources(m)!,
@@ -179,7 +180,7 @@ export class Reconciler {
       const sources = entry.hosts.filter(h => alive.has(h.peerId) || h.local).map(h => h.peerId)
       // Fits no single node (or a split was asked for): ONE replica over several nodes (issue 16).
       if ((d.constraints?.split === true || (decision.place.length === 0 && decision.unplaceable > 0)) && current.length === 0) {
-        this.placeSplit(d, term, now, fingerprint, decision.needBytes, members.map(m => broken.includes(m.id) ? withoutBrokenSplit(m, d.model, fingerprint) : m), sources, pending)
+        this.placeSplit(d, term, now, fingerprint, decision.needBytes, placeable, sources, pending)
         return
       }
       for (const p of decision.place) {

@@ -6,7 +6,7 @@ import { AUTHORITY_CODES, BadRequestError, storageError } from '../../errors.js'
 import type { Store } from '../store.js'
 import { AuditLimiter } from '../audit-limiter.js'
 import { loadMembership, saveMembership } from './membership-store.js'
-import { verifyCertificate } from './certificate.js'
+import { verifyCertificate, type CertificateVerdict } from './certificate.js'
 import { PENDING_CERT_MS, PendingCertificates } from './pending-certificates.js'
 import {
   initialGroupState, onCertificate, onMembers, onTick, onVoteRefused, onVoteReply, onVoteRequest, shownTerm,
@@ -323,7 +323,7 @@ export class GroupManager extends EventEmitter<GroupEvents> {
     return this.members(group).sort().join(',')
   }
 
-  private async check (cert: LeaderCertificate): Promise<Awaited<ReturnType<typeof verifyCertificate>>> {
+  private async check (cert: LeaderCertificate): Promise<CertificateVerdict> {
     const group = cert.group
     return await verifyCertificate(cert, {
       isMember: p => p === this.self() || this.auth.isMember(p),
@@ -338,7 +338,8 @@ export class GroupManager extends EventEmitter<GroupEvents> {
       const group = p.cert.group
       const verdict = await this.check(p.cert)
       if (verdict.ok) {
-        this.pending.drop(group)
+        // By term: a higher one held while this check ran stays held.
+        this.pending.settled(group, p.cert.term)
         await this.locked(group, async () => {
           const s = this.states.get(group)!
           await this.apply(s, onCertificate(s, p.cert, { proven: true, rival: false }, Date.now()))

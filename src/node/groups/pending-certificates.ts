@@ -32,7 +32,7 @@ export class PendingCertificates {
     return true
   }
 
-  /** A certificate of `term` for `group` proved (fetched again): nothing to wait for. */
+  /** A certificate of `term` for `group` proved: nothing to wait for (a higher term held stays). */
   settled (group: string, term: number): void {
     if (this.byGroup.get(group)?.cert.term === term) this.byGroup.delete(group)
   }
@@ -55,9 +55,5 @@ export class PendingCertificates {
       out.push({ entry: p, expired: false })
     }
     return out
-  }
-
-  drop (group: string): void {
-    this.byGroup.delete(group)
   }
 }

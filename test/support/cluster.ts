@@ -72,14 +72,40 @@ export async function membershipArgs (mode: MembershipHarness, args: string[] = 
 }
 
 /**
+ * Every node child this test process started and has not seen exit. They are SIGKILLed when the
+ * process exits (the runner's `--test-force-exit` ends a file whose hook failed before its
+ * `after` could stop them), so a failed suite neither hangs its file nor leaves nodes running.
+ */
+const liveChildren = new Set<ChildProcess>()
+process.on('exit', () => {
+  for (const child of liveChildren) {
+    try { child.kill('SIGKILL') } catch {}
+  }
+})
+
+/** A port this harness picked was taken between picking and binding (loopback's ephemeral range is shared). */
+const PORT_RACE = /already in use/
+
+/**
  * Starts `shepherd-mesh start` as a child process on loopback with mDNS off, and waits for its
  * ready line. Extra args are appended (e.g. `--bootstrap`). Nodes share this test's swarm key
  * unless `membership` says otherwise. The engine is `embedded` unless the args name one: the
  * default (`auto`) would pick llama-server wherever a build is cached, and tests say which
- * engine they exercise.
+ * engine they exercise. Ports picked here are picked again when another process took one first.
  */
 export async function startNode (opts: { name: string, dataDir?: string, apiPort?: number, p2pPort?: number, args?: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number, membership?: MembershipHarness, built?: boolean }): Promise<NodeProcess> {
   const dataDir = opts.dataDir ?? await tempDir()
+  const ownPorts = opts.apiPort == null || opts.p2pPort == null
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startNodeOnce(opts, dataDir)
+    } catch (err) {
+      if (!ownPorts || attempt >= 4 || !PORT_RACE.test(String(err))) throw err
+    }
+  }
+}
+
+async function startNodeOnce (opts: Parameters<typeof startNode>[0], dataDir: string): Promise<NodeProcess> {
   const [apiPort, p2pPort] = opts.apiPort != null && opts.p2pPort != null ? [opts.apiPort, opts.p2pPort] : await freePorts(2)
   const args = [
     // `built`: the compiled package, as `npx shepherd-mesh` runs it (benches that measure a node's
@@ -96,11 +122,16 @@ export async function startNode (opts: { name: string, dataDir?: string, apiPort
     ...(opts.args ?? [])
   ]
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  liveChildren.add(child)
+  child.once('exit', () => { liveChildren.delete(child) })
   const stdout: string[] = []
   const stderr: string[] = []
   child.stderr.setEncoding('utf8').on('data', (d: string) => stderr.push(d))
   const ready = await new Promise<{ id: string, api: string }>((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`node ${opts.name} not ready in time; stderr: ${stderr.join('')}`)) }, opts.timeoutMs ?? 20_000)
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`node ${opts.name} not ready in time; stderr: ${stderr.join('')}`))
+    }, opts.timeoutMs ?? 20_000)
     let buf = ''
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
       stdout.push(d)

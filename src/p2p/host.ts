@@ -33,6 +33,9 @@ export interface HostOptions {
   maxConnections?: number
 }
 
+/** Local processes (several nodes on one machine): exempt from libp2p's per-host inbound rate. */
+const LOOPBACK = ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128']
+
 /** Gossip score of a non-member: below `publishThreshold` (-50), above `graylistThreshold` (-80). */
 const NON_MEMBER_SCORE = -60
 
@@ -52,7 +55,17 @@ export async function createHost (opts: HostOptions): Promise<Host> {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     peerDiscovery,
-    connectionManager: { maxConnections: opts.maxConnections ?? 256 },
+    connectionManager: {
+      maxConnections: opts.maxConnections ?? 256,
+      // A newcomer is dialed by every member at once (each hears of it and the LAN mesh is a full
+      // mesh): libp2p's default of 10 handshakes pending refused the rest, and a refused dial of a
+      // peer heard of through gossip counts toward dropping it. As many as connections allowed.
+      maxIncomingPendingConnections: opts.maxConnections ?? 256,
+      // libp2p accepts 5 connections a second per remote host, and a LAN host runs one node. Nodes
+      // on this machine share one host (127.0.0.1): a 32-node mesh on loopback then took a minute
+      // to meet a newcomer. Loopback is this machine's own processes, not the LAN.
+      allow: LOOPBACK
+    },
     // Membership already detects dead peers and measures RTT (its own ping probe). libp2p's monitor
     // would ping on the same protocol and, when our probe holds the one ping stream, count that as a
     // failure and abort a healthy connection with every inference stream on it.

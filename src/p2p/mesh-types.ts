@@ -65,7 +65,7 @@ export interface MeshStats {
    */
   dropped: Record<DropReason | 'stale' | 'invalid_snapshot' | 'untrusted' | 'rate_limited' | 'unverified' | 'state_rate', number>
   /** Work done on peers' state, counted (not timed) so tests bound it: snapshots validated and taken, peers evicted. */
-  work: { snapshotsValidated: number, snapshotsApplied: number, snapshotsPublished: number, evicted: number, wantsSent: number, wantsAnswered: number }
+  work: { snapshotsValidated: number, snapshotsApplied: number, snapshotsPublished: number, snapshotsPulled: number, pullsServed: number, evicted: number, wantsSent: number, wantsAnswered: number }
   /** mDNS queries sent, and peers its answers named: passed on to libp2p, or dropped as connected already. */
   mdns: LanDiscoveryStats
   /**

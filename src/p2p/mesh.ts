@@ -18,6 +18,7 @@ import { InferenceService } from './inference.js'
 import { CommandService } from './command-protocol.js'
 import { BlobService } from './blob-protocol.js'
 import { RpcTunnelService } from './rpc-tunnel.js'
+import { SNAPSHOT_PROTOCOL, SnapshotExchange } from './snapshot-exchange.js'
 import { reachableAddresses } from './addresses.js'
 import { MAX_CLOCK_SKEW_MS, MAX_WANTS, MIN_SNAPSHOT_GAP_MS } from './membership-limits.js'
 import { GossipGate } from './gossip-gate.js'
@@ -26,6 +27,17 @@ import { ConnectionListenAddrs, DuplicateIdentityDetector, type DuplicateIdentit
 
 /** A peer met before and evicted is still redialed (it may restart), but at most this often. */
 const DEAD_PEER_REDIAL_MS = 30_000
+/**
+ * A newcomer heard of only through gossip is sent our snapshot (so it can dial us) if our own dial
+ * has not reached it by then. Sent at once, every member did so for every join (N² deliveries).
+ */
+const HINT_GREETING_MS = 3000
+/** A snapshot advertised and missing this long is pulled (it may still be on its way by gossip). */
+const PULL_AFTER_MS = 250
+/** How long after meeting its first peer a node still publishes its snapshot as it meets others. */
+const JOIN_PUBLISH_MS = 10_000
+/** Least time between those publications (a newcomer meets a 48-node mesh within a few seconds). */
+const JOIN_PUBLISH_GAP_MS = 1000
 
 export type { MeshOptions, MeshStats, MeshEvents } from './mesh-types.js'
 
@@ -49,7 +61,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     messagesSent: 0,
     messagesReceived: 0,
     dropped: { oversized: 0, malformed_json: 0, invalid_schema: 0, unsupported_version: 0, stale: 0, invalid_snapshot: 0, untrusted: 0, rate_limited: 0, unverified: 0, state_rate: 0 },
-    work: { snapshotsValidated: 0, snapshotsApplied: 0, snapshotsPublished: 0, evicted: 0, wantsSent: 0, wantsAnswered: 0 },
+    work: { snapshotsValidated: 0, snapshotsApplied: 0, snapshotsPublished: 0, snapshotsPulled: 0, pullsServed: 0, evicted: 0, wantsSent: 0, wantsAnswered: 0 },
     mdns: { queries: 0, announced: 0, suppressed: 0 },
     heartbeatDelay: new DelayHistogram()
   }
@@ -61,6 +73,12 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   /** Peers whose advertised snapshot this node lacks, since when (asked for with `want`). */
   private readonly missing = new Map<string, { since: number, askedAt: number }>()
   private lastSnapshotAt = 0
+  /** When this node met its first peer (its join window starts): see JOIN_PUBLISH_MS. */
+  private joiningSince?: number
+  /** Pulls of members' snapshots, and answers to theirs (`/shepherd/snapshot/1.0.0`). */
+  private snapshots?: SnapshotExchange
+  /** Peers whose identify listed the snapshot protocol: they pull ours, and we pull theirs, instead of publishes to everyone. */
+  private readonly pullable = new Set<string>()
   private lastPublishedVersion = -1
   private lastPublishedConnections = -1
 
@@ -239,8 +257,15 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     // A new member lacks our snapshot (we ignored each other until now). Gossipsub publishes to it
     // once its score is recomputed (within a gossip heartbeat, 700 ms): send again after that.
     o.trust?.on('member', peer => {
-      if (host.getConnections(peerIdFromString(peer)).length > 0) this.swim?.add(peer)
+      const connected = host.getConnections(peerIdFromString(peer)).length > 0
+      if (connected) this.swim?.add(peer)
       this.heartbeat()
+      // Each side pulls the other's snapshot; one that does not pull is sent ours on the topic.
+      if (connected && this.pullable.has(peer)) {
+        this.snapshots?.want(peer)
+        setTimeout(() => { this.heartbeat() }, 1000).unref()
+        return
+      }
       this.scheduleSnapshot(20)
       setTimeout(() => { this.heartbeat(); this.scheduleSnapshot(0) }, 1000).unref()
     })
@@ -288,10 +313,19 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (msg.topic !== MEMBERSHIP_TOPIC || msg.type !== 'signed') return
       this.onMessage(msg.from.toString(), msg.data)
     })
-    // A peer that (re)subscribes is new to us or restarted: greet it with a heartbeat and our snapshot.
+    // A peer that (re)subscribes is new to us or restarted: it lacks our snapshot. One that pulls
+    // snapshots (identify named the protocol) takes ours itself; to any other we publish it.
     pubsub.addEventListener('subscription-change', evt => {
       if (evt.detail.subscriptions.some(s => s.topic === MEMBERSHIP_TOPIC && s.subscribe)) {
-        this.scheduleSnapshot(20)
+        const id = evt.detail.peerId.toString()
+        // While this node joins, its snapshot goes out on the topic as it meets peers: relayed, it
+        // names us to members not connected yet, which dial us (and then pull it). Once is not
+        // enough: a peer that met our first peer at the same moment is not yet in its topic mesh,
+        // so missed the relay, and two nodes that joined together then met only 14 s later (the
+        // safety net). A member meeting a newcomer that pulls publishes nothing (it pulls ours).
+        this.joiningSince ??= Date.now()
+        const joining = Date.now() - this.joiningSince < JOIN_PUBLISH_MS
+        if (!this.pullable.has(id) || joining) this.scheduleSnapshot(joining ? Math.max(20, this.lastSnapshotAt + JOIN_PUBLISH_GAP_MS - Date.now()) : 20)
       }
     })
 
@@ -308,6 +342,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       const id = evt.detail.peerId.toString()
       this.connectionAddrs.identified(id, evt.detail.connection.id, evt.detail.listenAddrs.map(a => a.toString()))
       this.checkConnections(evt.detail.peerId, Date.now())
+      this.onIdentified(id, evt.detail.protocols)
       const addrs = reachableAddresses(evt.detail.listenAddrs.map(a => a.toString()))
       const rec = this.table.get(id)
       if (rec != null && addrs.length > 0) {
@@ -337,6 +372,17 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     for (const addr of o.bootstrap) this.redialer.addBootstrap(addr)
     this.redialer.start()
 
+    this.snapshots = new SnapshotExchange(host, {
+      current: () => {
+        this.stats.work.pullsServed++
+        return encodeMembership(this.snapshotMessage())
+      },
+      onSnapshot: (from, bytes) => { this.acceptPulled(from, bytes) },
+      isMember: id => o.trust == null || o.trust.isMember(id),
+      onViolation: (peer, reason) => { this.emit('wire:violation', peer, SNAPSHOT_PROTOCOL, reason) }
+    })
+    await this.snapshots.start()
+
     if (o.membership === 'swim') await this.startSwim(host)
 
     const tickMs = Math.max(50, Math.min(250, Math.floor(o.heartbeatMs / 4)))
@@ -364,6 +410,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     for (const t of this.timers) clearInterval(t)
     clearTimeout(this.snapshotDebounce)
     this.redialer?.stop()
+    await this.snapshots?.stop()
     await this.swim?.stop({ leave: opts.announce !== false })
     await this.inferenceService?.stop()
     await this.commandService?.stop()
@@ -396,20 +443,66 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     if (this.host == null || this.stopping) return
     this.lastSnapshotAt = Date.now()
     this.stats.work.snapshotsPublished++
-    const version = this.lastPublishedVersion = this.opts.snapshotVersion()
+    const msg = this.snapshotMessage()
+    this.lastPublishedVersion = msg.snap
     this.lastPublishedConnections = this.connectionCount()
-    void this.publish({
+    void this.publish(msg)
+  }
+
+  /** This node's snapshot as a membership message (a fresh `seq`): published, or given to a puller. */
+  private snapshotMessage (): MembershipMessage & { t: 'snap' } {
+    return {
       v: MEMBERSHIP_VERSION, t: 'snap', inc: this.incarnation, seq: ++this.seq, at: Date.now(),
-      name: this.opts.name, groups: this.opts.groups, snap: version, addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>,
+      name: this.opts.name, groups: this.opts.groups, snap: this.opts.snapshotVersion(), addrs: this.dialableAddresses(), data: this.opts.snapshotData() as Record<string, unknown>,
       ...this.meta()
-    })
+    }
+  }
+
+  /**
+   * A connection's identify: a member that pulls snapshots is not sent ours on the topic (it
+   * pulls it), and its own is pulled now when this node lacks it.
+   */
+  private onIdentified (id: string, protocols: string[]): void {
+    if (!protocols.includes(SNAPSHOT_PROTOCOL)) {
+      this.pullable.delete(id)
+      return
+    }
+    this.pullable.add(id)
+    if (this.opts.trust != null && !this.opts.trust.isMember(id)) return
+    const rec = this.table.get(id)
+    if (rec == null || rec.lastSeen === 0 || rec.snapshotVersion < 0 || this.missing.has(id)) this.snapshots?.want(id)
+  }
+
+  /**
+   * A snapshot pulled from `from` (the stream's authenticated peer): held to the topic's rules
+   * (membership, byte budget, schema), then merged as a gossiped one would be.
+   */
+  private acceptPulled (from: string, bytes: Uint8Array): void {
+    if (this.stopping || (this.opts.trust != null && !this.opts.trust.isMember(from))) return
+    const verdict = this.gate.check(from, from, bytes.byteLength, Date.now())
+    if (!verdict.ok) {
+      this.stats.dropped[verdict.reason]++
+      return
+    }
+    const decoded = decodeMembership(bytes)
+    if (!decoded.ok || decoded.message.t !== 'snap') {
+      if (!decoded.ok) this.stats.dropped[decoded.reason]++
+      this.emit('wire:violation', from, SNAPSHOT_PROTOCOL, 'the answer is not a snapshot')
+      return
+    }
+    this.stats.work.snapshotsPulled++
+    this.decoded.set(bytes, decoded)
+    this.onMessage(from, bytes)
   }
 
   private connectionCount (): number {
     return this.host?.getPeers().length ?? 0
   }
 
-  /** Peers whose advertised snapshot has been missing for a while (asked at most every 2 heartbeats). */
+  /**
+   * Peers whose advertised snapshot has been missing for a while (asked at most every 2
+   * heartbeats). One that answers pulls and is connected is pulled from instead (see `pullMissing`).
+   */
   private wants (now: number): string[] {
     const out: string[] = []
     for (const [id, m] of this.missing) {
@@ -417,6 +510,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (now - m.since < this.opts.heartbeatMs / 2 || now - m.askedAt < 2 * this.opts.heartbeatMs) continue
       const rec = this.table.get(id)
       if (rec == null || rec.status === 'dead' || rec.status === 'left') { this.missing.delete(id); continue }
+      if (this.pullable.has(id) && rec.connected) continue
       m.askedAt = now
       out.push(id)
     }
@@ -566,8 +660,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     }
     if (wasNew) {
       this.emit('peer:addresses', rec)
-      // A peer we just met lacks our snapshot.
-      this.scheduleSnapshot(20)
+      // A peer we just met lacks our snapshot: one that pulls takes it on identify; others are sent it.
+      if (!this.pullable.has(from)) this.scheduleSnapshot(20)
     }
   }
 
@@ -611,6 +705,18 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (res.changed) this.table.apply(rec, res)
     }
     this.gate.sweep(now)
+    this.pullMissing(now)
+  }
+
+  /** Snapshots advertised (heartbeat or SWIM frame) and missing for a moment are pulled from their owners. */
+  private pullMissing (now: number): void {
+    if (this.snapshots == null) return
+    for (const [id, m] of this.missing) {
+      if (now - m.since < PULL_AFTER_MS || now - m.askedAt < 2 * this.opts.heartbeatMs || !this.pullable.has(id)) continue
+      if (this.table.get(id)?.connected !== true || this.snapshots.pending(id)) continue
+      m.askedAt = now
+      this.snapshots.want(id)
+    }
   }
 
   /** Forgets a peer gone for longer than the TTL: its record and snapshot; a gossip-only redial target too. */
@@ -632,7 +738,12 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
         // one dial of the two getting through is enough. A node that joined last, through a seed
         // swamped with handshakes, once never met the others: their dials to it timed out, and
         // nothing they published later named them to it.
-        if (!known) this.scheduleSnapshot(100)
+        // Only if our dial has not met it by then: a connection makes both sides pull instead.
+        if (!known) {
+          setTimeout(() => {
+            if (!this.stopping && this.host != null && this.host.getConnections(peerIdFromString(from)).length === 0) this.scheduleSnapshot(0)
+          }, HINT_GREETING_MS).unref()
+        }
       }
     } else if (msg.t === 'hb' && this.redialer.has(from)) {
       this.redialer.dialSoon(from)

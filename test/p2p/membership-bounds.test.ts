@@ -17,6 +17,7 @@ import { shouldEvict } from '../../src/p2p/membership.js'
 import { createHost, type Host } from '../../src/p2p/host.js'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import { MAX_UNVERIFIED_PER_SOURCE, STATE_BYTES_BURST, STATE_BYTES_PER_SEC } from '../../src/p2p/membership-limits.js'
+import { SNAPSHOT_PROTOCOL } from '../../src/p2p/snapshot-exchange.js'
 
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 
@@ -83,23 +84,45 @@ for (const membership of ['flood', 'swim'] as const) {
       await a.stop({ announce: false })
     })
 
-    it('pulls a snapshot it missed: a heartbeat names a newer version, the next one asks for it (want)', async () => {
+    it('pulls a snapshot it missed from its owner: a heartbeat or SWIM frame names a newer version, nothing is published to everyone', async () => {
       let version = 1
       const c = await mesh('c', [a.addresses()[0]], () => version, membership)
       await c.start()
       try {
         await until('c has a snapshot on a and b', () => a.table.get(c.peerId)?.snapshotVersion === 1 && b.table.get(c.peerId)?.snapshotVersion === 1 && c.table.get(b.peerId)?.status === 'alive')
-        // Joins make c publish again (a peer it met lacks its snapshot): let them settle.
+        // A join is two pulls per pair (c takes a's and b's; they take c's) and c's one publish.
+        await until('c holds a\'s and b\'s snapshots', () => c.table.get(a.peerId)?.snapshotVersion === 1 && c.table.get(b.peerId)?.snapshotVersion === 1)
+        assert.ok(c.stats.work.snapshotsPulled >= 1 && c.stats.work.pullsServed >= 1, JSON.stringify(c.stats.work))
+        assert.ok(c.stats.work.snapshotsPublished <= 2, `c published its first snapshot, not one per member met: ${JSON.stringify(c.stats.work)}`)
         await sleep(1500)
-        // a and b both miss it: whichever heartbeat comes first asks, and the answer reaches both.
-        const wantsBefore = a.stats.work.wantsSent + b.stats.work.wantsSent
+        const pulledBefore = a.stats.work.snapshotsPulled + b.stats.work.snapshotsPulled
         const published = c.stats.work.snapshotsPublished
         // A change whose snapshot never goes out (no scheduleSnapshot; the periodic check is 60 s away).
+        version = 2
+        await until('a and b hold version 2', () => a.table.get(c.peerId)?.snapshotVersion === 2 && b.table.get(c.peerId)?.snapshotVersion === 2, 10_000)
+        assert.ok(a.stats.work.snapshotsPulled + b.stats.work.snapshotsPulled >= pulledBefore + 2, 'a and b each pulled it')
+        assert.equal((a.table.get(c.peerId)?.snapshot as { v?: number } | null)?.v, 2)
+        assert.equal(c.stats.work.snapshotsPublished, published, 'c published nothing: each that lacked it pulled it')
+      } finally {
+        await c.stop({ announce: false })
+      }
+    })
+
+    it('asks a member that does not pull (an older node) with `want`, and it publishes its snapshot', async () => {
+      let version = 1
+      const c = await mesh('c', [a.addresses()[0]], () => version, membership)
+      await c.start()
+      // An older node: it never registered the snapshot protocol (identify-push tells a and b).
+      await c.libp2p.unhandle(SNAPSHOT_PROTOCOL)
+      try {
+        await until('c has a snapshot on a and b', () => a.table.get(c.peerId)?.snapshotVersion === 1 && b.table.get(c.peerId)?.snapshotVersion === 1 && c.table.get(b.peerId)?.status === 'alive')
+        await sleep(1500)
+        const wantsBefore = a.stats.work.wantsSent + b.stats.work.wantsSent
+        const published = c.stats.work.snapshotsPublished
         version = 2
         await until('a holds version 2', () => a.table.get(c.peerId)?.snapshotVersion === 2, 10_000)
         assert.ok(a.stats.work.wantsSent + b.stats.work.wantsSent > wantsBefore, 'a or b asked')
         assert.ok(c.stats.work.wantsAnswered >= 1, 'c answered')
-        assert.equal((a.table.get(c.peerId)?.snapshot as { v?: number } | null)?.v, 2)
         assert.ok(c.stats.work.snapshotsPublished - published <= 3, 'one snapshot answered the asks (the gap merges repeats)')
       } finally {
         await c.stop({ announce: false })

@@ -469,6 +469,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     }
     this.pullable.add(id)
     if (this.opts.trust != null && !this.opts.trust.isMember(id)) return
+    // An id two processes run as is ambiguous: a pull would take whichever process libp2p picks
+    // (its name, its incarnation, so the other's messages then look stale). Pulled once it clears.
+    if (this.duplicateIdentity(id) != null) return
     const rec = this.table.get(id)
     if (rec == null || rec.lastSeen === 0 || rec.snapshotVersion < 0 || this.missing.has(id)) this.snapshots?.want(id)
   }
@@ -479,6 +482,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
    */
   private acceptPulled (from: string, bytes: Uint8Array): void {
     if (this.stopping || (this.opts.trust != null && !this.opts.trust.isMember(from))) return
+    if (this.duplicateIdentity(from) != null) return
     const verdict = this.gate.check(from, from, bytes.byteLength, Date.now())
     if (!verdict.ok) {
       this.stats.dropped[verdict.reason]++
@@ -713,7 +717,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     if (this.snapshots == null) return
     for (const [id, m] of this.missing) {
       if (now - m.since < PULL_AFTER_MS || now - m.askedAt < 2 * this.opts.heartbeatMs || !this.pullable.has(id)) continue
-      if (this.table.get(id)?.connected !== true || this.snapshots.pending(id)) continue
+      if (this.table.get(id)?.connected !== true || this.snapshots.pending(id) || this.duplicateIdentity(id) != null) continue
       m.askedAt = now
       this.snapshots.want(id)
     }

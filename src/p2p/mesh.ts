@@ -79,6 +79,13 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private snapshots?: SnapshotExchange
   /** Peers whose identify listed the snapshot protocol: they pull ours, and we pull theirs, instead of publishes to everyone. */
   private readonly pullable = new Set<string>()
+  /**
+   * Peers whose identify listed no snapshot protocol (older nodes): only these are sent our
+   * snapshot on the topic when they subscribe or are met. A peer not identified yet is neither:
+   * its subscription often arrives first, and publishing then made every member publish to every
+   * member on each join again (88 snapshots from one node of a 48-node ramp in 8 minutes).
+   */
+  private readonly notPulling = new Set<string>()
   private lastPublishedVersion = -1
   private lastPublishedConnections = -1
 
@@ -261,8 +268,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (connected) this.swim?.add(peer)
       this.heartbeat()
       // Each side pulls the other's snapshot; one that does not pull is sent ours on the topic.
-      if (connected && this.pullable.has(peer)) {
-        this.snapshots?.want(peer)
+      if (connected && !this.notPulling.has(peer)) {
+        // Not identified yet: onIdentified pulls once it is.
+        if (this.pullable.has(peer)) this.snapshots?.want(peer)
         setTimeout(() => { this.heartbeat() }, 1000).unref()
         return
       }
@@ -325,7 +333,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
         // safety net). A member meeting a newcomer that pulls publishes nothing (it pulls ours).
         this.joiningSince ??= Date.now()
         const joining = Date.now() - this.joiningSince < JOIN_PUBLISH_MS
-        if (!this.pullable.has(id) || joining) this.scheduleSnapshot(joining ? Math.max(20, this.lastSnapshotAt + JOIN_PUBLISH_GAP_MS - Date.now()) : 20)
+        if (this.notPulling.has(id) || joining) this.scheduleSnapshot(joining ? Math.max(20, this.lastSnapshotAt + JOIN_PUBLISH_GAP_MS - Date.now()) : 20)
       }
     })
 
@@ -465,8 +473,12 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private onIdentified (id: string, protocols: string[]): void {
     if (!protocols.includes(SNAPSHOT_PROTOCOL)) {
       this.pullable.delete(id)
+      // It does not pull: it is sent ours on the topic (it subscribed, or is sent it when it does).
+      if (!this.notPulling.has(id)) this.scheduleSnapshot(20)
+      this.notPulling.add(id)
       return
     }
+    this.notPulling.delete(id)
     this.pullable.add(id)
     if (this.opts.trust != null && !this.opts.trust.isMember(id)) return
     // An id two processes run as is ambiguous: a pull would take whichever process libp2p picks
@@ -665,7 +677,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     if (wasNew) {
       this.emit('peer:addresses', rec)
       // A peer we just met lacks our snapshot: one that pulls takes it on identify; others are sent it.
-      if (!this.pullable.has(from)) this.scheduleSnapshot(20)
+      if (this.notPulling.has(from)) this.scheduleSnapshot(20)
     }
   }
 
@@ -727,6 +739,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private evict (id: string): void {
     this.table.delete(id)
     this.missing.delete(id)
+    this.pullable.delete(id)
+    this.notPulling.delete(id)
     this.redialer?.forget(id, DEAD_PEER_REDIAL_MS)
     this.stats.work.evicted++
   }

@@ -77,15 +77,15 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private joiningSince?: number
   /** Pulls of members' snapshots, and answers to theirs (`/shepherd/snapshot/1.0.0`). */
   private snapshots?: SnapshotExchange
-  /** Peers whose identify listed the snapshot protocol: they pull ours, and we pull theirs, instead of publishes to everyone. */
-  private readonly pullable = new Set<string>()
   /**
-   * Peers whose identify listed no snapshot protocol (older nodes): only these are sent our
-   * snapshot on the topic when they subscribe or are met. A peer not identified yet is neither:
-   * its subscription often arrives first, and publishing then made every member publish to every
-   * member on each join again (88 snapshots from one node of a 48-node ramp in 8 minutes).
+   * What each identified peer's identify said: `true`, it lists the snapshot protocol (it pulls
+   * ours and we pull its, instead of publishes to everyone); `false`, it does not (an older node:
+   * only these are sent our snapshot on the topic when they subscribe or are met). A peer not
+   * identified yet is absent: its subscription often arrives first, and publishing then made every
+   * member publish to every member on each join again (88 snapshots from one node of a 48-node
+   * ramp in 8 minutes).
    */
-  private readonly notPulling = new Set<string>()
+  private readonly pulls = new Map<string, boolean>()
   private lastPublishedVersion = -1
   private lastPublishedConnections = -1
 
@@ -268,9 +268,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (connected) this.swim?.add(peer)
       this.heartbeat()
       // Each side pulls the other's snapshot; one that does not pull is sent ours on the topic.
-      if (connected && !this.notPulling.has(peer)) {
+      if (connected && this.pulls.get(peer) !== false) {
         // Not identified yet: onIdentified pulls once it is.
-        if (this.pullable.has(peer)) this.snapshots?.want(peer)
+        if (this.pulls.get(peer) === true) this.snapshots?.want(peer)
         setTimeout(() => { this.heartbeat() }, 1000).unref()
         return
       }
@@ -333,7 +333,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
         // safety net). A member meeting a newcomer that pulls publishes nothing (it pulls ours).
         this.joiningSince ??= Date.now()
         const joining = Date.now() - this.joiningSince < JOIN_PUBLISH_MS
-        if (this.notPulling.has(id) || joining) this.scheduleSnapshot(joining ? Math.max(20, this.lastSnapshotAt + JOIN_PUBLISH_GAP_MS - Date.now()) : 20)
+        if (this.pulls.get(id) === false || joining) this.scheduleSnapshot(joining ? Math.max(20, this.lastSnapshotAt + JOIN_PUBLISH_GAP_MS - Date.now()) : 20)
       }
     })
 
@@ -472,14 +472,12 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
    */
   private onIdentified (id: string, protocols: string[]): void {
     if (!protocols.includes(SNAPSHOT_PROTOCOL)) {
-      this.pullable.delete(id)
       // It does not pull: it is sent ours on the topic (it subscribed, or is sent it when it does).
-      if (!this.notPulling.has(id)) this.scheduleSnapshot(20)
-      this.notPulling.add(id)
+      if (this.pulls.get(id) !== false) this.scheduleSnapshot(20)
+      this.pulls.set(id, false)
       return
     }
-    this.notPulling.delete(id)
-    this.pullable.add(id)
+    this.pulls.set(id, true)
     if (this.opts.trust != null && !this.opts.trust.isMember(id)) return
     // An id two processes run as is ambiguous: a pull would take whichever process libp2p picks
     // (its name, its incarnation, so the other's messages then look stale). Pulled once it clears.
@@ -526,7 +524,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (now - m.since < this.opts.heartbeatMs / 2 || now - m.askedAt < 2 * this.opts.heartbeatMs) continue
       const rec = this.table.get(id)
       if (rec == null || rec.status === 'dead' || rec.status === 'left') { this.missing.delete(id); continue }
-      if (this.pullable.has(id) && rec.connected) continue
+      if (this.pulls.get(id) === true && rec.connected) continue
       m.askedAt = now
       out.push(id)
     }
@@ -677,7 +675,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     if (wasNew) {
       this.emit('peer:addresses', rec)
       // A peer we just met lacks our snapshot: one that pulls takes it on identify; others are sent it.
-      if (this.notPulling.has(from)) this.scheduleSnapshot(20)
+      if (this.pulls.get(from) === false) this.scheduleSnapshot(20)
     }
   }
 
@@ -728,7 +726,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private pullMissing (now: number): void {
     if (this.snapshots == null) return
     for (const [id, m] of this.missing) {
-      if (now - m.since < PULL_AFTER_MS || now - m.askedAt < 2 * this.opts.heartbeatMs || !this.pullable.has(id)) continue
+      if (now - m.since < PULL_AFTER_MS || now - m.askedAt < 2 * this.opts.heartbeatMs || this.pulls.get(id) !== true) continue
       if (this.table.get(id)?.connected !== true || this.snapshots.pending(id) || this.duplicateIdentity(id) != null) continue
       m.askedAt = now
       this.snapshots.want(id)
@@ -739,8 +737,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private evict (id: string): void {
     this.table.delete(id)
     this.missing.delete(id)
-    this.pullable.delete(id)
-    this.notPulling.delete(id)
+    this.pulls.delete(id)
     this.redialer?.forget(id, DEAD_PEER_REDIAL_MS)
     this.stats.work.evicted++
   }

@@ -1,4 +1,5 @@
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from '../p2p/index.js'
 import type { ModelFile, NodeResources } from './resources/index.js'
 import type { Deployment } from './deployments.js'
 import { TRANSFER_ROWS_SCHEMA, type TransferRow } from './transfers.js'
@@ -132,7 +133,7 @@ let validator: ValidateFunction<NodeSnapshot> | undefined
 
 /** Validates a peer's snapshot content at the boundary; compiled once. */
 export function isNodeSnapshot (data: unknown): data is NodeSnapshot {
-  validator ??= new Ajv({ allErrors: false }).compile<NodeSnapshot>(schema)
+  validator ??= compileSchema<NodeSnapshot>(schema)
   return validator(data)
 }
 

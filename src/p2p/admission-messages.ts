@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from './schemas.js'
 import type { PrivateKey } from '@libp2p/interface'
 import { canonicalJson, signObject, verifyObject } from './signing.js'
 import { stripControl } from './text.js'
@@ -95,10 +96,9 @@ const responseSchema = {
   ]
 }
 
-const ajv = new Ajv({ allErrors: false, strict: false })
-const validStatement: ValidateFunction<Statement> = ajv.compile(statementSchema)
-const validRequest: ValidateFunction<AdmissionRequest> = ajv.compile(requestSchema)
-const validResponse: ValidateFunction<AdmissionResponse> = ajv.compile(responseSchema)
+const validStatement: ValidateFunction<Statement> = compileSchema(statementSchema, { strict: false })
+const validRequest: ValidateFunction<AdmissionRequest> = compileSchema(requestSchema, { strict: false })
+const validResponse: ValidateFunction<AdmissionResponse> = compileSchema(responseSchema, { strict: false })
 
 export function isStatement (x: unknown): x is Statement {
   return validStatement(x) && (x.t !== 'found' || x.subject === x.issuer)

@@ -5,7 +5,8 @@
  * into the stream and no encoding.
  */
 import type { Stream } from '@libp2p/interface'
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from './schemas.js'
 import { WireError } from '../errors.js'
 
 /**
@@ -107,8 +108,7 @@ const controlSchema = {
 let validators: { req: ValidateFunction<BlobRequestFrame>, ctl: ValidateFunction<BlobControlFrame> } | undefined
 function compiled (): NonNullable<typeof validators> {
   if (validators == null) {
-    const ajv = new Ajv({ allErrors: false })
-    validators = { req: ajv.compile<BlobRequestFrame>(requestSchema), ctl: ajv.compile<BlobControlFrame>(controlSchema) }
+    validators = { req: compileSchema<BlobRequestFrame>(requestSchema), ctl: compileSchema<BlobControlFrame>(controlSchema) }
   }
   return validators
 }

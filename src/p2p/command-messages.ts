@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from './schemas.js'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { MAX_NAME_LENGTH } from './constants.js'
@@ -156,11 +157,10 @@ const responseSchema = {
 let validators: { env: ValidateFunction<CommandEnvelope>, res: ValidateFunction<CommandResponseFrame>, result: ValidateFunction<SignedResult> } | undefined
 function compiled (): NonNullable<typeof validators> {
   if (validators == null) {
-    const ajv = new Ajv({ allErrors: false })
     validators = {
-      env: ajv.compile<CommandEnvelope>(envelopeSchema),
-      res: ajv.compile<CommandResponseFrame>(responseSchema),
-      result: ajv.compile<SignedResult>(resultSchema)
+      env: compileSchema<CommandEnvelope>(envelopeSchema),
+      res: compileSchema<CommandResponseFrame>(responseSchema),
+      result: compileSchema<SignedResult>(resultSchema)
     }
   }
   return validators

@@ -41,6 +41,7 @@ export { ADMISSION_PROTOCOL, MAX_LEDGER_STATEMENTS, cleanName, signStatement, st
 export { replay, applyStatements, adoption, withValidSignatures, type LedgerState, type MemberInfo } from './ledger.js'
 export { createInvite, decodeInvite, checkInvite, MAX_INVITE_TTL_MS, type InviteToken } from './invite.js'
 export { PendingPeers, MAX_PENDING_PEERS, type PendingPeer } from './pending-peers.js'
+export { compileSchema } from './schemas.js'
 export { generateSwarmKey, readSwarmKey, SwarmKeyError } from './swarm-key.js'
 export { stripControl, stripControlDeep, hasControl } from './text.js'
 export {

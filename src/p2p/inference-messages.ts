@@ -18,7 +18,8 @@
  * typed call above (src/node/inference-call.ts) is mapped to and from {@link RelayRequest}.
  */
 import { isUtf8 } from 'node:buffer'
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from './schemas.js'
 import { WireError } from '../errors.js'
 import { INFERENCE_VERSION, MAX_INFERENCE_BODY_BYTES, MAX_INFERENCE_HEAD_BYTES } from './constants.js'
 
@@ -131,8 +132,7 @@ interface Validators {
 let validators: Validators | undefined
 function compiled (): Validators {
   validators ??= (() => {
-    const ajv = new Ajv({ allErrors: false })
-    return { call: ajv.compile<CallHead>(callSchema), error: ajv.compile(errorSchema), head: ajv.compile(headSchema) }
+    return { call: compileSchema<CallHead>(callSchema), error: compileSchema(errorSchema), head: compileSchema(headSchema) }
   })()
   return validators
 }

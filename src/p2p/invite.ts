@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { Ajv } from 'ajv'
+import { compileSchema } from './schemas.js'
 import type { PrivateKey } from '@libp2p/interface'
 import { INVITE_DOMAIN } from './admission-messages.js'
 import { signObject, verifyObject } from './signing.js'
@@ -28,7 +28,7 @@ export interface InviteToken {
   raw: string
 }
 
-const validToken = new Ajv({ strict: false }).compile({
+const validToken = compileSchema<unknown>({
   type: 'object',
   additionalProperties: false,
   required: ['v', 'mesh', 'inviter', 'addrs', 'secret', 'expiresAt', 'sig'],
@@ -41,7 +41,7 @@ const validToken = new Ajv({ strict: false }).compile({
     expiresAt: { type: 'integer', minimum: 0 },
     sig: { type: 'string', maxLength: 88 }
   }
-})
+}, { strict: false })
 
 /** A new invite from `inviter` (whose key signs it) to `mesh`, valid for `ttlMs`. */
 export async function createInvite (key: PrivateKey, opts: { mesh: string, inviter: string, addrs: string[], ttlMs: number, now?: number }): Promise<string> {

@@ -1,4 +1,5 @@
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from './schemas.js'
 import { MAX_ADDRS, MAX_GROUPS, MAX_MEMBERSHIP_MESSAGE_BYTES, MAX_NAME_LENGTH, MEMBERSHIP_VERSION } from './constants.js'
 import { MAX_WANTS } from './membership-limits.js'
 
@@ -109,7 +110,7 @@ const schema = {
 
 let validator: ValidateFunction<MembershipMessage> | undefined
 function validate (): ValidateFunction<MembershipMessage> {
-  validator ??= new Ajv({ allErrors: false }).compile<MembershipMessage>(schema)
+  validator ??= compileSchema<MembershipMessage>(schema)
   return validator
 }
 

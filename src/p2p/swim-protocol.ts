@@ -1,4 +1,5 @@
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from './schemas.js'
 import type { SwimMessage, SwimStatus, SwimUpdate } from './swim.js'
 import { lead, load } from './messages.js'
 
@@ -99,7 +100,7 @@ const frameSchema = {
 
 let validator: ValidateFunction<SwimFrame> | undefined
 function validate (): ValidateFunction<SwimFrame> {
-  validator ??= new Ajv({ allErrors: false }).compile<SwimFrame>(frameSchema)
+  validator ??= compileSchema<SwimFrame>(frameSchema)
   return validator
 }
 

@@ -1,4 +1,5 @@
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from './schemas.js'
 import type { PrivateKey } from '@libp2p/interface'
 import { MAX_NAME_LENGTH } from './constants.js'
 import { signObject, verifyObject } from './signing.js'
@@ -110,8 +111,7 @@ const responseSchema = {
 let validators: { req: ValidateFunction<VoteRequestFrame>, res: ValidateFunction<VoteResponseFrame>, cert: ValidateFunction<LeaderCertificate> } | undefined
 function v (): NonNullable<typeof validators> {
   if (validators == null) {
-    const ajv = new Ajv({ allErrors: false })
-    validators = { req: ajv.compile<VoteRequestFrame>(requestSchema), res: ajv.compile<VoteResponseFrame>(responseSchema), cert: ajv.compile<LeaderCertificate>(certSchema) }
+    validators = { req: compileSchema<VoteRequestFrame>(requestSchema), res: compileSchema<VoteResponseFrame>(responseSchema), cert: compileSchema<LeaderCertificate>(certSchema) }
   }
   return validators
 }

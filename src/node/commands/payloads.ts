@@ -1,4 +1,5 @@
-import { Ajv, type ValidateFunction } from 'ajv'
+import type { ValidateFunction } from 'ajv'
+import { compileSchema } from '../../p2p/index.js'
 import type { CommandType } from '../../p2p/index.js'
 
 /**
@@ -203,8 +204,7 @@ function setting (key: typeof UPDATABLE_CONFIG_KEYS[number], value: object): obj
 let validators: Record<CommandType, ValidateFunction> | undefined
 function compiled (): Record<CommandType, ValidateFunction> {
   if (validators == null) {
-    const ajv = new Ajv({ allErrors: false, discriminator: true })
-    validators = Object.fromEntries(Object.entries(schemas).map(([type, schema]) => [type, ajv.compile(schema)])) as Record<CommandType, ValidateFunction>
+    validators = Object.fromEntries(Object.entries(schemas).map(([type, schema]) => [type, compileSchema(schema)])) as Record<CommandType, ValidateFunction>
   }
   return validators
 }

@@ -21,6 +21,7 @@ import { RpcTunnelService } from './rpc-tunnel.js'
 import { SNAPSHOT_PROTOCOL, SnapshotExchange } from './snapshot-exchange.js'
 import { reachableAddresses } from './addresses.js'
 import { MAX_CLOCK_SKEW_MS, MAX_WANTS, MIN_SNAPSHOT_GAP_MS } from './membership-limits.js'
+import { MemberExchange, MEMBERS_PROTOCOL, MEMBER_EXCHANGE_BASE_MS, exchangeIntervalMs, type MemberEntry, type MemberExchangeStats } from './member-exchange.js'
 import { GossipGate } from './gossip-gate.js'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import { ConnectionListenAddrs, DuplicateIdentityDetector, type DuplicateIdentity, type Observation } from './duplicate-identity.js'
@@ -31,13 +32,16 @@ const DEAD_PEER_REDIAL_MS = 30_000
  * A newcomer heard of only through gossip is sent our snapshot (so it can dial us) if our own dial
  * has not reached it by then. Sent at once, every member did so for every join (N² deliveries).
  */
-const HINT_GREETING_MS = 3000
 /** A snapshot advertised and missing this long is pulled (it may still be on its way by gossip). */
 const PULL_AFTER_MS = 250
 /** How long after meeting its first peer a node still publishes its snapshot as it meets others. */
 const JOIN_PUBLISH_MS = 10_000
 /** Least time between those publications (a newcomer meets a 48-node mesh within a few seconds). */
 const JOIN_PUBLISH_GAP_MS = 1000
+/** Member exchanges a joining node starts as it meets its first peers. */
+const JOIN_EXCHANGES = 2
+/** Dial hints one member list may add. */
+const MAX_HINTS_PER_EXCHANGE = 64
 
 export type { MeshOptions, MeshStats, MeshEvents } from './mesh-types.js'
 
@@ -86,6 +90,19 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
    * ramp in 8 minutes).
    */
   private readonly pulls = new Map<string, boolean>()
+  /**
+   * Peers with at least one open connection (libp2p's peer:connect / peer:disconnect). Every
+   * gossiped message asks whether its origin is connected: parsing the id (base58 and a key) for
+   * `getConnections` each time was 40 % of a 48-node mesh's bootstrap node, whose accept queue
+   * then filled and newcomers never met anyone.
+   */
+  private readonly connectedIds = new Set<string>()
+  /** Member-list anti-entropy (`/shepherd/members/1.0.0`), and the connected peers that speak it. */
+  private members?: MemberExchange
+  private readonly listsMembers = new Set<string>()
+  /** Exchanges this node started on meeting peers while it joins (its seed's list is the mesh). */
+  private joinExchanges = 0
+  private exchangeTimer?: NodeJS.Timeout
   private lastPublishedVersion = -1
   private lastPublishedConnections = -1
 
@@ -108,7 +125,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     super()
     this.gate = new GossipGate({
       selfId: () => this.peerId,
-      connected: id => this.host != null && this.host.getConnections(peerIdFromString(id)).length > 0,
+      connected: id => this.connectedIds.has(id),
       trust: opts.trust
     })
     this.log = createLogger('p2p:mesh')
@@ -239,6 +256,11 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     return r == null ? { targets: 0, hinted: 0, dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0 } : { ...r.size(), ...r.stats }
   }
 
+  /** Member-list exchanges run, failed, answered and refused (zero before start). */
+  memberStats (): MemberExchangeStats {
+    return { ...(this.members?.stats ?? { exchanged: 0, failures: 0, served: 0, refused: 0 }) }
+  }
+
   addresses (): string[] {
     return this.libp2p.getMultiaddrs().map(ma => ma.toString())
   }
@@ -264,7 +286,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     // A new member lacks our snapshot (we ignored each other until now). Gossipsub publishes to it
     // once its score is recomputed (within a gossip heartbeat, 700 ms): send again after that.
     o.trust?.on('member', peer => {
-      const connected = host.getConnections(peerIdFromString(peer)).length > 0
+      const connected = this.connectedIds.has(peer)
       if (connected) this.swim?.add(peer)
       this.heartbeat()
       // Each side pulls the other's snapshot; one that does not pull is sent ours on the topic.
@@ -343,8 +365,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       if (this.redialer?.addDiscovered(id.toString(), multiaddrs.map(m => m.toString())) !== true) return
       if (host.getConnections(id).length === 0) this.redialer?.dialNow(id.toString())
     })
-    host.addEventListener('peer:connect', evt => { this.onConnect(evt.detail) })
-    host.addEventListener('peer:disconnect', evt => { this.onDisconnect(evt.detail) })
+    host.addEventListener('peer:connect', evt => { this.connectedIds.add(evt.detail.toString()); this.onConnect(evt.detail) })
+    host.addEventListener('peer:disconnect', evt => { this.connectedIds.delete(evt.detail.toString()); this.onDisconnect(evt.detail) })
     host.addEventListener('connection:close', evt => { this.connectionAddrs.closed(evt.detail.id) })
     host.addEventListener('peer:identify', evt => {
       const id = evt.detail.peerId.toString()
@@ -391,6 +413,15 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     })
     await this.snapshots.start()
 
+    this.members = new MemberExchange(host, {
+      list: () => this.memberList(),
+      onMembers: (from, entries) => { this.onMemberList(from, entries) },
+      isMember: id => o.trust == null || o.trust.isMember(id),
+      onViolation: (peer, reason) => { this.emit('wire:violation', peer, MEMBERS_PROTOCOL, reason) }
+    })
+    await this.members.start()
+    this.scheduleExchange()
+
     if (o.membership === 'swim') await this.startSwim(host)
 
     const tickMs = Math.max(50, Math.min(250, Math.floor(o.heartbeatMs / 4)))
@@ -400,10 +431,11 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     this.timers.push(setInterval(() => { this.tick() }, tickMs))
     // A safety net, idle in a settled mesh: snapshots go out on change (and when a peer asks for
     // one it missed, `want`), not to everyone every period. Again here only when a change was not
-    // published or this node's connections changed since (a newcomer is still being met: a peer
-    // that missed its relayed snapshot, so never dialed it, gets another chance).
+    // published; with flooded heartbeats also when this node's connections changed since (a
+    // newcomer is still being met). With SWIM, member exchanges introduce newcomers instead: a
+    // re-publish reaches every node, and in a 48-node ramp each node published 240 of them.
     this.timers.push(setInterval(() => {
-      if (this.opts.snapshotVersion() !== this.lastPublishedVersion || this.connectionCount() !== this.lastPublishedConnections) this.scheduleSnapshot(0)
+      if (this.opts.snapshotVersion() !== this.lastPublishedVersion || (this.swim == null && this.connectionCount() !== this.lastPublishedConnections)) this.scheduleSnapshot(0)
     }, o.snapshotIntervalMs))
     // With SWIM, round trips come from its acks: pinging every peer would grow with the mesh.
     if (this.swim == null) this.timers.push(setInterval(() => { void this.probeRtt() }, o.pingIntervalMs))
@@ -418,6 +450,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     for (const t of this.timers) clearInterval(t)
     clearTimeout(this.snapshotDebounce)
     this.redialer?.stop()
+    clearTimeout(this.exchangeTimer)
+    await this.members?.stop()
     await this.snapshots?.stop()
     await this.swim?.stop({ leave: opts.announce !== false })
     await this.inferenceService?.stop()
@@ -471,6 +505,16 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
    * pulls it), and its own is pulled now when this node lacks it.
    */
   private onIdentified (id: string, protocols: string[]): void {
+    if (protocols.includes(MEMBERS_PROTOCOL)) {
+      this.listsMembers.add(id)
+      // memberlist's push-pull on join: a newcomer learns the whole mesh from its first peers.
+      if (this.joinExchanges < JOIN_EXCHANGES && (this.opts.trust == null || this.opts.trust.isMember(id))) {
+        this.joinExchanges++
+        void this.members?.exchange(id)
+      }
+    } else {
+      this.listsMembers.delete(id)
+    }
     if (!protocols.includes(SNAPSHOT_PROTOCOL)) {
       // It does not pull: it is sent ours on the topic (it subscribed, or is sent it when it does).
       if (this.pulls.get(id) !== false) this.scheduleSnapshot(20)
@@ -636,7 +680,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
       res.record.addresses = this.host.getConnections(peerIdFromString(from)).map(c => c.remoteAddr.toString())
     }
     this.lastHeardAt = now
-    res.record.connected = this.host != null && this.host.getConnections(peerIdFromString(from)).length > 0
+    res.record.connected = this.connectedIds.has(from)
     // A timestamp ahead of our clock by more than the skew allowed is clamped (it is informational only).
     if (msg.t === 'hb') this.stats.heartbeatDelay.push(now - Math.min(msg.at, now + MAX_CLOCK_SKEW_MS))
     if (msg.load != null) res.record.load = { active: msg.load[0], queued: msg.load[1], at: now }
@@ -733,11 +777,56 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     }
   }
 
+  /** The next periodic member exchange, scaled with the mesh (memberlist's push-pull scale). */
+  private scheduleExchange (): void {
+    if (this.stopping) return
+    const ms = exchangeIntervalMs(MEMBER_EXCHANGE_BASE_MS, this.connectedIds.size + 1)
+    // Jittered, so nodes started together do not exchange in step.
+    this.exchangeTimer = setTimeout(() => {
+      const peers = [...this.listsMembers].filter(id => this.connectedIds.has(id))
+      if (peers.length > 0) void this.members?.exchange(peers[Math.floor(Math.random() * peers.length)])
+      this.scheduleExchange()
+    }, Math.round(ms * (0.75 + Math.random() / 2)))
+    this.exchangeTimer.unref()
+  }
+
+  /** What this node vouches for in a member exchange: itself and the members it is connected to. */
+  private memberList (): MemberEntry[] {
+    const out: MemberEntry[] = [[this.peerId, this.dialableAddresses()]]
+    for (const rec of this.table.list()) {
+      if (!this.connectedIds.has(rec.id) || (rec.status !== 'alive' && rec.status !== 'suspect')) continue
+      if (this.opts.trust != null && !this.opts.trust.isMember(rec.id)) continue
+      const addrs = reachableAddresses(rec.addresses)
+      if (addrs.length > 0) out.push([rec.id, addrs])
+    }
+    return out
+  }
+
+  /**
+   * A member's list: members this node is not connected to are dial hints (bounded, rate-limited
+   * and dropped after failed dials by the redialer; a connection is what verifies them).
+   */
+  private onMemberList (from: string, entries: MemberEntry[]): void {
+    if (this.redialer == null || this.stopping) return
+    let hinted = 0
+    for (const [id, addrs] of entries) {
+      if (hinted >= MAX_HINTS_PER_EXCHANGE) break
+      if (id === this.peerId || id === from || this.connectedIds.has(id)) continue
+      if (this.opts.trust != null && !this.opts.trust.allows(id)) continue
+      if (this.table.get(id)?.status === 'left') continue
+      if (this.redialer.addHint(id, addrs)) {
+        hinted++
+        this.redialer.dialSoon(id)
+      }
+    }
+  }
+
   /** Forgets a peer gone for longer than the TTL: its record and snapshot; a gossip-only redial target too. */
   private evict (id: string): void {
     this.table.delete(id)
     this.missing.delete(id)
     this.pulls.delete(id)
+    this.listsMembers.delete(id)
     this.redialer?.forget(id, DEAD_PEER_REDIAL_MS)
     this.stats.work.evicted++
   }
@@ -746,20 +835,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private hint (from: string, msg: MembershipMessage): void {
     if (this.redialer == null || this.stopping) return
     if (msg.t === 'snap') {
-      const known = this.redialer.has(from)
-      if (this.redialer.addHint(from, msg.addrs)) {
-        this.redialer.dialSoon(from)
-        // Let the newcomer hear of us too (our snapshot, relayed): it then dials us as well, and
-        // one dial of the two getting through is enough. A node that joined last, through a seed
-        // swamped with handshakes, once never met the others: their dials to it timed out, and
-        // nothing they published later named them to it.
-        // Only if our dial has not met it by then: a connection makes both sides pull instead.
-        if (!known) {
-          setTimeout(() => {
-            if (!this.stopping && this.host != null && this.host.getConnections(peerIdFromString(from)).length === 0) this.scheduleSnapshot(0)
-          }, HINT_GREETING_MS).unref()
-        }
-      }
+      // If our dial fails (a seed swamped with handshakes), the newcomer still hears of us: its
+      // member exchanges name us (this used to publish our snapshot to everyone for it).
+      if (this.redialer.addHint(from, msg.addrs)) this.redialer.dialSoon(from)
     } else if (msg.t === 'hb' && this.redialer.has(from)) {
       this.redialer.dialSoon(from)
     }
@@ -845,7 +923,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private refused (id: string): void {
     const rec = this.table.get(id)
     if (rec == null || rec.lastSeen === 0) return
-    if (this.host != null && this.host.getConnections(peerIdFromString(id)).length > 0) return
+    if (this.connectedIds.has(id)) return
     this.table.apply(rec, onRefused({ ...rec, connected: false }, Date.now()))
   }
 

@@ -28,10 +28,6 @@ import { ConnectionListenAddrs, DuplicateIdentityDetector, type DuplicateIdentit
 
 /** A peer met before and evicted is still redialed (it may restart), but at most this often. */
 const DEAD_PEER_REDIAL_MS = 30_000
-/**
- * A newcomer heard of only through gossip is sent our snapshot (so it can dial us) if our own dial
- * has not reached it by then. Sent at once, every member did so for every join (N² deliveries).
- */
 /** A snapshot advertised and missing this long is pulled (it may still be on its way by gossip). */
 const PULL_AFTER_MS = 250
 /** How long after meeting its first peer a node still publishes its snapshot as it meets others. */

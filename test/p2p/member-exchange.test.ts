@@ -11,17 +11,14 @@ import net from 'node:net'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { newHost, exchange } from '../support/fuzz-hosts.js'
-import { until } from '../support/fuzz-harness.js'
+import { concat, sleep, until, varint } from '../support/fuzz-harness.js'
 import type { Host } from '../../src/p2p/host.js'
 import { Mesh, createIdentity, peerIdOf } from '../../src/p2p/index.js'
 import { EXCHANGE_READ_TIMEOUT_MS, MAX_LISTED_MEMBERS, MEMBERS_PROTOCOL, MemberExchange, exchangeIntervalMs, isMembersFrame, type MemberEntry } from '../../src/p2p/member-exchange.js'
 
-const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 const frame = (x: unknown): Uint8Array => {
   const body = new TextEncoder().encode(JSON.stringify(x))
-  const len: number[] = []
-  for (let n = body.byteLength; ; n >>>= 7) { if (n < 0x80) { len.push(n); break } len.push((n & 0x7f) | 0x80) }
-  return new Uint8Array([...len, ...body])
+  return concat(varint(body.byteLength), body)
 }
 
 describe('member exchange: frames and scale', () => {

@@ -30,6 +30,14 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
     metric('shepherd_swim_rate_limited_total', 'counter', 'SWIM frames dropped: their sender went past the per-member frame rate.', [['', w.rateLimited]])
   }
   metric('shepherd_connections', 'gauge', 'Open libp2p connections.', [['', m.connections]])
+  const rd = m.redial
+  metric('shepherd_redial_targets', 'gauge', 'Peers the redialer keeps connected, by how it heard of them (hinted: through gossip or a member list only).',
+    [['{kind="known"}', rd.targets - rd.hinted], ['{kind="hinted"}', rd.hinted]])
+  metric('shepherd_redial_dials_total', 'counter', 'Dials the redialer made, by kind; hints refused (over the hinted cap) and dropped (unreachable).',
+    [['{kind="all"}', rd.dials], ['{kind="hint"}', rd.hintDials], ['{kind="hint_refused"}', rd.hintsRefused], ['{kind="hint_dropped"}', rd.hintsDropped]])
+  const mx = m.members
+  metric('shepherd_member_exchanges_total', 'counter', 'Member-list exchanges (/shepherd/members/1.0.0), by outcome.',
+    [['{outcome="exchanged"}', mx.exchanged], ['{outcome="failed"}', mx.failures], ['{outcome="served"}', mx.served], ['{outcome="refused"}', mx.refused]])
   const hb = g.heartbeatDelay
   lines.push('# HELP shepherd_heartbeat_delay_ms Heartbeat delivery delay: receiver clock minus sender clock at publish.', '# TYPE shepherd_heartbeat_delay_ms histogram')
   for (const [le, n] of hb.cumulative()) lines.push(`shepherd_heartbeat_delay_ms_bucket{le="${le}"} ${n}`)

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, peerIdOf, readSwarmKey, type DuplicateIdentity, type PeerRecord, type PeerStatus, type MeshStats, type SwimDriverStats, type TrustState } from '../p2p/index.js'
+import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, peerIdOf, readSwarmKey, type DuplicateIdentity, type PeerRecord, type PeerStatus, type MeshStats, type MemberExchangeStats, type RedialStats, type SwimDriverStats, type TrustState } from '../p2p/index.js'
 import type { NodeOptions } from '../config/index.js'
 import { createLogger } from '../logger.js'
 import { VERSION } from '../version.js'
@@ -67,6 +67,10 @@ export interface NodeMetrics {
   swim?: SwimDriverStats
   /** Open libp2p connections (bounded by `maxConnections`). */
   connections: number
+  /** Redial targets (those heard of only through gossip or member lists counted apart) and dials made. */
+  redial: RedialStats
+  /** Member-list exchanges (`/shepherd/members/1.0.0`) run, failed, answered and refused. */
+  members: MemberExchangeStats
   /** The inference relay: requests sent to peers (on reused or new streams), served for peers, idle pooled streams. */
   relay: { requested: number, reused: number, staleRetries: number, served: number, failed: number, violations: number, idleStreams: number }
   peersByStatus: Record<PeerStatus, number>
@@ -588,6 +592,8 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
       gossip: this.mesh.stats,
       ...(this.mesh.swimStats() != null ? { swim: this.mesh.swimStats() } : {}),
       connections: this.mesh.libp2p.getConnections().length,
+      redial: this.mesh.redialStats(),
+      members: this.mesh.memberStats(),
       relay: { ...inference.stats, idleStreams: inference.pool.idleCount() },
       peersByStatus,
       snapshotVersion: this.snapshotVersion,

@@ -1,6 +1,10 @@
 import '../polyfill.js'
 // Private meshes' cipher (pnet → xsalsa20) crashed the process on large transfers: see the guard.
 import './xsalsa20-guard.js'
+// Window updates once half a stream's window is used, not after every frame: see the module.
+import './yamux-window.js'
+// `onDrain()` that waits for the next drain (the library's resolves at once after the first): see the module.
+import './stream-drain.js'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub } from '@libp2p/gossipsub'

@@ -10,6 +10,8 @@ export {
   type SwimState, type SwimEvent, type SwimAction, type SwimMessage, type SwimConfig, type SwimUpdate, type SwimStatus
 } from './swim.js'
 export { SwimDriver, type SwimDriverOptions, type SwimDriverStats } from './swim-driver.js'
+export type { MemberExchangeStats } from './member-exchange.js'
+export type { RedialStats } from './redialer.js'
 export { SWIM_PROTOCOL, MAX_SWIM_FRAME_BYTES, isSwimFrame, screenUpdates, type SwimFrame } from './swim-protocol.js'
 export { simulate as simulateSwim, type SimOptions as SwimSimOptions, type SimResult as SwimSimResult } from './swim-sim.js'
 export { decodeMembership, encodeMembership, type MembershipMessage, type DropReason } from './messages.js'

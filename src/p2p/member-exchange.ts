@@ -38,6 +38,15 @@ const MAX_ADDR_CHARS = 256
 const MAX_FRAME_BYTES = 1024 * 1024
 /** Periodic exchanges run this often with up to 32 members (memberlist's LAN push-pull is 30 s; a newcomer missed by one is met within this). */
 export const MEMBER_EXCHANGE_BASE_MS = 10_000
+/**
+ * Period of exchanges while they still teach this node members it lacked (it is joining, or a
+ * newcomer's dial to it failed while the host was busy): a missed introduction is repaired in
+ * seconds, not at the next scaled period (20 s at 48 members). A settled mesh's lists teach
+ * nothing, so it costs nothing there.
+ */
+export const MEMBER_EXCHANGE_FAST_MS = 2_000
+/** How long exchanges stay fast after the last list that named a member this node lacked. */
+export const MEMBER_EXCHANGE_FAST_WINDOW_MS = 20_000
 export const EXCHANGE_READ_TIMEOUT_MS = 2000
 const EXCHANGE_TIMEOUT_MS = 5000
 const EXCHANGES_PER_SEC = 0.5
@@ -82,6 +91,11 @@ export function isMembersFrame (x: unknown): x is MembersFrame {
 export function exchangeIntervalMs (baseMs: number, members: number): number {
   if (members <= 32) return baseMs
   return baseMs * (Math.ceil(Math.log2(members) - Math.log2(32)) + 1)
+}
+
+/** The next exchange's delay: fast while lists still teach (`fastUntil` ahead of `now`), else scaled. */
+export function nextExchangeMs (now: number, fastUntil: number, members: number, baseMs = MEMBER_EXCHANGE_BASE_MS): number {
+  return now < fastUntil ? MEMBER_EXCHANGE_FAST_MS : exchangeIntervalMs(baseMs, members)
 }
 
 export interface MemberExchangeDeps {

@@ -13,7 +13,7 @@ import type { SwimStatus } from './swim.js'
 import type { SwimDriver, SwimDriverStats } from './swim-driver.js'
 import { SWIM_PROTOCOL } from './swim-protocol.js'
 import { startMeshSwim } from './mesh-swim.js'
-import { Redialer } from './redialer.js'
+import { Redialer, type RedialStats } from './redialer.js'
 import { InferenceService } from './inference.js'
 import { CommandService } from './command-protocol.js'
 import { BlobService } from './blob-protocol.js'
@@ -21,7 +21,7 @@ import { RpcTunnelService } from './rpc-tunnel.js'
 import { SNAPSHOT_PROTOCOL, SnapshotExchange } from './snapshot-exchange.js'
 import { reachableAddresses } from './addresses.js'
 import { MAX_CLOCK_SKEW_MS, MAX_WANTS, MIN_SNAPSHOT_GAP_MS } from './membership-limits.js'
-import { MemberExchange, MEMBERS_PROTOCOL, MEMBER_EXCHANGE_BASE_MS, exchangeIntervalMs, type MemberEntry, type MemberExchangeStats } from './member-exchange.js'
+import { MemberExchange, MEMBERS_PROTOCOL, MEMBER_EXCHANGE_FAST_MS, MEMBER_EXCHANGE_FAST_WINDOW_MS, nextExchangeMs, type MemberEntry, type MemberExchangeStats } from './member-exchange.js'
 import { GossipGate } from './gossip-gate.js'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import { ConnectionListenAddrs, DuplicateIdentityDetector, type DuplicateIdentity, type Observation } from './duplicate-identity.js'
@@ -99,6 +99,9 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   /** Exchanges this node started on meeting peers while it joins (its seed's list is the mesh). */
   private joinExchanges = 0
   private exchangeTimer?: NodeJS.Timeout
+  /** When the next exchange is due (the timer's), and until when exchanges run fast (see `MEMBER_EXCHANGE_FAST_MS`). */
+  private exchangeDueAt = 0
+  private exchangeFastUntil = 0
   private lastPublishedVersion = -1
   private lastPublishedConnections = -1
 
@@ -247,7 +250,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   }
 
   /** The redialer's targets (peers heard of only through gossip counted apart) and dials made. */
-  redialStats (): { targets: number, hinted: number, dials: number, hintDials: number, hintsRefused: number, hintsDropped: number } {
+  redialStats (): RedialStats {
     const r = this.redialer
     return r == null ? { targets: 0, hinted: 0, dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0 } : { ...r.size(), ...r.stats }
   }
@@ -776,13 +779,16 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   /** The next periodic member exchange, scaled with the mesh (memberlist's push-pull scale). */
   private scheduleExchange (): void {
     if (this.stopping) return
-    const ms = exchangeIntervalMs(MEMBER_EXCHANGE_BASE_MS, this.connectedIds.size + 1)
+    clearTimeout(this.exchangeTimer)
+    const now = Date.now()
+    const ms = Math.round(nextExchangeMs(now, this.exchangeFastUntil, this.connectedIds.size + 1) * (0.75 + Math.random() / 2))
+    this.exchangeDueAt = now + ms
     // Jittered, so nodes started together do not exchange in step.
     this.exchangeTimer = setTimeout(() => {
       const peers = [...this.listsMembers].filter(id => this.connectedIds.has(id))
       if (peers.length > 0) void this.members?.exchange(peers[Math.floor(Math.random() * peers.length)])
       this.scheduleExchange()
-    }, Math.round(ms * (0.75 + Math.random() / 2)))
+    }, ms)
     this.exchangeTimer.unref()
   }
 
@@ -805,15 +811,25 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private onMemberList (from: string, entries: MemberEntry[]): void {
     if (this.redialer == null || this.stopping) return
     let hinted = 0
+    let learned = 0
     for (const [id, addrs] of entries) {
       if (hinted >= MAX_HINTS_PER_EXCHANGE) break
       if (id === this.peerId || id === from || this.connectedIds.has(id)) continue
       if (this.opts.trust != null && !this.opts.trust.allows(id)) continue
       if (this.table.get(id)?.status === 'left') continue
+      const known = this.redialer.has(id)
       if (this.redialer.addHint(id, addrs)) {
         hinted++
+        if (!known) learned++
         this.redialer.dialSoon(id)
       }
+    }
+    // A member this node lacked (not even a dial target): its view is still incomplete, so the
+    // next exchanges come fast, with random members, until lists stop teaching it anything.
+    if (learned > 0) {
+      const now = Date.now()
+      this.exchangeFastUntil = now + MEMBER_EXCHANGE_FAST_WINDOW_MS
+      if (this.exchangeTimer != null && this.exchangeDueAt - now > MEMBER_EXCHANGE_FAST_MS) this.scheduleExchange()
     }
   }
 

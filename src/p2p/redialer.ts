@@ -55,6 +55,9 @@ export function isRefused (err: unknown): boolean {
   return walk(err, 0)
 }
 
+/** The redialer's targets (those heard of only through gossip or member lists counted apart as `hinted`) and its dials. */
+export interface RedialStats { targets: number, hinted: number, dials: number, hintDials: number, hintsRefused: number, hintsDropped: number }
+
 /**
  * Keeps the mesh connected: dials bootstrap addresses and known peers that are not connected,
  * with exponential backoff between `minMs` and `maxMs` (seed 000's 1, 2, 4 ... s, but faster).

@@ -84,6 +84,12 @@ describe('mesh of three nodes on loopback', () => {
     assert.match(text, /^shepherd_peers\{status="alive"\} 2$/m)
     assert.match(text, /^process_resident_memory_bytes \d+$/m)
     assert.match(text, /^shepherd_connections [1-9]\d*$/m)
+    // The peers it keeps connected, and the member lists it swapped with them (joining or serving).
+    assert.match(text, /^shepherd_redial_targets\{kind="known"\} [1-9]\d*$/m)
+    assert.match(text, /^shepherd_redial_dials_total\{kind="hint_dropped"\} 0$/m)
+    const exchanges = (outcome: string): number => Number(new RegExp(`^shepherd_member_exchanges_total\\{outcome="${outcome}"\\} (\\d+)$`, 'm').exec(text)?.[1])
+    assert.ok(exchanges('exchanged') + exchanges('served') > 0, 'member lists were swapped')
+    assert.equal(exchanges('refused'), 0)
   })
 
   it('detects kill -9 within 3 s, silent loss (SIGSTOP) within 5 s, and a restart within 2 s', async () => {

@@ -14,7 +14,7 @@ import { newHost, exchange } from '../support/fuzz-hosts.js'
 import { concat, sleep, until, varint } from '../support/fuzz-harness.js'
 import type { Host } from '../../src/p2p/host.js'
 import { Mesh, createIdentity, peerIdOf } from '../../src/p2p/index.js'
-import { EXCHANGE_READ_TIMEOUT_MS, MAX_LISTED_MEMBERS, MEMBERS_PROTOCOL, MemberExchange, exchangeIntervalMs, isMembersFrame, type MemberEntry } from '../../src/p2p/member-exchange.js'
+import { EXCHANGE_READ_TIMEOUT_MS, MAX_LISTED_MEMBERS, MEMBERS_PROTOCOL, MemberExchange, MEMBER_EXCHANGE_FAST_MS, exchangeIntervalMs, isMembersFrame, nextExchangeMs, type MemberEntry } from '../../src/p2p/member-exchange.js'
 
 const frame = (x: unknown): Uint8Array => {
   const body = new TextEncoder().encode(JSON.stringify(x))
@@ -38,6 +38,13 @@ describe('member exchange: frames and scale', () => {
     assert.equal(exchangeIntervalMs(10_000, 48), 20_000)
     assert.equal(exchangeIntervalMs(10_000, 64), 20_000)
     assert.equal(exchangeIntervalMs(10_000, 1000), 60_000)
+  })
+
+  it('runs fast while lists still teach this node members it lacked, then at the scaled period', () => {
+    const now = 1_000_000
+    assert.equal(nextExchangeMs(now, now + 1, 48), MEMBER_EXCHANGE_FAST_MS)
+    assert.equal(nextExchangeMs(now, now, 48), 20_000)
+    assert.equal(nextExchangeMs(now, 0, 4), 10_000)
   })
 })
 

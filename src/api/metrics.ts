@@ -29,6 +29,11 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
     metric('shepherd_swim_links_opened_total', 'counter', 'SWIM links (one long-lived stream per pair of members) opened, either way.', [['', w.linksOpened]])
     metric('shepherd_swim_rate_limited_total', 'counter', 'SWIM frames dropped: their sender went past the per-member frame rate.', [['', w.rateLimited]])
   }
+  if (m.swimHealth != null) {
+    const h = m.swimHealth
+    metric('shepherd_swim_local_health', 'gauge', 'Lifeguard awareness: SWIM probe timing is stretched by it plus one while this node seems to be the slow one.', [['', h.awareness]])
+    if (h.srttMs != null) metric('shepherd_swim_rtt_ms', 'gauge', 'Smoothed round trip of direct SWIM acks (ms).', [['', h.srttMs]])
+  }
   metric('shepherd_connections', 'gauge', 'Open libp2p connections.', [['', m.connections]])
   const rd = m.redial
   metric('shepherd_redial_targets', 'gauge', 'Peers the redialer keeps connected, by how it heard of them (hinted: through gossip or a member list only).',

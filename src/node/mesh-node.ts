@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, peerIdOf, readSwarmKey, type DuplicateIdentity, type PeerRecord, type PeerStatus, type MeshStats, type MemberExchangeStats, type RedialStats, type SwimDriverStats, type TrustState } from '../p2p/index.js'
+import { INFERENCE_PROTOCOL, Mesh, TrustPolicy, peerIdOf, readSwarmKey, type DuplicateIdentity, type PeerRecord, type PeerStatus, type MeshStats, type MemberExchangeStats, type RedialStats, type SwimDriverStats, type SwimHealth, type TrustState } from '../p2p/index.js'
 import type { NodeOptions } from '../config/index.js'
 import { createLogger } from '../logger.js'
 import { VERSION } from '../version.js'
@@ -65,6 +65,8 @@ export interface NodeMetrics {
   gossip: MeshStats
   /** SWIM failure detection's frame counters; absent with `--membership flood`. */
   swim?: SwimDriverStats
+  /** SWIM's local health: Lifeguard awareness and the smoothed round trip of its probes' acks. */
+  swimHealth?: SwimHealth
   /** Open libp2p connections (bounded by `maxConnections`). */
   connections: number
   /** Redial targets (those heard of only through gossip or member lists counted apart) and dials made. */
@@ -591,6 +593,7 @@ export class MeshNode extends EventEmitter<MeshNodeEvents> {
     return {
       gossip: this.mesh.stats,
       ...(this.mesh.swimStats() != null ? { swim: this.mesh.swimStats() } : {}),
+      ...(this.mesh.swimHealth() != null ? { swimHealth: this.mesh.swimHealth() } : {}),
       connections: this.mesh.libp2p.getConnections().length,
       redial: this.mesh.redialStats(),
       members: this.mesh.memberStats(),

@@ -9,7 +9,7 @@ export {
   initSwim, step as swimStep, nextDeadline as swimDeadline, memberOf as swimMember, SWIM_LAN_DEFAULTS,
   type SwimState, type SwimEvent, type SwimAction, type SwimMessage, type SwimConfig, type SwimUpdate, type SwimStatus
 } from './swim.js'
-export { SwimDriver, type SwimDriverOptions, type SwimDriverStats } from './swim-driver.js'
+export { SwimDriver, type SwimDriverOptions, type SwimDriverStats, type SwimHealth } from './swim-driver.js'
 export type { MemberExchangeStats } from './member-exchange.js'
 export type { RedialStats } from './redialer.js'
 export { SWIM_PROTOCOL, MAX_SWIM_FRAME_BYTES, isSwimFrame, screenUpdates, type SwimFrame } from './swim-protocol.js'

@@ -10,7 +10,7 @@ import { DelayHistogram } from './delay-histogram.js'
 import { decodeMembership, encodeMembership, type MembershipMessage } from './messages.js'
 import { DEAD_PEER_TTL_MS, shouldEvict, PeerTable, onDisconnected, onHeard, onLeave, onRefused, onSilence, onTick, type PeerRecord } from './membership.js'
 import type { SwimStatus } from './swim.js'
-import type { SwimDriver, SwimDriverStats } from './swim-driver.js'
+import type { SwimDriver, SwimDriverStats, SwimHealth } from './swim-driver.js'
 import { SWIM_PROTOCOL } from './swim-protocol.js'
 import { startMeshSwim } from './mesh-swim.js'
 import { Redialer, type RedialStats } from './redialer.js'
@@ -873,6 +873,11 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   /** SWIM's counters and its view of `id` (for tests and metrics); undefined without SWIM. */
   swimStats (): SwimDriverStats | undefined {
     return this.swim?.stats
+  }
+
+  /** SWIM's local health (Lifeguard awareness, smoothed round trip of acks); undefined without SWIM. */
+  swimHealth (): SwimHealth | undefined {
+    return this.swim?.health()
   }
 
   swimView (id: string): { inc: number, status: SwimStatus } | undefined {

@@ -54,6 +54,9 @@ export interface SwimDriverStats {
   rateLimited: number
 }
 
+/** See `SwimDriver.health`. */
+export interface SwimHealth { awareness: number, srttMs: number | null }
+
 /** A send failure that is the peer's own doing (gone, or not a SWIM speaker), not this node's link. */
 function saysNothingOfUs (err: unknown): boolean {
   const e = err as { name?: string, code?: string, message?: string } | undefined
@@ -160,6 +163,16 @@ export class SwimDriver {
   /** This node's view of `id`. */
   member (id: string): { inc: number, status: SwimStatus } | undefined {
     return this.state == null ? undefined : memberOf(this.state, id)
+  }
+
+  /**
+   * This node's local health: Lifeguard's awareness (its probe timing is stretched by it plus one)
+   * and the smoothed round trip of direct acks to its probes (null before the first).
+   */
+  health (): SwimHealth {
+    const s = this.state
+    if (s == null) return { awareness: 0, srttMs: null }
+    return { awareness: s.awareness, srttMs: s.rtt == null ? null : Math.round(s.rtt.srtt * 10) / 10 }
   }
 
   /** This node's own incarnation (raised by each refutation). */

@@ -116,6 +116,11 @@ export interface SwimState {
   /** Members not dead or gone, this node excluded: the `n` of the timeouts. */
   live: number
   awareness: number
+  /**
+   * Smoothed round trip of direct acks to this node's probes, and its variation (TCP's SRTT and
+   * RTTVAR, RFC 6298); null before the first ack. Reported (`/metrics`), not used for timing.
+   */
+  rtt: { srtt: number, rttvar: number } | null
   seq: number
   /** The probe cycle: a permutation of the probe space (start + i × stride mod size). */
   cycle: { start: number, stride: number, i: number, size: number }
@@ -144,6 +149,7 @@ export function initSwim (self: string, config: SwimConfig = SWIM_LAN_DEFAULTS, 
     members: new Map(),
     live: base.length - (selfInBase ? 1 : 0),
     awareness: 0,
+    rtt: null,
     seq: 0,
     cycle: { start: 0, stride: 1, i: 0, size: 0 },
     probe: null,
@@ -320,6 +326,9 @@ function receive (s: SwimState, from: string, msg: SwimMessage, now: number, out
       if (p != null && p.seq === msg.seq && !p.acked) {
         p.acked = true
         s.awareness = Math.max(0, s.awareness - 1)
+        // The target's own ack to the direct probe (a relayed one comes from the indirect prober),
+        // late or not: a round trip sample.
+        if (from === p.target) sampleRtt(s, now - p.sentAt)
       }
       break
     }
@@ -473,6 +482,16 @@ function randomMembers (s: SwimState, n: number, exclude: Set<string>): string[]
     out.push(id)
   }
   return out
+}
+
+/** RFC 6298's smoothing (alpha 1/8, beta 1/4) of one round trip sample. */
+function sampleRtt (s: SwimState, ms: number): void {
+  if (s.rtt == null) {
+    s.rtt = { srtt: ms, rttvar: ms / 2 }
+    return
+  }
+  s.rtt.rttvar = 0.75 * s.rtt.rttvar + 0.25 * Math.abs(s.rtt.srtt - ms)
+  s.rtt.srtt = 0.875 * s.rtt.srtt + 0.125 * ms
 }
 
 /** Lifeguard's local health: this node's own timing stretches while it seems to be the slow one. */

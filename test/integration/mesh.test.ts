@@ -90,6 +90,10 @@ describe('mesh of three nodes on loopback', () => {
     const exchanges = (outcome: string): number => Number(new RegExp(`^shepherd_member_exchanges_total\\{outcome="${outcome}"\\} (\\d+)$`, 'm').exec(text)?.[1])
     assert.ok(exchanges('exchanged') + exchanges('served') > 0, 'member lists were swapped')
     assert.equal(exchanges('refused'), 0)
+    // SWIM's local health (Lifeguard awareness) and the round trip of its probes (acks came).
+    assert.match(text, /^shepherd_swim_local_health [0-7]$/m)
+    const rtt = Number(/^shepherd_swim_rtt_ms (\S+)$/m.exec(text)?.[1])
+    assert.ok(rtt >= 0 && rtt < 5000, `smoothed round trip ${rtt} ms`)
   })
 
   it('detects kill -9 within 3 s, silent loss (SIGSTOP) within 5 s, and a restart within 2 s', async () => {

@@ -81,6 +81,28 @@ describe('SWIM step', () => {
     assert.ok(changes(at.actions).includes(`${target}:dead@0`), `dead at the maximum: ${changes(at.actions).join()}`)
   })
 
+  it('smooths the round trip of direct acks (RFC 6298), leaving relayed acks and the timing alone', () => {
+    const c = { ...SWIM_LAN_DEFAULTS, probeIntervalMs: 500, probeTimeoutMs: 250 }
+    const a = initSwim('a', c, { base, seed: 5 })
+    assert.equal(a.rtt, null)
+    /** One probe, acked `rttMs` later by `by` (the target itself unless a helper relays it). */
+    const probeOnce = (rttMs: number, relayed = false): void => {
+      const t0 = a.nextProbeAt
+      const ping = sends(step(a, { t: 'tick' }, t0).actions)[0]
+      runUntil(a, t0, t0 + rttMs - 1)
+      const by = relayed ? base.find(m => m !== 'a' && m !== ping.to)! : ping.to
+      step(a, { t: 'recv', from: by, msg: { t: 'ack', seq: (ping.msg as { seq: number }).seq, u: [] } }, t0 + rttMs)
+      runUntil(a, t0 + rttMs, a.nextProbeAt - 1)
+    }
+    probeOnce(8)
+    assert.deepEqual(a.rtt, { srtt: 8, rttvar: 4 })
+    probeOnce(16)
+    assert.deepEqual(a.rtt, { srtt: 9, rttvar: 5 })
+    probeOnce(300, true)
+    assert.deepEqual(a.rtt, { srtt: 9, rttvar: 5 }, 'an ack relayed by an indirect prober is no round trip sample')
+    assert.equal(a.nextProbeAt - a.probe!.sentAt, 500 * (a.awareness + 1), 'timing follows awareness only')
+  })
+
   it('shortens a suspicion with independent confirmations', () => {
     const a = initSwim('a', SWIM_LAN_DEFAULTS, { base, seed: 4 })
     step(a, { t: 'recv', from: 'b', msg: { t: 'gossip', u: [['d', 0, 'suspect', 'b']] } }, 1000)

@@ -21,7 +21,7 @@ import { RpcTunnelService } from './rpc-tunnel.js'
 import { SNAPSHOT_PROTOCOL, SnapshotExchange } from './snapshot-exchange.js'
 import { reachableAddresses } from './addresses.js'
 import { MAX_CLOCK_SKEW_MS, MAX_WANTS, MIN_SNAPSHOT_GAP_MS } from './membership-limits.js'
-import { MemberExchange, MEMBERS_PROTOCOL, MEMBER_EXCHANGE_FAST_MS, MEMBER_EXCHANGE_FAST_WINDOW_MS, nextExchangeMs, type MemberEntry, type MemberExchangeStats } from './member-exchange.js'
+import { MemberExchange, MEMBERS_PROTOCOL, MEMBER_EXCHANGE_FAST_WINDOW_MS, nextExchangeMs, type MemberEntry, type MemberExchangeStats } from './member-exchange.js'
 import { GossipGate } from './gossip-gate.js'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import { ConnectionListenAddrs, DuplicateIdentityDetector, type DuplicateIdentity, type Observation } from './duplicate-identity.js'
@@ -99,8 +99,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   /** Exchanges this node started on meeting peers while it joins (its seed's list is the mesh). */
   private joinExchanges = 0
   private exchangeTimer?: NodeJS.Timeout
-  /** When the next exchange is due (the timer's), and until when exchanges run fast (see `MEMBER_EXCHANGE_FAST_MS`). */
-  private exchangeDueAt = 0
+  /** Until when exchanges run fast (see `MEMBER_EXCHANGE_FAST_MS`). */
   private exchangeFastUntil = 0
   private lastPublishedVersion = -1
   private lastPublishedConnections = -1
@@ -780,10 +779,8 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   private scheduleExchange (): void {
     if (this.stopping) return
     clearTimeout(this.exchangeTimer)
-    const now = Date.now()
-    const ms = Math.round(nextExchangeMs(now, this.exchangeFastUntil, this.connectedIds.size + 1) * (0.75 + Math.random() / 2))
-    this.exchangeDueAt = now + ms
     // Jittered, so nodes started together do not exchange in step.
+    const ms = Math.round(nextExchangeMs(Date.now(), this.exchangeFastUntil, this.connectedIds.size + 1) * (0.75 + Math.random() / 2))
     this.exchangeTimer = setTimeout(() => {
       const peers = [...this.listsMembers].filter(id => this.connectedIds.has(id))
       if (peers.length > 0) void this.members?.exchange(peers[Math.floor(Math.random() * peers.length)])
@@ -828,8 +825,10 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
     // next exchanges come fast, with random members, until lists stop teaching it anything.
     if (learned > 0) {
       const now = Date.now()
+      const wasFast = now < this.exchangeFastUntil
       this.exchangeFastUntil = now + MEMBER_EXCHANGE_FAST_WINDOW_MS
-      if (this.exchangeTimer != null && this.exchangeDueAt - now > MEMBER_EXCHANGE_FAST_MS) this.scheduleExchange()
+      // Entering fast mode: the pending exchange is a scaled period away, so it is brought forward.
+      if (!wasFast && this.exchangeTimer != null) this.scheduleExchange()
     }
   }
 

@@ -3,8 +3,9 @@
  *
  * Node has no `prctl(PR_SET_PDEATHSIG)`, and a child of a process killed with SIGKILL is simply
  * re-parented: nothing in the node can run then. So a child is tied to the node from outside:
- * - `setpriv --pdeathsig KILL` (util-linux) when it is there: it sets the death signal on itself
- *   and execs the binary, so the child keeps its pid and the kernel kills it when the node dies.
+ * - `setpriv --pdeathsig KILL` (util-linux) when it is there: it sets the death signal on itself,
+ *   checks the node is still its parent (a node killed before that leaves no signal to come) and
+ *   execs the binary, so the child keeps its pid and the kernel kills it when the node dies.
  * - Otherwise a watchdog: a `sh` that reads the stdin pipe the node holds open; the node dying
  *   closes the pipe, `read` returns, and the watchdog kills the child's process group.
  * Either way the child leads its own process group, and stopping it signals the whole group, so
@@ -26,6 +27,14 @@ export interface TiedChild {
 }
 
 let setprivWorks: boolean | undefined
+
+/**
+ * Run between setpriv's prctl and the binary: the death signal only covers a parent that dies
+ * after it is set, so a node killed in the first instants after the spawn would leave the child
+ * re-parented and alive. The shell checks that its parent is still the node (`$1`) and then
+ * execs the binary (`$0`) with the rest, keeping the pid.
+ */
+const PARENT_CHECK = '[ "$PPID" = "$1" ] || exit 1; shift; exec "$0" "$@"'
 
 /** Whether `setpriv` is installed and knows `--pdeathsig` (util-linux 2.33+; none on macOS). */
 export function hasSetprivPdeathsig (): boolean {
@@ -57,7 +66,7 @@ function installExitHook (): void {
 export function spawnTied (command: string, args: readonly string[], options: SpawnOptions = {}, mode: TieMode = 'auto'): TiedChild {
   const tie = mode === 'auto' ? (hasSetprivPdeathsig() ? 'setpriv' : 'watchdog') : mode
   const child = tie === 'setpriv'
-    ? spawn('setpriv', ['--pdeathsig', 'KILL', '--', command, ...args], { ...options, detached: true })
+    ? spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'sh', '-c', PARENT_CHECK, command, String(process.pid), ...args], { ...options, detached: true })
     : spawn(command, [...args], { ...options, detached: true })
   const pid = child.pid ?? -1
   let exited = false

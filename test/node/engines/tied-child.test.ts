@@ -23,8 +23,12 @@ async function waitGone (pid: number, ms: number): Promise<boolean> {
   return !alive(pid)
 }
 
-async function parentWithChild (mode: string): Promise<{ parent: ReturnType<typeof spawn>, pid: number, tie: string }> {
-  const parent = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test', 'support', 'tied-parent.ts'), mode], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+async function parentWithChild (mode: string, dieNow = false): Promise<{ parent: ReturnType<typeof spawn>, pid: number, tie: string }> {
+  const argv = [process.execPath, '--import', 'tsx', join(ROOT, 'test', 'support', 'tied-parent.ts'), mode]
+  // Dying at once: pinned to one core, the parent (which runs on after fork) is killed before
+  // the child is scheduled, so the child's own setup comes after its parent is gone.
+  const [cmd, ...args] = dieNow ? ['taskset', '-c', '0', ...argv, 'die-now'] : argv
+  const parent = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
   let out = ''
   parent.stdout!.setEncoding('utf8')
   while (!/\n/.test(out)) {
@@ -49,6 +53,17 @@ describe('spawnTied', () => {
       parent.kill('SIGKILL')
       await once(parent, 'exit')
       assert.ok(await waitGone(pid, 5000), `child ${pid} outlived its parent (${mode})`)
+    })
+  }
+
+  for (const mode of ['setpriv', 'watchdog'] as const) {
+    it(`the child dies when its parent is killed the instant after spawning it (${mode})`, async () => {
+      // Repeated: the parent dies before the child has (usually) run a single instruction.
+      for (let i = 0; i < 5; i++) {
+        const { parent, pid } = await parentWithChild(mode, true)
+        if (parent.exitCode === null && parent.signalCode === null) await once(parent, 'exit')
+        assert.ok(await waitGone(pid, 5000), `child ${pid} outlived a parent killed at once (${mode}, try ${i + 1})`)
+      }
     })
   }
 

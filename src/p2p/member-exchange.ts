@@ -1,7 +1,7 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Connection, Stream } from '@libp2p/interface'
 import type { ValidateFunction } from 'ajv'
-import { WireError } from '../errors.js'
+import { TimeoutError, WireError } from '../errors.js'
 import { createLogger } from '../logger.js'
 import { FramedStream } from './framing.js'
 import type { Host } from './host.js'
@@ -27,8 +27,9 @@ import { TokenBuckets } from './token-buckets.js'
  *
  * Bounds: at most `MAX_LISTED_MEMBERS` entries of `MAX_MEMBER_ADDRS` addresses; a peer is
  * answered at most `EXCHANGES_PER_SEC` times a second (burst `EXCHANGE_BURST`), past that the
- * stream is reset and the peer reported; a stream that sends nothing within
- * `EXCHANGE_READ_TIMEOUT_MS` is reset and reported; non-members are refused.
+ * stream is reset and the peer reported; a stream that sends no list within
+ * `EXCHANGE_READ_TIMEOUT_MS` (the requester's own limit) is reset and reported; one ended
+ * with nothing sent is refused unreported; non-members are refused.
  */
 export const MEMBERS_PROTOCOL = '/shepherd/members/1.0.0'
 export const MAX_LISTED_MEMBERS = 1024
@@ -47,8 +48,14 @@ export const MEMBER_EXCHANGE_BASE_MS = 10_000
 export const MEMBER_EXCHANGE_FAST_MS = 2_000
 /** How long exchanges stay fast after the last list that named a member this node lacked. */
 export const MEMBER_EXCHANGE_FAST_WINDOW_MS = 20_000
-export const EXCHANGE_READ_TIMEOUT_MS = 2000
+/** A requester's whole exchange, dial to answer: it gives up (and ends its stream) past this. */
 const EXCHANGE_TIMEOUT_MS = 5000
+/**
+ * How long a served stream may stay silent: the requester's own limit, so that only a stream
+ * kept open past the point where an honest requester has given up is reported (a member merely
+ * slow on a saturated host ends its stream, which is refused without a report).
+ */
+export const EXCHANGE_READ_TIMEOUT_MS = EXCHANGE_TIMEOUT_MS
 const EXCHANGES_PER_SEC = 0.5
 const EXCHANGE_BURST = 4
 const MAX_STREAMS = 8
@@ -186,15 +193,18 @@ export class MemberExchange {
     }
     const framed = new FramedStream(stream, { read: MAX_FRAME_BYTES, write: MAX_FRAME_BYTES })
     let req: unknown
+    let problem: string | undefined
     try {
       req = await framed.read(undefined, EXCHANGE_READ_TIMEOUT_MS)
-    } catch {
-      req = undefined
+      if (req !== null && !isMembersFrame(req)) problem = 'not a member list'
+    } catch (err) {
+      problem = err instanceof TimeoutError ? `no member list within ${EXCHANGE_READ_TIMEOUT_MS} ms` : 'not a member list'
     }
-    if (!isMembersFrame(req)) {
+    if (req === null || problem !== undefined || !isMembersFrame(req)) {
       this.stats.refused++
-      this.deps.onViolation?.(peer, 'no valid member list')
-      stream.abort(new WireError('not a member list', 'malformed'))
+      // Ended with nothing sent: a requester that gave up (or was stopped), not a misbehaviour.
+      if (problem !== undefined) this.deps.onViolation?.(peer, problem)
+      stream.abort(new WireError(problem ?? 'no member list', 'malformed'))
       return
     }
     this.stats.served++

@@ -99,7 +99,17 @@ describe('member exchange over real libp2p', () => {
     const silent = await exchange(member, owner.peerId, MEMBERS_PROTOCOL, [], { close: false, ms: EXCHANGE_READ_TIMEOUT_MS + 2000 })
     assert.equal(silent.bytes.byteLength, 0)
     assert.ok(performance.now() - t0 >= EXCHANGE_READ_TIMEOUT_MS - 100, 'the silent opener was held to the read timeout')
-    assert.ok(violations.filter(([p, r]) => p === member.peerId.toString() && /no valid member list/.test(r)).length >= 3, JSON.stringify(violations))
+    const mine = (re: RegExp): number => violations.filter(([p, r]) => p === member.peerId.toString() && re.test(r)).length
+    assert.equal(mine(/^not a member list$/), 2, JSON.stringify(violations))
+    assert.equal(mine(new RegExp(`^no member list within ${EXCHANGE_READ_TIMEOUT_MS} ms$`)), 1, JSON.stringify(violations))
+    // A requester that gives up (ends its stream having sent nothing) is refused, not reported.
+    await sleep(2000)
+    const refusedBeforeQuit = served.stats.refused
+    const quitter = await exchange(member, owner.peerId, MEMBERS_PROTOCOL, [])
+    assert.equal(quitter.bytes.byteLength, 0)
+    await sleep(200)
+    assert.equal(served.stats.refused, refusedBeforeQuit + 1, 'the ended stream was refused')
+    assert.equal(mine(/member list/), 3, `a requester that gave up is not reported: ${JSON.stringify(violations)}`)
     assert.equal(atOwner.length, 1, 'nothing refused reached the mesh')
 
     await sleep(8000) // a full bucket

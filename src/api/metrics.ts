@@ -33,6 +33,10 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
     const h = m.swimHealth
     metric('shepherd_swim_local_health', 'gauge', 'Lifeguard awareness: SWIM probe timing is stretched by it plus one while this node seems to be the slow one.', [['', h.awareness]])
     if (h.srttMs != null) metric('shepherd_swim_rtt_ms', 'gauge', 'Smoothed round trip of direct SWIM acks (ms).', [['', h.srttMs]])
+    metric('shepherd_swim_probes_total', 'counter', 'SWIM probes this node started, by outcome (failed: no ack, direct or relayed, within the interval; each raises or confirms a suspicion).',
+      [['{outcome="acked"}', h.probes - h.failedProbes], ['{outcome="failed"}', h.failedProbes]])
+    metric('shepherd_swim_refutes_total', 'counter', 'Suspicions of this node that it refuted (a raised incarnation).', [['', h.refutes]])
+    metric('shepherd_swim_late_ticks_total', 'counter', 'SWIM timer ticks that ran more than half a probe timeout late (the event loop was starved).', [['', h.lateTicks]])
   }
   metric('shepherd_connections', 'gauge', 'Open libp2p connections.', [['', m.connections]])
   const rd = m.redial

@@ -55,7 +55,18 @@ export interface SwimDriverStats {
 }
 
 /** See `SwimDriver.health`. */
-export interface SwimHealth { awareness: number, srttMs: number | null }
+/** This node's own view of how it keeps up: Lifeguard awareness, ack round trips, probe outcomes. */
+export interface SwimHealth {
+  awareness: number
+  srttMs: number | null
+  /** Probes started, and those that ended with no ack (direct or relayed): each a suspicion raised or confirmed. */
+  probes: number
+  failedProbes: number
+  /** Suspicions of this node it refuted. */
+  refutes: number
+  /** Ticks that ran late by more than half a probe timeout (a starved event loop). */
+  lateTicks: number
+}
 
 /** A send failure that is the peer's own doing (gone, or not a SWIM speaker), not this node's link. */
 function saysNothingOfUs (err: unknown): boolean {
@@ -74,6 +85,8 @@ export class SwimDriver {
   readonly stats: SwimDriverStats = { framesSent: 0, framesReceived: 0, sendFailures: 0, violations: 0, screened: 0, linksOpened: 0, rateLimited: 0 }
   private state?: SwimState
   private timer?: NodeJS.Timeout
+  /** A due tick waiting for this turn's I/O (see `schedule`). */
+  private immediate?: NodeJS.Immediate
   /**
    * Peers a frame could not be sent to, or a direct ping to went unanswered, since a frame last
    * arrived from anyone (see `reachability`). On a link, a frame to a cut-off peer is
@@ -134,6 +147,7 @@ export class SwimDriver {
     }
     this.running = false
     clearTimeout(this.timer)
+    clearImmediate(this.immediate)
     clearInterval(this.reviveTimer)
     await this.transport.stop()
   }
@@ -146,6 +160,7 @@ export class SwimDriver {
   pause (): void {
     this.paused = true
     clearTimeout(this.timer)
+    clearImmediate(this.immediate)
   }
 
   resume (): void {
@@ -171,8 +186,15 @@ export class SwimDriver {
    */
   health (): SwimHealth {
     const s = this.state
-    if (s == null) return { awareness: 0, srttMs: null }
-    return { awareness: s.awareness, srttMs: s.rtt == null ? null : Math.round(s.rtt.srtt * 10) / 10 }
+    if (s == null) return { awareness: 0, srttMs: null, probes: 0, failedProbes: 0, refutes: 0, lateTicks: this.lagTicks }
+    return {
+      awareness: s.awareness,
+      srttMs: s.rtt == null ? null : Math.round(s.rtt.srtt * 10) / 10,
+      probes: s.stats.probes,
+      failedProbes: s.stats.failedProbes,
+      refutes: s.stats.refutes,
+      lateTicks: this.lagTicks
+    }
   }
 
   /** This node's own incarnation (raised by each refutation). */
@@ -264,17 +286,24 @@ export class SwimDriver {
     const delay = Math.max(10, Math.min(this.opts.config.probeIntervalMs, nextDeadline(this.state) - now))
     const due = now + delay
     this.timer = setTimeout(() => {
-      // Lifeguard's local health, from the event loop too: a tick that comes late means this node
-      // is the slow one (a starved CPU), and acks it has not read yet are no evidence against
-      // others. Its own timing stretches (as after a failed probe with missing nacks); each ack
-      // taken in time shrinks it again.
-      const s = this.state
-      if (s != null && Date.now() - due > this.opts.config.probeTimeoutMs / 2) {
-        this.lagTicks++
-        s.awareness = Math.min(s.config.awarenessMax - 1, s.awareness + 1)
-      }
-      this.expirePings(Date.now())
-      this.apply({ t: 'tick' })
+      // Judged after this turn's I/O: Node runs due timers before it reads sockets, so a process
+      // the kernel kept off the CPU past a deadline would otherwise call a probe failed with the
+      // ack already waiting, unread, in its socket buffer. setImmediate runs after the poll phase.
+      this.immediate = setImmediate(() => {
+        this.immediate = undefined
+        // Lifeguard's local health, from the event loop too: a tick that comes late means this node
+        // is the slow one (a starved CPU), and acks it has not read yet are no evidence against
+        // others. Its own timing stretches (as after a failed probe with missing nacks); each ack
+        // taken in time shrinks it again.
+        const s = this.state
+        if (s != null && Date.now() - due > this.opts.config.probeTimeoutMs / 2) {
+          this.lagTicks++
+          s.awareness = Math.min(s.config.awarenessMax - 1, s.awareness + 1)
+        }
+        this.expirePings(Date.now())
+        this.apply({ t: 'tick' })
+      })
+      this.immediate.unref()
     }, delay)
     this.timer.unref()
   }

@@ -94,6 +94,11 @@ describe('mesh of three nodes on loopback', () => {
     assert.match(text, /^shepherd_swim_local_health [0-7]$/m)
     const rtt = Number(/^shepherd_swim_rtt_ms (\S+)$/m.exec(text)?.[1])
     assert.ok(rtt >= 0 && rtt < 5000, `smoothed round trip ${rtt} ms`)
+    const probes = (outcome: string): number => Number(new RegExp(`^shepherd_swim_probes_total\\{outcome="${outcome}"\\} (\\d+)$`, 'm').exec(text)?.[1])
+    assert.ok(probes('acked') > 0, 'probes were acked')
+    assert.ok(probes('failed') >= 0)
+    assert.match(text, /^shepherd_swim_refutes_total \d+$/m)
+    assert.match(text, /^shepherd_swim_late_ticks_total \d+$/m)
   })
 
   it('detects kill -9 within 3 s, silent loss (SIGSTOP) within 5 s, and a restart within 2 s', async () => {

@@ -4,10 +4,17 @@
  * connections open) is declared dead by every other node, and once it resumes it refutes with a
  * higher incarnation and is alive everywhere again. Then a hostile member built from the
  * project's own stack keeps telling everyone that an honest node is dead (with forged
- * confirmations): the honest node refutes, and nobody declares it dead.
+ * confirmations): the honest node refutes, and nobody declares it dead. Last, a process kept off
+ * the CPU past a probe's interval (its thread blocked just after a ping went out) does not call
+ * the probe failed while the ack waits unread in its socket buffer.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { multiaddr } from '@multiformats/multiaddr'
 import { waitFor } from '../support/cluster.js'
 import { newHost } from '../support/fuzz-hosts.js'
 import type { Host } from '../../src/p2p/host.js'
@@ -15,6 +22,8 @@ import { FramedStream } from '../../src/p2p/framing.js'
 import { SWIM_LAN_DEFAULTS, type SwimStatus } from '../../src/p2p/swim.js'
 import { SwimDriver } from '../../src/p2p/swim-driver.js'
 import { MAX_SWIM_FRAME_BYTES, SWIM_PROTOCOL, SWIM_SUSPICION_MAX_MULT, type SwimFrame } from '../../src/p2p/swim-protocol.js'
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 
 /** The live defaults (src/config/options.ts): 500 ms probes, 250 ms timeout. */
 const CONFIG = { ...SWIM_LAN_DEFAULTS, probeIntervalMs: 500, probeTimeoutMs: 250, suspicionMaxMult: SWIM_SUSPICION_MAX_MULT }
@@ -109,5 +118,62 @@ describe('SWIM driver over real libp2p hosts', () => {
     assert.ok(b.swim.incarnation > inc0, 'B refuted')
     assert.ok([a, c, d].some(n => n.changes.some(x => x.id === b.id && x.at >= mark && x.status === 'suspect')), 'the claims were heard (as suspicions)')
     assert.ok([a, c, d].reduce((sum, n) => sum + n.swim.stats.screened, 0) > 0)
+  })
+})
+
+describe('SWIM driver on a starved event loop', () => {
+  let responder: ChildProcess | undefined
+  let main: Node | undefined
+  after(async () => {
+    responder?.kill('SIGKILL')
+    await main?.swim.stop()
+    await main?.host.stop()
+  })
+
+  it('does not fail a probe whose ack came while this process was off the CPU', async () => {
+    // The target runs in a process of its own, so it answers while this one is blocked.
+    responder = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test', 'support', 'swim-responder.ts')], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+    let line = ''
+    responder.stdout!.setEncoding('utf8')
+    while (!line.includes('\n')) line += (await once(responder.stdout!, 'data') as [string])[0]
+    const [targetId, addr] = line.trim().split(' ')
+    main = await node()
+    const m = main
+    await m.host.dial(multiaddr(addr))
+    m.swim.add(targetId)
+    await waitFor('the target alive', () => m.swim.member(targetId)?.status === 'alive', 5000)
+    await new Promise(resolve => setTimeout(resolve, 1500))
+    const before = m.swim.health()
+    assert.equal(before.failedProbes, 0, 'no probe failed on an idle loop')
+
+    // Right after a ping goes out, block this thread past the probe's whole interval, as a
+    // kernel that keeps the process off the CPU would: the ack is in the socket buffer, unread,
+    // when the probe's deadlines come due.
+    const driver = m.swim as unknown as { send: (to: string, msg: SwimFrame['m'], opts?: object) => Promise<void> }
+    const send = driver.send.bind(driver)
+    let armed = false
+    let blocked = 0
+    driver.send = async (to, msg, opts) => {
+      await send(to, msg, opts)
+      if (armed && msg.t === 'ping' && to === targetId) {
+        armed = false
+        // From the check phase: the loop's next stop is its timers, with the probe's deadline due.
+        setImmediate(() => {
+          blocked++
+          const end = Date.now() + 1200
+          while (Date.now() < end) { /* off the CPU */ }
+        })
+      }
+    }
+    for (let i = 0; i < 5; i++) {
+      armed = true
+      await waitFor('a blocked probe', () => !armed, 5000)
+      await new Promise(resolve => setTimeout(resolve, 1000))
+    }
+    const after = m.swim.health()
+    assert.equal(blocked, 5)
+    assert.ok(after.lateTicks - before.lateTicks >= 5, `the blocks were late ticks (${after.lateTicks - before.lateTicks})`)
+    assert.equal(after.failedProbes, 0, 'no probe judged failed with its ack unread')
+    assert.deepEqual(m.changes.filter(x => x.id === targetId && x.status !== 'alive'), [], 'the target was never suspected')
   })
 })

@@ -45,30 +45,39 @@ function rssMb (pid: number | undefined): number {
   }
 }
 
-/** NaN when the node does not answer (32 nodes on 2 busy cores once took > 10 s to, and the whole run was lost). */
-async function gossipBytesReceived (n: NodeProcess): Promise<number> {
+/** One metric (`name` and labels, as /metrics prints them); NaN when the node does not answer (32 nodes on 2 busy cores once took > 10 s to, and the whole run was lost). */
+async function metric (n: NodeProcess, name: string): Promise<number> {
   try {
     const res = await fetch(`${n.api}/metrics`, { signal: AbortSignal.timeout(30_000) })
-    const m = /^shepherd_gossip_bytes_received_total\s+(\S+)$/m.exec(await res.text())
-    return m != null ? Number(m[1]) : NaN
+    const text = await res.text()
+    const line = text.split('\n').find(l => l.startsWith(name + ' '))
+    return line != null ? Number(line.slice(name.length + 1)) : NaN
   } catch {
     return NaN
   }
 }
+
+const gossipBytesReceived = async (n: NodeProcess): Promise<number> => await metric(n, 'shepherd_gossip_bytes_received_total')
+/** SWIM probes that got no ack, direct or relayed: each raises (or confirms) a suspicion. */
+const failedProbes = async (n: NodeProcess): Promise<number> => await metric(n, 'shepherd_swim_probes_total{outcome="failed"}')
 
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 /** Mean of the finite values (a node that did not answer is left out); NaN when none is. */
 const avg = (xs: number[]): number => { const f = xs.filter(Number.isFinite); return f.length === 0 ? NaN : f.reduce((a, b) => a + b, 0) / f.length }
 const round1 = (x: number): Cell => Number.isFinite(x) ? Math.round(x * 10) / 10 : null
 
+/**
+ * Whether every node lists every other alive at one moment: all nodes are asked at once (a
+ * sweep one node after another, as this bench did before session 12, asks for a quiet window as
+ * long as the sweep, 48 requests on busy cores, rather than for a moment).
+ */
 async function allSeeAll (nodes: NodeProcess[]): Promise<boolean> {
-  for (const n of nodes) {
-    const peers = (await getJson<{ peers: Array<{ id: string, status: string }> }>(`${n.api}/api/peers`).catch(() => null))?.peers
+  const views = await Promise.all(nodes.map(async n => (await getJson<{ peers: Array<{ id: string, status: string }> }>(`${n.api}/api/peers`).catch(() => null))?.peers))
+  return views.every((peers, i) => {
     if (peers == null) return false
     const alive = new Set(peers.filter(p => p.status === 'alive').map(p => p.id))
-    if (nodes.some(o => o !== n && !alive.has(o.id))) return false
-  }
-  return true
+    return nodes.every(o => o === nodes[i] || alive.has(o.id))
+  })
 }
 
 export async function run (): Promise<BenchTable> {
@@ -98,14 +107,16 @@ export async function run (): Promise<BenchTable> {
       await sleep(settleMs)
       const cpu0 = nodes.map(n => cpuMs(n.child.pid))
       const bytes0 = await Promise.all(nodes.map(gossipBytesReceived))
+      const failed0 = await Promise.all(nodes.map(failedProbes))
       const w0 = performance.now()
       await sleep(idleMs)
       const window = performance.now() - w0
       const cpu = nodes.map((n, i) => (cpuMs(n.child.pid) - cpu0[i]) / window * 100)
       const bytes = (await Promise.all(nodes.map(gossipBytesReceived))).map((b, i) => (b - bytes0[i]) / (window / 1000))
+      const failed = (await Promise.all(nodes.map(failedProbes))).map((f, i) => (f - failed0[i]) / (window / 60_000))
       const rss = nodes.map(n => rssMb(n.child.pid))
       const base = BASELINE[size]
-      const row: Cell[] = [size, mode, round1(avg(cpu)), round1(base?.cpu ?? NaN), round1(avg(rss)), round1(base?.rssMb ?? NaN), Math.round(avg(bytes)), round1(convergeS ?? NaN), base?.convergeS ?? null]
+      const row: Cell[] = [size, mode, round1(avg(cpu)), round1(base?.cpu ?? NaN), round1(avg(rss)), round1(base?.rssMb ?? NaN), Math.round(avg(bytes)), mode === 'swim' ? round1(avg(failed)) : null, round1(convergeS ?? NaN), base?.convergeS ?? null]
       rows.push(row)
       // Each row as it is measured: a run cut short (48 nodes on a small machine) keeps the others.
       console.error(`scale: ${row.join(' | ')}`)
@@ -115,11 +126,12 @@ export async function run (): Promise<BenchTable> {
   }
   return {
     title: 'membership at scale: real nodes on loopback, --engine none',
-    columns: ['nodes', 'membership', 'idle CPU %/node', 'baseline', 'RSS MB/node', 'baseline', 'gossip B/s in/node', 'all-see-all s', 'baseline'],
+    columns: ['nodes', 'membership', 'idle CPU %/node', 'baseline', 'RSS MB/node', 'baseline', 'gossip B/s in/node', 'failed probes/node/min', 'all-see-all s', 'baseline'],
     rows,
     notes: [
       `CPU: % of one core per node over the idle window (${idleMs / 1000} s, starting ${settleMs / 1000} s after all-see-all); RSS from /proc; bytes: membership gossip received.`,
-      'all-see-all: from the last node\'s ready line until every node lists every other alive (polling /api/peers every 0.5 s); — = not within 180 s.',
+      'failed probes: SWIM probes of the idle window that got no ack (each a suspicion, false: no node stopped); from /metrics.',
+      'all-see-all: from the last node\'s ready line until every node lists every other alive, all nodes asked at once (/api/peers, every 0.5 s); — = not within 180 s.',
       'Baseline: issue 14\'s measurements before this work (one 2-core machine, loopback; 16 nodes: the lead\'s run before SWIM went live).',
       'Target: 48-node CPU and RSS per node ≤ 1.5× the 4-node ones; all-see-all at 48 ≤ 30 s.'
     ]

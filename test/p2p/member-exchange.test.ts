@@ -179,4 +179,38 @@ describe('member exchange on real meshes', () => {
       victim.close()
     }
   })
+
+  it('a hostile member naming a fresh ghost in every list keeps a node in fast exchanges: one exchange per 2 s at most, bounded hints and dials', async () => {
+    let accepted = 0
+    const victim = net.createServer(s => { accepted++; s.destroy() })
+    await new Promise<void>(resolve => victim.listen(0, '127.0.0.1', resolve))
+    const port = (victim.address() as net.AddressInfo).port
+    const target = meshes[0]
+    const attacker = await newHost()
+    try {
+      await attacker.dial(multiaddr(target.addresses()[0]))
+      const before = target.memberStats()
+      const t0 = performance.now()
+      let sent = 0
+      // 12 lists, one each 2 s (inside the 0.5/s allowance), each teaching the target a new "member".
+      for (let i = 0; i < 12; i++) {
+        const ghost = (await peerIdOf(await createIdentity())).toString()
+        const answer = await exchange(attacker, peerIdFromString(target.peerId), MEMBERS_PROTOCOL, [frame({ v: 1, m: [[ghost, [`/ip4/127.0.0.1/tcp/${port}/p2p/${ghost}`]]] })])
+        if (answer.bytes.byteLength > 0) sent++
+        await sleep(2000)
+      }
+      const seconds = (performance.now() - t0) / 1000
+      const after = target.memberStats()
+      assert.ok(sent >= 10, `the lists were taken (${sent} of 12)`)
+      // Its own exchanges: fast mode is one every 2 s, whatever keeps it on.
+      const initiated = (after.exchanged + after.failures) - (before.exchanged + before.failures)
+      assert.ok(initiated <= Math.ceil(seconds / 2) + 2, `${initiated} exchanges started in ${seconds.toFixed(1)} s`)
+      assert.ok(target.redialStats().hinted <= 64, `hinted targets ${target.redialStats().hinted}`)
+      assert.ok(accepted <= 12 * 3, `connections to the victim port ${accepted}`)
+      assert.ok(target.peers().some(p => p.id === meshes[1].peerId && p.status === 'alive'), 'the honest members still see each other')
+    } finally {
+      await attacker.stop()
+      victim.close()
+    }
+  })
 })

@@ -42,8 +42,8 @@ export function renderPrometheus (m: NodeMetrics, extra: { rssBytes: number, hea
   const rd = m.redial
   metric('shepherd_redial_targets', 'gauge', 'Peers the redialer keeps connected, by how it heard of them (hinted: through gossip or a member list only).',
     [['{kind="known"}', rd.targets - rd.hinted], ['{kind="hinted"}', rd.hinted]])
-  metric('shepherd_redial_dials_total', 'counter', 'Dials the redialer made, by kind; hints refused (over the hinted cap) and dropped (unreachable).',
-    [['{kind="all"}', rd.dials], ['{kind="hint"}', rd.hintDials], ['{kind="hint_refused"}', rd.hintsRefused], ['{kind="hint_dropped"}', rd.hintsDropped]])
+  metric('shepherd_redial_dials_total', 'counter', 'Dials the redialer made, by kind; those that failed; hints refused (over the hinted cap) and dropped (unreachable).',
+    [['{kind="all"}', rd.dials], ['{kind="hint"}', rd.hintDials], ['{kind="failed"}', rd.failed], ['{kind="hint_refused"}', rd.hintsRefused], ['{kind="hint_dropped"}', rd.hintsDropped]])
   const mx = m.members
   metric('shepherd_member_exchanges_total', 'counter', 'Member-list exchanges (/shepherd/members/1.0.0), by outcome.',
     [['{outcome="exchanged"}', mx.exchanged], ['{outcome="failed"}', mx.failures], ['{outcome="served"}', mx.served], ['{outcome="refused"}', mx.refused]])

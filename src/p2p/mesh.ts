@@ -251,7 +251,7 @@ export class Mesh<S = Record<string, unknown>> extends EventEmitter<MeshEvents<S
   /** The redialer's targets (peers heard of only through gossip counted apart) and dials made. */
   redialStats (): RedialStats {
     const r = this.redialer
-    return r == null ? { targets: 0, hinted: 0, dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0 } : { ...r.size(), ...r.stats }
+    return r == null ? { targets: 0, hinted: 0, dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0, failed: 0 } : { ...r.size(), ...r.stats }
   }
 
   /** Member-list exchanges run, failed, answered and refused (zero before start). */

@@ -21,6 +21,12 @@ export interface RedialerOptions {
   maxHintAttempts?: number
   /** Dials a second to peers heard of only through gossip, all of them together (default 10, burst 20). */
   hintDialsPerSec?: number
+  /**
+   * Dials of known and hinted peers under way at once (default 8); the rest wait for a slot, and
+   * their time limit starts when they go. A newcomer that learns a whole mesh at once otherwise
+   * runs dozens of handshakes side by side on its own CPU, each past its time limit.
+   */
+  maxDialsInFlight?: number
 }
 
 interface Target {
@@ -56,7 +62,7 @@ export function isRefused (err: unknown): boolean {
 }
 
 /** The redialer's targets (those heard of only through gossip or member lists counted apart as `hinted`) and its dials. */
-export interface RedialStats { targets: number, hinted: number, dials: number, hintDials: number, hintsRefused: number, hintsDropped: number }
+export interface RedialStats { targets: number, hinted: number, dials: number, hintDials: number, hintsRefused: number, hintsDropped: number, failed: number }
 
 /**
  * Keeps the mesh connected: dials bootstrap addresses and known peers that are not connected,
@@ -72,7 +78,9 @@ export class Redialer {
   /** Gossip-only targets dropped (newest 4,096): libp2p may announce them again as discovered. */
   private readonly droppedHints = new Set<string>()
   /** Dials made, by kind: what the flood tests count (work, not time). */
-  readonly stats = { dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0 }
+  readonly stats = { dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0, failed: 0 }
+  /** Dials of `peers` under way (bootstrap dials are few and not counted). */
+  private inFlight = 0
 
   constructor (private readonly host: Host, private readonly opts: RedialerOptions) {
     const rate = opts.hintDialsPerSec ?? 10
@@ -222,21 +230,36 @@ export class Redialer {
         })
         .finally(() => { t.inFlight = false })
     }
+    this.runPeers(now, Infinity)
+  }
+
+  /** Dials up to `n` due targets (those that got a slot). */
+  private runPeers (now: number, n: number): void {
+    if (this.stopped) return
     for (const [id, t] of this.peers) {
+      if (n <= 0 || this.inFlight >= (this.opts.maxDialsInFlight ?? 8)) return
       if (t.inFlight || t.nextAt > now) continue
+      const before = this.inFlight
       this.dialPeer(id, t)
+      if (this.inFlight > before) n--
     }
   }
 
   private dialPeer (id: string, t: Target): void {
     if (this.stopped || t.inFlight || this.connected(id, t) || !this.opts.isWanted(id)) return
+    // No slot: it stays due, and goes when a dial under way ends (or at the next run).
+    if (this.inFlight >= (this.opts.maxDialsInFlight ?? 8)) {
+      t.nextAt = Math.min(t.nextAt, Date.now())
+      return
+    }
     if (t.hinted === true) {
       if (!this.hintDials.take('all')) return
       this.stats.hintDials++
     }
+    const target = t.addrs != null && t.addrs.length > 0 ? t.addrs.map(a => multiaddr(a)) : peerIdFromString(id)
     this.stats.dials++
     t.inFlight = true
-    const target = t.addrs != null && t.addrs.length > 0 ? t.addrs.map(a => multiaddr(a)) : peerIdFromString(id)
+    this.inFlight++
     this.host.dial(target, { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 1500) })
       .then(() => {
         t.attempts = 0
@@ -244,6 +267,7 @@ export class Redialer {
         t.hinted = false
       })
       .catch(err => {
+        this.stats.failed++
         if (isRefused(err)) this.opts.onRefused(id)
         this.log.debug('dial failed', { peer: id, err })
         this.backoff(t)
@@ -251,11 +275,14 @@ export class Redialer {
       })
       .finally(() => {
         t.inFlight = false
+        this.inFlight--
         if (t.again === true && this.peers.get(id) === t) {
           t.again = false
           t.nextAt = 0
           this.dialPeer(id, t)
         }
+        // A slot is free: the next due target goes now rather than at the next run.
+        this.runPeers(Date.now(), 1)
       })
   }
 }

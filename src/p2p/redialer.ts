@@ -9,7 +9,11 @@ import { TokenBuckets } from './token-buckets.js'
 export interface RedialerOptions {
   minMs: number
   maxMs: number
-  /** Time allowed for one dial. */
+  /**
+   * Time allowed for one dial (default 5 s): a handshake with a member that is busy, or started
+   * a moment ago, can take seconds on a loaded host; at 1.5 s most of a 48th node's dials on 2
+   * cores timed out, and a hint dropped after such failures left the pair unconnected.
+   */
   dialTimeoutMs?: number
   /** Called when a dial to a known peer was refused: nothing listens on any of its addresses. */
   onRefused: (id: string) => void
@@ -24,7 +28,9 @@ export interface RedialerOptions {
   /**
    * Dials of known and hinted peers under way at once (default 8); the rest wait for a slot, and
    * their time limit starts when they go. A newcomer that learns a whole mesh at once otherwise
-   * runs dozens of handshakes side by side on its own CPU, each past its time limit.
+   * runs dozens of handshakes side by side on its own CPU, each past its time limit. Peers heard
+   * of only through gossip take half the slots at most: ghosts naming ports that hold a
+   * handshake open cannot keep the peers this node met from being dialed.
    */
   maxDialsInFlight?: number
 }
@@ -79,8 +85,9 @@ export class Redialer {
   private readonly droppedHints = new Set<string>()
   /** Dials made, by kind: what the flood tests count (work, not time). */
   readonly stats = { dials: 0, hintDials: 0, hintsRefused: 0, hintsDropped: 0, failed: 0 }
-  /** Dials of `peers` under way (bootstrap dials are few and not counted). */
+  /** Dials of `peers` under way (bootstrap dials are few and not counted), and of those the hinted ones. */
   private inFlight = 0
+  private hintedInFlight = 0
 
   constructor (private readonly host: Host, private readonly opts: RedialerOptions) {
     const rate = opts.hintDialsPerSec ?? 10
@@ -217,7 +224,7 @@ export class Redialer {
       if (t.inFlight || t.nextAt > now) continue
       if (t.peer != null && this.connected(t.peer, t)) continue
       t.inFlight = true
-      this.host.dial(multiaddr(addr), { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 1500) })
+      this.host.dial(multiaddr(addr), { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 5000) })
         .then(conn => {
           t.peer = conn.remotePeer.toString()
           t.pid = conn.remotePeer
@@ -252,7 +259,12 @@ export class Redialer {
       t.nextAt = Math.min(t.nextAt, Date.now())
       return
     }
-    if (t.hinted === true) {
+    const hinted = t.hinted === true
+    if (hinted) {
+      if (this.hintedInFlight >= Math.max(1, Math.floor((this.opts.maxDialsInFlight ?? 8) / 2))) {
+        t.nextAt = Math.min(t.nextAt, Date.now())
+        return
+      }
       if (!this.hintDials.take('all')) return
       this.stats.hintDials++
     }
@@ -260,7 +272,8 @@ export class Redialer {
     this.stats.dials++
     t.inFlight = true
     this.inFlight++
-    this.host.dial(target, { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 1500) })
+    if (hinted) this.hintedInFlight++
+    this.host.dial(target, { signal: AbortSignal.timeout(this.opts.dialTimeoutMs ?? 5000) })
       .then(() => {
         t.attempts = 0
         // Met now: its identify gives the addresses it listens on.
@@ -276,6 +289,7 @@ export class Redialer {
       .finally(() => {
         t.inFlight = false
         this.inFlight--
+        if (hinted) this.hintedInFlight--
         if (t.again === true && this.peers.get(id) === t) {
           t.again = false
           t.nextAt = 0

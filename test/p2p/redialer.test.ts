@@ -1,8 +1,8 @@
 /**
  * The redialer's dial slots, on a real libp2p host: targets whose handshakes stall (a TCP port
  * that accepts and then says nothing, as a peer swamped with work looks from outside) are dialed
- * a few at a time, not all at once; every waiting target still gets its turn, and a real peer
- * queued behind them is connected.
+ * a few at a time, not all at once, in half the slots; every waiting target still gets its turn,
+ * and a real peer met before is dialed beside them at once.
  */
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -21,7 +21,7 @@ describe('redialer dial slots', () => {
     await Promise.all(hosts.map(async h => { await h.stop() }))
   })
 
-  it('dials at most maxDialsInFlight at once; the others wait their turn, a real peer among them', async () => {
+  it('dials peers heard of through gossip in half the slots at most; each waits its turn, and a peer met before goes beside them', async () => {
     // One tarpit port per stalled target: accepts, holds the socket, answers nothing.
     const dialedPorts = new Set<number>()
     const tarpits: Array<{ id: string, addr: string }> = []
@@ -48,11 +48,12 @@ describe('redialer dial slots', () => {
       maxInFlight = Math.max(maxInFlight, inFlight)
       try { return await dial(...args) } finally { inFlight-- }
     }) as Host['dial']
+    const started = performance.now()
     const redialer = new Redialer(dialer, {
       minMs: 100,
       maxMs: 400,
       dialTimeoutMs: 600,
-      maxDialsInFlight: 2,
+      maxDialsInFlight: 4,
       hintDialsPerSec: 100,
       onRefused: () => {},
       isWanted: () => true
@@ -62,9 +63,12 @@ describe('redialer dial slots', () => {
       // The real peer comes last: it waits for a slot like the others.
       redialer.addPeer(peer.peerId.toString(), [`${peer.getMultiaddrs()[0].toString()}`])
       redialer.start()
-      await waitFor('every stalled target dialed', () => dialedPorts.size === tarpits.length, 10_000)
+      // Hinted targets (heard of through gossip) take half the slots at most: the peer this node
+      // met is dialed beside them, not after them.
       await waitFor('the real peer connected', () => dialer.getConnections(peer.peerId).length > 0, 10_000)
-      assert.equal(maxInFlight, 2, `${maxInFlight} dials at once`)
+      assert.ok(performance.now() - started < 600, 'the met peer did not wait for a stalled dial to time out')
+      await waitFor('every stalled target dialed', () => dialedPorts.size === tarpits.length, 10_000)
+      assert.equal(maxInFlight, 3, `${maxInFlight} dials at once (2 hinted slots, and the met peer)`)
       assert.ok(redialer.stats.failed >= tarpits.length, `failed dials ${redialer.stats.failed}`)
     } finally {
       redialer.stop()

@@ -45,21 +45,27 @@ function rssMb (pid: number | undefined): number {
   }
 }
 
-/** One metric (`name` and labels, as /metrics prints them); NaN when the node does not answer (32 nodes on 2 busy cores once took > 10 s to, and the whole run was lost). */
-async function metric (n: NodeProcess, name: string): Promise<number> {
+const GOSSIP_BYTES = 'shepherd_gossip_bytes_received_total'
+/** SWIM probes that got no ack, direct or relayed: each raises (or confirms) a suspicion. */
+const FAILED_PROBES = 'shepherd_swim_probes_total{outcome="failed"}'
+
+/**
+ * The gossip bytes received and failed probes of a node, from one /metrics read; NaN when the
+ * node does not answer (32 nodes on 2 busy cores once took > 10 s to, and the whole run was lost).
+ */
+async function counters (n: NodeProcess): Promise<{ bytes: number, failed: number }> {
   try {
     const res = await fetch(`${n.api}/metrics`, { signal: AbortSignal.timeout(30_000) })
-    const text = await res.text()
-    const line = text.split('\n').find(l => l.startsWith(name + ' '))
-    return line != null ? Number(line.slice(name.length + 1)) : NaN
+    const lines = (await res.text()).split('\n')
+    const value = (name: string): number => {
+      const line = lines.find(l => l.startsWith(name + ' '))
+      return line != null ? Number(line.slice(name.length + 1)) : NaN
+    }
+    return { bytes: value(GOSSIP_BYTES), failed: value(FAILED_PROBES) }
   } catch {
-    return NaN
+    return { bytes: NaN, failed: NaN }
   }
 }
-
-const gossipBytesReceived = async (n: NodeProcess): Promise<number> => await metric(n, 'shepherd_gossip_bytes_received_total')
-/** SWIM probes that got no ack, direct or relayed: each raises (or confirms) a suspicion. */
-const failedProbes = async (n: NodeProcess): Promise<number> => await metric(n, 'shepherd_swim_probes_total{outcome="failed"}')
 
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 /** Mean of the finite values (a node that did not answer is left out); NaN when none is. */
@@ -106,14 +112,14 @@ export async function run (): Promise<BenchTable> {
       // snapshots, JIT warm-up) of the nodes that started last is over.
       await sleep(settleMs)
       const cpu0 = nodes.map(n => cpuMs(n.child.pid))
-      const bytes0 = await Promise.all(nodes.map(gossipBytesReceived))
-      const failed0 = await Promise.all(nodes.map(failedProbes))
+      const at0 = await Promise.all(nodes.map(counters))
       const w0 = performance.now()
       await sleep(idleMs)
       const window = performance.now() - w0
       const cpu = nodes.map((n, i) => (cpuMs(n.child.pid) - cpu0[i]) / window * 100)
-      const bytes = (await Promise.all(nodes.map(gossipBytesReceived))).map((b, i) => (b - bytes0[i]) / (window / 1000))
-      const failed = (await Promise.all(nodes.map(failedProbes))).map((f, i) => (f - failed0[i]) / (window / 60_000))
+      const at1 = await Promise.all(nodes.map(counters))
+      const bytes = at1.map((c, i) => (c.bytes - at0[i].bytes) / (window / 1000))
+      const failed = at1.map((c, i) => (c.failed - at0[i].failed) / (window / 60_000))
       const rss = nodes.map(n => rssMb(n.child.pid))
       const base = BASELINE[size]
       const row: Cell[] = [size, mode, round1(avg(cpu)), round1(base?.cpu ?? NaN), round1(avg(rss)), round1(base?.rssMb ?? NaN), Math.round(avg(bytes)), mode === 'swim' ? round1(avg(failed)) : null, round1(convergeS ?? NaN), base?.convergeS ?? null]

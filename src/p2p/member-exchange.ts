@@ -196,13 +196,13 @@ export class MemberExchange {
     let problem: string | undefined
     try {
       req = await framed.read(undefined, EXCHANGE_READ_TIMEOUT_MS)
-      if (req !== null && !isMembersFrame(req)) problem = 'not a member list'
     } catch (err) {
       problem = err instanceof TimeoutError ? `no member list within ${EXCHANGE_READ_TIMEOUT_MS} ms` : 'not a member list'
     }
-    if (req === null || problem !== undefined || !isMembersFrame(req)) {
+    if (!isMembersFrame(req)) {
       this.stats.refused++
-      // Ended with nothing sent: a requester that gave up (or was stopped), not a misbehaviour.
+      // Ended with nothing sent (null): a requester that gave up (or was stopped), not a misbehaviour.
+      problem ??= req === null ? undefined : 'not a member list'
       if (problem !== undefined) this.deps.onViolation?.(peer, problem)
       stream.abort(new WireError(problem ?? 'no member list', 'malformed'))
       return

@@ -88,10 +88,14 @@ export class Redialer {
   /** Dials of `peers` under way (bootstrap dials are few and not counted), and of those the hinted ones. */
   private inFlight = 0
   private hintedInFlight = 0
+  private readonly maxInFlight: number
+  private readonly maxHintedInFlight: number
 
   constructor (private readonly host: Host, private readonly opts: RedialerOptions) {
     const rate = opts.hintDialsPerSec ?? 10
     this.hintDials = new TokenBuckets(rate, 2 * rate)
+    this.maxInFlight = opts.maxDialsInFlight ?? 8
+    this.maxHintedInFlight = Math.max(1, Math.floor(this.maxInFlight / 2))
   }
 
   /** Targets now (hinted ones included), for tests and metrics. */
@@ -244,28 +248,20 @@ export class Redialer {
   private runPeers (now: number, n: number): void {
     if (this.stopped) return
     for (const [id, t] of this.peers) {
-      if (n <= 0 || this.inFlight >= (this.opts.maxDialsInFlight ?? 8)) return
+      if (n <= 0 || this.inFlight >= this.maxInFlight) return
       if (t.inFlight || t.nextAt > now) continue
-      const before = this.inFlight
-      this.dialPeer(id, t)
-      if (this.inFlight > before) n--
+      if (this.dialPeer(id, t)) n--
     }
   }
 
-  private dialPeer (id: string, t: Target): void {
-    if (this.stopped || t.inFlight || this.connected(id, t) || !this.opts.isWanted(id)) return
-    // No slot: it stays due, and goes when a dial under way ends (or at the next run).
-    if (this.inFlight >= (this.opts.maxDialsInFlight ?? 8)) {
-      t.nextAt = Math.min(t.nextAt, Date.now())
-      return
-    }
+  /** Starts a dial of `id` unless it needs none or has no slot; whether it started one. */
+  private dialPeer (id: string, t: Target): boolean {
+    if (this.stopped || t.inFlight || this.connected(id, t) || !this.opts.isWanted(id)) return false
     const hinted = t.hinted === true
+    // No slot: it stays due, and goes when a dial under way ends (or at the next run).
+    if (this.inFlight >= this.maxInFlight || (hinted && this.hintedInFlight >= this.maxHintedInFlight)) return false
     if (hinted) {
-      if (this.hintedInFlight >= Math.max(1, Math.floor((this.opts.maxDialsInFlight ?? 8) / 2))) {
-        t.nextAt = Math.min(t.nextAt, Date.now())
-        return
-      }
-      if (!this.hintDials.take('all')) return
+      if (!this.hintDials.take('all')) return false
       this.stats.hintDials++
     }
     const target = t.addrs != null && t.addrs.length > 0 ? t.addrs.map(a => multiaddr(a)) : peerIdFromString(id)
@@ -298,6 +294,7 @@ export class Redialer {
         // A slot is free: the next due target goes now rather than at the next run.
         this.runPeers(Date.now(), 1)
       })
+    return true
   }
 }
 

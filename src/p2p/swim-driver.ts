@@ -54,7 +54,6 @@ export interface SwimDriverStats {
   rateLimited: number
 }
 
-/** See `SwimDriver.health`. */
 /** This node's own view of how it keeps up: Lifeguard awareness, ack round trips, probe outcomes. */
 export interface SwimHealth {
   awareness: number

@@ -20,6 +20,12 @@
 export interface DuplicateIdentityOptions {
   /** How long after a newer incarnation appears an older one may still be heard (relayed gossip in flight). */
   graceMs: number
+  /**
+   * Both incarnations must have been heard within this window for their overlap to count: once
+   * one process stops, the other alone is no evidence (else the mark outlived the copy by
+   * `clearAfterMs` twice: the stopped incarnation is forgotten only that long after its last word).
+   */
+  liveMs: number
   /** The mark (and what is known of an incarnation) lasts this long after the last evidence. */
   clearAfterMs: number
   /** A duplicate is named in the logs at most once per this period. */
@@ -29,6 +35,9 @@ export interface DuplicateIdentityOptions {
 export const DUPLICATE_IDENTITY_DEFAULTS: DuplicateIdentityOptions = {
   // Gossip reaches every node in well under a second on a LAN (heartbeat delay p99 < 50 ms).
   graceMs: 3000,
+  // Each process sends SWIM frames or gossip to a member every few seconds; the connection
+  // evidence covers a pair that talks less often.
+  liveMs: 10_000,
   clearAfterMs: 30_000,
   warnEveryMs: 60_000
 }
@@ -90,7 +99,7 @@ export class DuplicateIdentityDetector {
     if (e != null) e.last = Math.max(e.last, now)
     else st.incs.set(inc, { first: now, last: now })
     this.prune(st, now)
-    if (!this.evidence(st)) return { duplicate: this.get(peer, now) != null, detected: false, warn: false }
+    if (!this.evidence(st, now)) return { duplicate: this.get(peer, now) != null, detected: false, warn: false }
     return this.mark(peer, st, 'incarnations', now)
   }
 
@@ -163,9 +172,12 @@ export class DuplicateIdentityDetector {
     return [...this.peers.keys()].map(p => this.get(p, now)).filter((d): d is DuplicateIdentity => d != null)
   }
 
-  /** Two incarnations heard, the older one still heard past the grace after the newer appeared. */
-  private evidence (st: PeerState): boolean {
-    const incs = [...st.incs.entries()].sort((a, b) => a[0] - b[0])
+  /**
+   * Two incarnations both heard lately, the older one still heard past the grace after the newer
+   * appeared.
+   */
+  private evidence (st: PeerState, now: number): boolean {
+    const incs = [...st.incs.entries()].filter(([, h]) => now - h.last <= this.o.liveMs).sort((a, b) => a[0] - b[0])
     for (let i = 0; i < incs.length; i++) {
       for (let j = i + 1; j < incs.length; j++) {
         if (incs[i][1].last > incs[j][1].first + this.o.graceMs) return true

@@ -4,7 +4,7 @@ import { ConnectionListenAddrs, DuplicateIdentityDetector } from '../../src/p2p/
 
 const SELF = 'self-id'
 const P = 'peer-id'
-const OPTS = { graceMs: 3000, clearAfterMs: 30_000, warnEveryMs: 60_000 }
+const OPTS = { graceMs: 3000, liveMs: 10_000, clearAfterMs: 30_000, warnEveryMs: 60_000 }
 
 /** Heartbeats of `peer` with incarnation `inc` every second from `from` to `to` (ms); returns the last observation. */
 function beats (d: DuplicateIdentityDetector, peer: string, inc: number, from: number, to: number): ReturnType<DuplicateIdentityDetector['heard']> {
@@ -45,9 +45,12 @@ describe('DuplicateIdentityDetector', () => {
     assert.deepEqual(dup.incarnations, [100, 10_500])
     assert.equal(dup.self, false)
     assert.ok(dup.since >= detectedAt && dup.since <= detectedAt + 500)
-    // The copy is stopped: only the original beats; the mark goes clearAfterMs after the last evidence.
-    beats(d, P, 100, 81_000, 140_000)
-    assert.equal(d.get(P, 140_000), undefined)
+    // The copy is stopped (its last beat at 80 s): only the original beats. The original alone is
+    // no evidence once the copy is silent past liveMs; the mark goes clearAfterMs after that.
+    beats(d, P, 100, 81_000, 119_000)
+    assert.ok(d.get(P, 119_000) != null, 'still marked: the last evidence was at 90.5 s')
+    beats(d, P, 100, 120_000, 122_000)
+    assert.equal(d.get(P, 122_000), undefined, 'cleared 40 s after the copy stopped, not 60')
   })
 
   it('marks its own id when another process (newer or older) gossips with it', () => {
@@ -66,6 +69,16 @@ describe('DuplicateIdentityDetector', () => {
     const older = new DuplicateIdentityDetector(SELF, 10_000, 10_000, OPTS)
     assert.equal(older.heardSelf(50_000, 50_000).duplicate, false)
     assert.equal(older.heardSelf(50_000, 53_001).detected, true, 'still alive itself past the grace')
+  })
+
+  it('clears the same way when the original stops and the copy goes on', () => {
+    const d = new DuplicateIdentityDetector(SELF, 1, 0, OPTS)
+    for (let t = 0; t <= 20_000; t += 1000) { d.heard(P, 100, t); if (t >= 5000) d.heard(P, 5000, t + 500) }
+    assert.ok(d.get(P, 20_500) != null)
+    beats(d, P, 5000, 21_500, 59_500)
+    assert.ok(d.get(P, 59_500) != null, 'the copy alone was evidence until 10 s after the original\'s last beat')
+    beats(d, P, 5000, 60_500, 61_500)
+    assert.equal(d.get(P, 61_500), undefined, 'cleared 40 s after the original stopped')
   })
 
   it('takes a peer restarting every second for restarts, not for a duplicate', () => {

@@ -9,6 +9,11 @@ import { SwimTransport, type SwimTransportOptions } from './swim-transport.js'
 const MAX_POKES_PER_INTERVAL = 3
 /** One member held dead is poked (on a new connection) at most this often. */
 const DEAD_POKE_MIN_MS = 1_000
+/**
+ * A member held dead with no connection is still dialed and told so this long after it died,
+ * at growing gaps (1, 2, 4, 8, 16 s): memberlist's `GossipToTheDeadTime` (30 s on a LAN).
+ */
+const GOSSIP_TO_THE_DEAD_MS = 30_000
 export interface SwimDriverOptions {
   config: SwimConfig
   /**
@@ -96,6 +101,8 @@ export class SwimDriver {
   private reviveTimer?: NodeJS.Timeout
   /** When each member held dead was last poked (see `pokeDead`). */
   private readonly pokedAt = new Map<string, number>()
+  /** When each member held dead died in this view (see `pokeDead`). */
+  private readonly deadAt = new Map<string, number>()
   private running = false
   private paused = false
   /** Direct pings in flight, by seq, for RTT (bounded: old ones are dropped). */
@@ -230,26 +237,35 @@ export class SwimDriver {
   }
 
   /**
-   * Members held dead but still connected (a cut link leaves TCP connections open; a crashed
-   * process closes them) are told so (`poke`), a few at random per interval, each at most once a
-   * second, on a new connection (see `SwimTransport.freshRoute`). A live one refutes
-   * and answers at once, and is alive again here: this heals a partition, after which each side
-   * holds the other dead and probes only its own side (memberlist leaves that to Serf's
-   * reconnect, every 30 s). A dead member without a connection costs nothing here; if it comes
-   * back, the redialer reconnects it and its gossip pokes it.
+   * Members held dead are told so (`poke`) on a new connection (see `SwimTransport.freshRoute`),
+   * a few at random per interval: a live one refutes and answers at once, and is alive again
+   * here.
+   * - Connected ones, each at most once a second: a cut link leaves TCP connections open (a
+   *   crashed process closes them). This heals a partition, after which each side holds the other
+   *   dead and probes only its own side (memberlist leaves that to Serf's reconnect, every 30 s).
+   * - Unconnected ones only in their first 30 s dead, at growing gaps (memberlist's gossip to the
+   *   dead). A node that took a live member for dead, with no connection to it, otherwise kept it
+   *   dead until that member next probed it, up to a probe round later (tens of seconds at 48
+   *   nodes): third parties' word that it is alive is screened out (this node cannot verify it),
+   *   and the member never hears that it is held dead. A member dead for longer costs nothing
+   *   here; if it comes back, the redialer reconnects it and its gossip pokes it.
    */
   private pokeDead (): void {
     if (this.state == null || !this.running || this.paused) return
     const now = Date.now()
-    const dead: string[] = []
+    const due: string[] = []
     for (const [id, m] of this.state.members) {
       if (m.status !== 'dead') continue
-      if ((this.pokedAt.get(id) ?? 0) > now - DEAD_POKE_MIN_MS) continue
-      if (this.host.getConnections(peerIdFromString(id)).length > 0) dead.push(id)
+      const since = this.deadAt.get(id) ?? now
+      const last = this.pokedAt.get(id) ?? since
+      const connected = this.host.getConnections(peerIdFromString(id)).length > 0
+      const gap = connected ? DEAD_POKE_MIN_MS : Math.max(DEAD_POKE_MIN_MS, last - since)
+      if (this.pokedAt.has(id) && now - last < gap) continue
+      if (connected || now - since < GOSSIP_TO_THE_DEAD_MS) due.push(id)
     }
     for (const id of this.pokedAt.keys()) if (this.state.members.get(id)?.status !== 'dead') this.pokedAt.delete(id)
-    for (let i = 0; i < MAX_POKES_PER_INTERVAL && dead.length > 0; i++) {
-      const id = dead.splice(Math.floor(Math.random() * dead.length), 1)[0]
+    for (let i = 0; i < MAX_POKES_PER_INTERVAL && due.length > 0; i++) {
+      const id = due.splice(Math.floor(Math.random() * due.length), 1)[0]
       this.pokedAt.set(id, now)
       // On a new connection: the old ones may hold frames in TCP's retransmission backoff.
       this.poke(id, { fresh: true })
@@ -267,6 +283,8 @@ export class SwimDriver {
   private exec (actions: SwimAction[], now: number): void {
     for (const a of actions) {
       if (a.t === 'change') {
+        if (a.status === 'dead') this.deadAt.set(a.id, now)
+        else this.deadAt.delete(a.id)
         try {
           this.opts.onChange(a.id, a.status, a.inc)
         } catch (err) {

@@ -6,7 +6,9 @@
  * project's own stack keeps telling everyone that an honest node is dead (with forged
  * confirmations): the honest node refutes, and nobody declares it dead. Last, a process kept off
  * the CPU past a probe's interval (its thread blocked just after a ping went out) does not call
- * the probe failed while the ack waits unread in its socket buffer.
+ * the probe failed while the ack waits unread in its socket buffer. And a node that took a live
+ * member for dead, with no connection to it, dials it to tell it (gossip to the dead): the member
+ * refutes and is alive there again, though it never probes that node itself.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -118,6 +120,33 @@ describe('SWIM driver over real libp2p hosts', () => {
     assert.ok(b.swim.incarnation > inc0, 'B refuted')
     assert.ok([a, c, d].some(n => n.changes.some(x => x.id === b.id && x.at >= mark && x.status === 'suspect')), 'the claims were heard (as suspicions)')
     assert.ok([a, c, d].reduce((sum, n) => sum + n.swim.stats.screened, 0) > 0)
+  })
+})
+
+describe('SWIM driver: a member taken for dead with no connection to it', () => {
+  it('is dialed and told, refutes, and is alive again there', async () => {
+    const [x, y, z] = await Promise.all([node(), node(), node()])
+    try {
+      // Y knows only Z and is frozen before X ever speaks to it, so it will never probe X itself.
+      y.swim.add(z.id)
+      y.swim.pause()
+      for (const [a, b] of [[x, y], [x, z], [y, z]]) await a.host.dial(b.host.getMultiaddrs()[0])
+      x.swim.add(y.id)
+      x.swim.add(z.id)
+      z.swim.add(x.id)
+      z.swim.add(y.id)
+      await waitFor('Y dead on X and Z', () => x.swim.member(y.id)?.status === 'dead' && z.swim.member(y.id)?.status === 'dead', 12_000)
+      // The link between X and Y goes: Z's word that Y lives is then no word X can verify.
+      await x.host.hangUp(y.host.peerId)
+      y.swim.resume()
+      await waitFor('Y alive on Z (connected: poked, refuted)', () => z.swim.member(y.id)?.status === 'alive', 8000)
+      const back = await waitFor('Y alive on X', () => x.swim.member(y.id)?.status === 'alive', 12_000)
+      console.log(`# alive on X ${back.ms.toFixed(0)} ms after Z`)
+      assert.ok(x.host.getConnections(y.host.peerId).length > 0, 'X dialed Y')
+    } finally {
+      for (const n of [x, y, z]) await n.swim.stop()
+      await Promise.all([x, y, z].map(async n => { await n.host.stop() }))
+    }
   })
 })
 

@@ -139,7 +139,8 @@ export function screenUpdates (from: string, frame: SwimFrame, d: ScreenDeps): {
   for (const u of frame.m.u) {
     const [id, inc, status, reporter] = u
     if (id === d.self) {
-      if ((status === 'suspect' || status === 'dead') && inc === d.selfInc) out.push(u)
+      // At our incarnation: we refute. Below it: stale, we answer with our incarnation (swim.ts).
+      if ((status === 'suspect' || status === 'dead') && inc <= d.selfInc) out.push(u)
       continue
     }
     if (id === from) {

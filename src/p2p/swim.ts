@@ -298,11 +298,18 @@ function receive (s: SwimState, from: string, msg: SwimMessage, now: number, out
   // A message from an unknown sender makes it a member: it is alive, it just spoke.
   if (from !== s.self && view(s, from) == null) setMember(s, from, { inc: 0, status: 'alive' }, out, true)
   const incBefore = s.incarnation
-  for (const u of msg.u) apply(s, u, now, out)
+  let stale = false
+  for (const u of msg.u) {
+    if (u[0] === s.self && (u[2] === 'suspect' || u[2] === 'dead') && u[1] < incBefore) stale = true
+    apply(s, u, now, out)
+  }
   // Told we are suspect or dead, we refuted: answer the teller directly. It may hold us dead and so
   // never probe us, and our broadcast reaches only members we hold live: after a partition each
-  // side holds the other dead, and the refutation would never cross.
-  if (s.incarnation > incBefore && from !== s.self) send(s, from, { t: 'gossip', u: [[s.self, s.incarnation, 'alive', s.self]] }, out)
+  // side holds the other dead, and the refutation would never cross. A claim at an incarnation we
+  // refuted already gets the same answer (no new incarnation): its teller missed the refutation
+  // (each change is sent a bounded number of times) and would hold us dead until we next probed
+  // it, a probe round away. A ping needs no answer of its own: every frame carries our incarnation.
+  if (from !== s.self && (s.incarnation > incBefore || (stale && msg.t !== 'ping'))) send(s, from, { t: 'gossip', u: [[s.self, s.incarnation, 'alive', s.self]] }, out)
   switch (msg.t) {
     case 'ping':
       send(s, from, { t: 'ack', seq: msg.seq, u: [] }, out)

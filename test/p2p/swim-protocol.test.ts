@@ -80,10 +80,11 @@ describe('screening claims about others', () => {
         [SELF, 21, 'suspect', B], // about us, ahead of our incarnation
         [SELF, 20, 'left', B], // about us, not ours to say
         [A, 10 + MAX_THIRD_PARTY_INC_JUMP, 'alive', B], // a refutation gossiped on: kept
-        [SELF, 20, 'suspect', B] // about us at our incarnation: kept (we refute)
+        [SELF, 20, 'suspect', B], // about us at our incarnation: kept (we refute)
+        [SELF, 19, 'dead', B] // about us, below our incarnation: kept (we answer with ours)
       ]
     }), deps)
-    assert.deepEqual(updates.slice(1), [[A, 10 + MAX_THIRD_PARTY_INC_JUMP, 'alive', B], [SELF, 20, 'suspect', B]])
+    assert.deepEqual(updates.slice(1), [[A, 10 + MAX_THIRD_PARTY_INC_JUMP, 'alive', B], [SELF, 20, 'suspect', B], [SELF, 19, 'dead', B]])
     assert.equal(screened, 5)
   })
 })

@@ -149,8 +149,19 @@ describe('SWIM step', () => {
     assert.ok(answer.msg.u.some(u => u[0] === 'c' && u[1] === 1 && u[2] === 'alive'))
     step(a, { t: 'recv', from: 'c', msg: answer.msg }, 30)
     assert.deepEqual(memberOf(a, 'c'), { inc: 1, status: 'alive' })
-    // A claim at an old incarnation is no news: nothing to refute, no answer.
-    assert.deepEqual(sends(step(c, { t: 'recv', from: 'a', msg: { t: 'gossip', u: [['c', 0, 'dead', 'a']] } }, 40).actions).filter(x => x.to === 'a'), [])
+    // A claim at an old incarnation: nothing to refute, but its teller missed the refutation
+    // (b holds c dead at 0 still): answered with the current incarnation, which b takes.
+    const b = initSwim('b', SWIM_LAN_DEFAULTS, { base, seed: 9 })
+    step(b, { t: 'recv', from: 'd', msg: { t: 'gossip', u: [['c', 0, 'dead', 'd']] } }, 10)
+    const stale = sends(step(c, { t: 'recv', from: 'b', msg: { t: 'gossip', u: [['c', 0, 'dead', 'b']] } }, 40).actions).filter(x => x.to === 'b')
+    assert.equal(c.incarnation, 1, 'no new incarnation for a stale claim')
+    assert.equal(stale.length, 1)
+    assert.deepEqual(stale[0].msg.u, [['c', 1, 'alive', 'c']])
+    step(b, { t: 'recv', from: 'c', msg: stale[0].msg }, 50)
+    assert.deepEqual(memberOf(b, 'c'), { inc: 1, status: 'alive' })
+    // On a ping the ack is the answer (every frame carries the sender's incarnation): no extra frame.
+    const onPing = sends(step(c, { t: 'recv', from: 'b', msg: { t: 'ping', seq: 9, u: [['c', 0, 'suspect', 'b']] } }, 60).actions).filter(x => x.to === 'b')
+    assert.deepEqual(onPing.map(x => x.msg.t), ['ack'])
   })
 
   it('applies an update only when its incarnation allows it; left is sticky for its incarnation', () => {

@@ -5,10 +5,10 @@ import { initSwim, memberOf, nextDeadline, step, type SwimAction, type SwimConfi
 import { MAX_SWIM_UPDATES, SWIM_VERSION, screenUpdates, type SwimFrame } from './swim-protocol.js'
 import { SwimTransport, type SwimTransportOptions } from './swim-transport.js'
 
-/** Members held dead yet connected told so per probe interval, at most (see `pokeDead`). */
+/** Members held suspect or dead told so per probe interval, at most (see `pokeHeld`). */
 const MAX_POKES_PER_INTERVAL = 3
-/** One member held dead is poked (on a new connection) at most this often. */
-const DEAD_POKE_MIN_MS = 1_000
+/** One member held suspect or dead is poked at most this often. */
+const POKE_MIN_MS = 1_000
 /**
  * A member held dead with no connection is still dialed and told so this long after it died,
  * at growing gaps (1, 2, 4, 8, 16 s): memberlist's `GossipToTheDeadTime` (30 s on a LAN).
@@ -97,11 +97,11 @@ export class SwimDriver {
    * written without error (into the stream's buffer): the missing ack is what tells.
    */
   private readonly failedSinceHeard = new Set<string>()
-  /** Tells members held dead so, while connected (see `pokeDead`). */
+  /** Tells members held suspect or dead so (see `pokeHeld`). */
   private reviveTimer?: NodeJS.Timeout
-  /** When each member held dead was last poked (see `pokeDead`). */
+  /** When each member held suspect or dead was last poked (see `pokeHeld`). */
   private readonly pokedAt = new Map<string, number>()
-  /** When each member held dead died in this view (see `pokeDead`). */
+  /** When each member held dead died in this view (see `pokeHeld`). */
   private readonly deadAt = new Map<string, number>()
   private running = false
   private paused = false
@@ -140,7 +140,7 @@ export class SwimDriver {
     this.state.incarnation = this.opts.incarnation
     this.running = true
     this.apply({ t: 'join' })
-    this.reviveTimer = setInterval(() => { this.pokeDead() }, this.opts.config.probeIntervalMs)
+    this.reviveTimer = setInterval(() => { this.pokeHeld() }, this.opts.config.probeIntervalMs)
     this.reviveTimer.unref()
   }
 
@@ -237,38 +237,47 @@ export class SwimDriver {
   }
 
   /**
-   * Members held dead are told so (`poke`) on a new connection (see `SwimTransport.freshRoute`),
-   * a few at random per interval: a live one refutes and answers at once, and is alive again
-   * here.
-   * - Connected ones, each at most once a second: a cut link leaves TCP connections open (a
-   *   crashed process closes them). This heals a partition, after which each side holds the other
-   *   dead and probes only its own side (memberlist leaves that to Serf's reconnect, every 30 s).
-   * - Unconnected ones only in their first 30 s dead, at growing gaps (memberlist's gossip to the
-   *   dead). A node that took a live member for dead, with no connection to it, otherwise kept it
-   *   dead until that member next probed it, up to a probe round later (tens of seconds at 48
-   *   nodes): third parties' word that it is alive is screened out (this node cannot verify it),
-   *   and the member never hears that it is held dead. A member dead for longer costs nothing
-   *   here; if it comes back, the redialer reconnects it and its gossip pokes it.
+   * Members held suspect or dead are told so (`poke`), a few at random per interval: a live one
+   * refutes (or, told of an incarnation it refuted already, answers with its own) and is alive
+   * again here.
+   * - Suspects, while connected, each at most once a second, on their link (Lifeguard's buddy
+   *   system rides on probes only, and this node probes a member once per round: tens of seconds
+   *   at 48 nodes). A node that missed a member's refutation otherwise held it suspect until the
+   *   suspicion ran out, then dead.
+   * - Dead ones, on a new connection (see `SwimTransport.freshRoute`): connected ones each at most
+   *   once a second (a cut link leaves TCP connections open; a crashed process closes them). This
+   *   heals a partition, after which each side holds the other dead and probes only its own side
+   *   (memberlist leaves that to Serf's reconnect, every 30 s).
+   * - Unconnected dead ones only in their first 30 s dead, at growing gaps (memberlist's gossip to
+   *   the dead). A node that took a live member for dead, with no connection to it, otherwise kept
+   *   it dead until that member next probed it, up to a probe round later: third parties' word that
+   *   it is alive is screened out (this node cannot verify it), and the member never hears that it
+   *   is held dead. A member dead for longer costs nothing here; if it comes back, the redialer
+   *   reconnects it and its gossip pokes it.
    */
-  private pokeDead (): void {
+  private pokeHeld (): void {
     if (this.state == null || !this.running || this.paused) return
     const now = Date.now()
     const due: string[] = []
     for (const [id, m] of this.state.members) {
-      if (m.status !== 'dead') continue
+      if (m.status !== 'dead' && m.status !== 'suspect') continue
       const since = this.deadAt.get(id) ?? now
       const last = this.pokedAt.get(id) ?? since
       const connected = this.host.getConnections(peerIdFromString(id)).length > 0
-      const gap = connected ? DEAD_POKE_MIN_MS : Math.max(DEAD_POKE_MIN_MS, last - since)
+      if (m.status === 'suspect' && !connected) continue
+      const gap = connected ? POKE_MIN_MS : Math.max(POKE_MIN_MS, last - since)
       if (this.pokedAt.has(id) && now - last < gap) continue
       if (connected || now - since < GOSSIP_TO_THE_DEAD_MS) due.push(id)
     }
-    for (const id of this.pokedAt.keys()) if (this.state.members.get(id)?.status !== 'dead') this.pokedAt.delete(id)
+    for (const id of this.pokedAt.keys()) {
+      const status = this.state.members.get(id)?.status
+      if (status !== 'dead' && status !== 'suspect') this.pokedAt.delete(id)
+    }
     for (let i = 0; i < MAX_POKES_PER_INTERVAL && due.length > 0; i++) {
       const id = due.splice(Math.floor(Math.random() * due.length), 1)[0]
       this.pokedAt.set(id, now)
-      // On a new connection: the old ones may hold frames in TCP's retransmission backoff.
-      this.poke(id, { fresh: true })
+      // A dead one on a new connection: the old ones may hold frames in TCP's retransmission backoff.
+      this.poke(id, { fresh: this.state.members.get(id)?.status === 'dead' })
     }
   }
 

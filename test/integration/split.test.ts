@@ -173,11 +173,24 @@ describe('a model split over nodes (llama.cpp RPC through the mesh)', () => {
   })
 
   it('kill -9 of the worker: an error event, the replica re-placed on the nodes left, chats again', async () => {
-    const res = await post(`${third.api}/v1/chat/completions`, { model: MODEL, stream: true, max_tokens: 400, logit_bias: NO_END, messages: [{ role: 'user', content: 'tell me everything' }] })
+    // The whole answer (~220 tokens, the context's worth) takes under a second on an idle machine:
+    // a client that a busy machine lets read its second chunk late could kill a worker that was
+    // done already. The worker is held back (stopped 40 ms in every 50) until the kill, so the kill lands
+    // mid-answer however the client is scheduled.
+    const pid = worker.child.pid!
+    let held = true
+    const hold = setInterval(() => {
+      if (!held) return
+      try { process.kill(pid, 'SIGSTOP') } catch {}
+      setTimeout(() => { if (held) try { process.kill(pid, 'SIGCONT') } catch {} }, 40)
+    }, 50)
+    const release = (): void => { if (!held) return; held = false; clearInterval(hold); try { process.kill(pid, 'SIGCONT') } catch {} }
+    const res = await post(`${third.api}/v1/chat/completions`, { model: MODEL, stream: true, max_tokens: 400, logit_bias: NO_END, messages: [{ role: 'user', content: 'tell me everything' }] }).catch((err: unknown) => { release(); throw err })
+    if (res.status !== 200) release()
     assert.equal(res.status, 200)
     let killed = false
     const t0 = Date.now()
-    const got = await readChatStream(res, n => { if (n === 2 && !killed) { killed = true; worker.child.kill('SIGKILL') } })
+    const got = await readChatStream(res, n => { if (n === 2 && !killed) { killed = true; release(); worker.child.kill('SIGKILL') } }).finally(release)
     assert.ok(killed, `the stream ended before the kill: ${JSON.stringify(got)}`)
     assert.ok(!got.done || got.errors.length > 0, `the stream ended as if complete: ${JSON.stringify(got)}`)
     assert.ok(got.errors.length > 0 || got.threw != null, `no error reached the client: ${JSON.stringify(got)}`)

@@ -171,11 +171,23 @@ describe('a model split over nodes on a namespace LAN (mDNS, llama.cpp RPC throu
 
   test('kill -9 of the worker: an error event, the replica re-placed on the nodes left, chats again', async () => {
     assert.ok(worker >= 0, 'the split was placed')
-    const res = await post(third, '/v1/chat/completions', { model: MODEL, stream: true, max_tokens: 400, logit_bias: NO_END, messages: [{ role: 'user', content: 'tell me everything' }] })
+    // The whole answer (the context's worth) takes about a second: a client that a busy machine
+    // lets read its second chunk late could kill a worker that was done already. The worker is
+    // held back (stopped 40 ms in every 50) until the kill, so the kill lands mid-answer.
+    let held = true
+    const signal = (sig: NodeJS.Signals): void => { try { c().kill(worker, sig) } catch {} }
+    const hold = setInterval(() => {
+      if (!held) return
+      signal('SIGSTOP')
+      setTimeout(() => { if (held) signal('SIGCONT') }, 40)
+    }, 50)
+    const release = (): void => { if (!held) return; held = false; clearInterval(hold); signal('SIGCONT') }
+    const res = await post(third, '/v1/chat/completions', { model: MODEL, stream: true, max_tokens: 400, logit_bias: NO_END, messages: [{ role: 'user', content: 'tell me everything' }] }).catch((err: unknown) => { release(); throw err })
+    if (res.status !== 200) release()
     assert.equal(res.status, 200)
     let killed = false
     const t0 = performance.now()
-    const got = await readChatStream(res, n => { if (n === 2 && !killed) { killed = true; c().kill(worker, 'SIGKILL') } })
+    const got = await readChatStream(res, n => { if (n === 2 && !killed) { killed = true; release(); c().kill(worker, 'SIGKILL') } }).finally(release)
     assert.ok(killed, `the stream ended before the kill: ${JSON.stringify(got)}`)
     assert.ok(!got.done || got.errors.length > 0, `the stream ended as if complete: ${JSON.stringify(got)}`)
     assert.ok(got.errors.length > 0 || got.threw != null, `no error reached the client: ${JSON.stringify(got)}`)

@@ -258,26 +258,26 @@ export class SwimDriver {
   private pokeHeld (): void {
     if (this.state == null || !this.running || this.paused) return
     const now = Date.now()
-    const due: string[] = []
+    const due: Array<{ id: string, dead: boolean }> = []
     for (const [id, m] of this.state.members) {
       if (m.status !== 'dead' && m.status !== 'suspect') continue
+      const dead = m.status === 'dead'
       const since = this.deadAt.get(id) ?? now
-      const last = this.pokedAt.get(id) ?? since
       const connected = this.host.getConnections(peerIdFromString(id)).length > 0
-      if (m.status === 'suspect' && !connected) continue
-      const gap = connected ? POKE_MIN_MS : Math.max(POKE_MIN_MS, last - since)
-      if (this.pokedAt.has(id) && now - last < gap) continue
-      if (connected || now - since < GOSSIP_TO_THE_DEAD_MS) due.push(id)
+      if (!connected && (!dead || now - since >= GOSSIP_TO_THE_DEAD_MS)) continue
+      const last = this.pokedAt.get(id)
+      if (last != null && now - last < (connected ? POKE_MIN_MS : Math.max(POKE_MIN_MS, last - since))) continue
+      due.push({ id, dead })
     }
     for (const id of this.pokedAt.keys()) {
       const status = this.state.members.get(id)?.status
       if (status !== 'dead' && status !== 'suspect') this.pokedAt.delete(id)
     }
     for (let i = 0; i < MAX_POKES_PER_INTERVAL && due.length > 0; i++) {
-      const id = due.splice(Math.floor(Math.random() * due.length), 1)[0]
+      const { id, dead } = due.splice(Math.floor(Math.random() * due.length), 1)[0]
       this.pokedAt.set(id, now)
       // A dead one on a new connection: the old ones may hold frames in TCP's retransmission backoff.
-      this.poke(id, { fresh: this.state.members.get(id)?.status === 'dead' })
+      this.poke(id, { fresh: dead })
     }
   }
 

@@ -22,6 +22,7 @@ import { readSwarmKey } from '../../src/p2p/swarm-key.js'
 import { RPC_TUNNEL_PROTOCOL, encodeTunnelHeader } from '../../src/p2p/rpc-tunnel.js'
 import { multiaddr } from '@multiformats/multiaddr'
 import { readChatStream } from '../support/chat-stream.js'
+import { holdBack } from '../support/hold-back.js'
 
 const run = promisify(execFile)
 const MODEL = 'split-tiny'
@@ -178,13 +179,7 @@ describe('a model split over nodes (llama.cpp RPC through the mesh)', () => {
     // done already. The worker is held back (stopped 40 ms in every 50) until the kill, so the kill lands
     // mid-answer however the client is scheduled.
     const pid = worker.child.pid!
-    let held = true
-    const hold = setInterval(() => {
-      if (!held) return
-      try { process.kill(pid, 'SIGSTOP') } catch {}
-      setTimeout(() => { if (held) try { process.kill(pid, 'SIGCONT') } catch {} }, 40)
-    }, 50)
-    const release = (): void => { if (!held) return; held = false; clearInterval(hold); try { process.kill(pid, 'SIGCONT') } catch {} }
+    const release = holdBack(sig => { process.kill(pid, sig) })
     const res = await post(`${third.api}/v1/chat/completions`, { model: MODEL, stream: true, max_tokens: 400, logit_bias: NO_END, messages: [{ role: 'user', content: 'tell me everything' }] }).catch((err: unknown) => { release(); throw err })
     if (res.status !== 200) release()
     assert.equal(res.status, 200)

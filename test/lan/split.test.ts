@@ -21,6 +21,7 @@ import { createTinyModel } from '../support/tiny-model.js'
 import { NO_BYTE_TOKENS } from '../support/tool-fixtures.js'
 import { waitFor } from '../support/cluster.js'
 import { readChatStream } from '../support/chat-stream.js'
+import { holdBack } from '../support/hold-back.js'
 import { API_PORT, MeshCluster, P2P_PORT, REPO_ROOT, type ApiPeer } from './mesh-cluster.js'
 
 const run = promisify(execFile)
@@ -174,14 +175,7 @@ describe('a model split over nodes on a namespace LAN (mDNS, llama.cpp RPC throu
     // The whole answer (the context's worth) takes about a second: a client that a busy machine
     // lets read its second chunk late could kill a worker that was done already. The worker is
     // held back (stopped 40 ms in every 50) until the kill, so the kill lands mid-answer.
-    let held = true
-    const signal = (sig: NodeJS.Signals): void => { try { c().kill(worker, sig) } catch {} }
-    const hold = setInterval(() => {
-      if (!held) return
-      signal('SIGSTOP')
-      setTimeout(() => { if (held) signal('SIGCONT') }, 40)
-    }, 50)
-    const release = (): void => { if (!held) return; held = false; clearInterval(hold); signal('SIGCONT') }
+    const release = holdBack(sig => { c().kill(worker, sig) })
     const res = await post(third, '/v1/chat/completions', { model: MODEL, stream: true, max_tokens: 400, logit_bias: NO_END, messages: [{ role: 'user', content: 'tell me everything' }] }).catch((err: unknown) => { release(); throw err })
     if (res.status !== 200) release()
     assert.equal(res.status, 200)
